@@ -1,7 +1,27 @@
 //! clamgate: a gatekeeper for ClamAV signature updates.
 //!
 //! Modules, in the order data flows through them (see DESIGN.md):
+//! - [`candidate`]: snapshot of a directory of database files, file rules,
+//!   and the manifest whose digest names a candidate.
+//! - [`validate`]: static checks: container headers and MD5, text database
+//!   lines, sanity against the live release.
+//! - [`canary`]: a throw-away clamd on the candidate, within budgets.
+//! - [`corpus`]: samples that must be detected or stay clean, scanned and judged.
+//! - [`gate`]: the pipeline tying the steps together into a [`gate::Report`].
+//! - [`policy`]: the thresholds, from `policies/*.toml`.
+//! - [`reason`]: rejection reasons with stable codes.
 //! - [`clamd`]: client for clamd (PING, VERSION, RELOAD, INSTREAM, STATS)
 //!   and [`clamd::process`], which starts clamd instances of our own.
+//! - [`settings`]: reading TOML settings with every bad key named.
+//! - [`cli`]: the `clamgate` commands.
 
+pub mod candidate;
+pub mod canary;
 pub mod clamd;
+pub mod cli;
+pub mod corpus;
+pub mod gate;
+pub mod policy;
+pub mod reason;
+pub mod settings;
+pub mod validate;

@@ -1,1 +1,33 @@
-fn main(){}
+//! The `clamgate` binary: arguments, logging, and exit codes; the work is in
+//! the library.
+
+use std::process::ExitCode;
+
+use clamgate::cli::{self, Cli};
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CLAMGATE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if cli.log_json { logs.json().init() } else { logs.init() }
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("clamgate: cannot start the async runtime: {e}");
+            return ExitCode::from(cli::Exit::Environment as u8);
+        }
+    };
+    match runtime.block_on(cli::run(cli)) {
+        Ok(exit) => ExitCode::from(exit as u8),
+        Err((err, json)) => {
+            if json {
+                println!("{}", err.to_json());
+            }
+            eprintln!("clamgate: {err}");
+            ExitCode::from(err.exit as u8)
+        }
+    }
+}

@@ -56,6 +56,8 @@ async fn every_bad_set_keeps_clamd_from_starting_and_says_why() {
         ("empty", "Empty database file"),
         ("daily-truncated", "daily.cud"),
         ("daily-md5-mismatch", "daily.cud"),
+        ("daily-header-cut", "Can't read CVD header"),
+        ("load-fail", "Invalid offset value"),
     ];
     for (name, want) in cases {
         let err = match Clamd::start(&set(name)).await {

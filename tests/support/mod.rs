@@ -149,3 +149,53 @@ pub fn clamds_under(dir: &Path) -> usize {
         })
         .count()
 }
+
+/// The real `clamgate` binary with a clean environment and its own TMPDIR,
+/// so the test can prove no clamd outlives the command.
+pub struct Cmd {
+    pub tmp: tempfile::TempDir,
+}
+
+impl Cmd {
+    pub fn new() -> Cmd {
+        Cmd { tmp: tempfile::Builder::new().prefix("cg-").tempdir_in("/tmp").unwrap() }
+    }
+
+    pub fn command(&self) -> assert_cmd::Command {
+        let mut c = assert_cmd::Command::cargo_bin("clamgate").unwrap();
+        c.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("TMPDIR", self.tmp.path())
+            .timeout(Duration::from_secs(300));
+        c
+    }
+
+    /// Runs `clamgate args…`; returns exit code, stdout, stderr.
+    pub fn run(&self, args: &[&str]) -> (i32, String, String) {
+        let out = self.command().args(args).output().unwrap();
+        assert_eq!(clamds_under(self.tmp.path()), 0, "a clamd outlived `clamgate {}`", args.join(" "));
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// Runs `clamgate args… --json` and parses stdout.
+    pub fn json(&self, args: &[&str]) -> (i32, serde_json::Value) {
+        let mut all = args.to_vec();
+        all.push("--json");
+        let (code, out, err) = self.run(&all);
+        let v = serde_json::from_str(&out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}\nstderr: {err}"));
+        (code, v)
+    }
+
+    pub fn path(&self) -> &Path {
+        self.tmp.path()
+    }
+}
+
+/// Reason codes of a `--json` report.
+pub fn reason_codes(report: &serde_json::Value) -> Vec<String> {
+    report["reasons"].as_array().map_or_else(Vec::new, |a| a.iter().map(|r| r["reason"].as_str().unwrap().to_string()).collect())
+}

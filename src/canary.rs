@@ -1,0 +1,129 @@
+//! The canary: a throw-away clamd started on a candidate, held to the
+//! policy's budgets (load time, memory), then made to scan the corpus.
+//! Whatever happens, it is killed and reaped before this returns.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::clamd::process::{ClamdProcess, Options, StartError};
+use crate::corpus::{self, Corpus, Verdicts};
+use crate::policy::Policy;
+use crate::reason::{Code, Reason};
+use crate::settings::human_size;
+
+/// Figures a canary run produced, kept for reports and metrics.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CanaryStats {
+    pub load_ms: Option<u64>,
+    pub peak_rss_bytes: Option<u64>,
+    pub scan_ms: Option<u64>,
+}
+
+#[derive(Debug)]
+pub struct CanaryRun {
+    pub stats: CanaryStats,
+    pub verdicts: Verdicts,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CanaryError {
+    /// The candidate made clamd fail: a rejection.
+    #[error("{reason}")]
+    Rejected { reason: Reason, stats: CanaryStats, log: String },
+    /// We could not even try (no clamd binary, unwritable work dir).
+    #[error("cannot start a canary clamd: {0}")]
+    Environment(StartError),
+}
+
+pub struct Canary<'a> {
+    pub binary: &'a Path,
+    pub policy: &'a Policy,
+}
+
+impl Canary<'_> {
+    /// Loads `db_dir` in a fresh clamd whose files live in `work_dir`, scans
+    /// the corpus, and reports verdicts and figures.
+    pub async fn run(&self, db_dir: &Path, work_dir: &Path, corpus: &Corpus) -> Result<CanaryRun, CanaryError> {
+        let mut opts = Options::new(db_dir, work_dir);
+        opts.binary = self.binary.to_path_buf();
+        let mut stats = CanaryStats::default();
+        let mut clamd = ClamdProcess::spawn(opts).map_err(CanaryError::Environment)?;
+        let budget = self.policy.memory_budget;
+        let loaded = clamd
+            .wait_ready(self.policy.load_timeout, |p| {
+                let rss = p.rss()?;
+                (rss > budget).then(|| format!("resident memory {} exceeds the policy's memory_budget of {}", human_size(rss), human_size(budget)))
+            })
+            .await;
+        let load = match loaded {
+            Ok(d) => d,
+            Err(e) => return Err(self.load_failure(e, stats)),
+        };
+        stats.load_ms = Some(load.as_millis() as u64);
+        tracing::debug!(load_ms = stats.load_ms, "canary loaded {}", db_dir.display());
+
+        let started = std::time::Instant::now();
+        let client = clamd.client(self.policy.scan_timeout);
+        let verdicts = corpus::scan(&client, corpus, self.policy.scan_parallelism, self.policy.scan_timeout).await;
+        stats.scan_ms = Some(started.elapsed().as_millis() as u64);
+        stats.peak_rss_bytes = clamd.peak_rss();
+
+        if !clamd.is_running() {
+            let log = clamd.log_text();
+            let why = crate::clamd::process::explain(&log);
+            return Err(CanaryError::Rejected {
+                reason: Reason::new(Code::CanaryCrashed, None, format!("canary clamd died while scanning the corpus: {why}")),
+                stats,
+                log,
+            });
+        }
+        if let Some(peak) = stats.peak_rss_bytes.filter(|&p| p > budget) {
+            let log = clamd.log_text();
+            clamd.kill();
+            return Err(CanaryError::Rejected {
+                reason: Reason::new(
+                    Code::CanaryMemoryBudget,
+                    None,
+                    format!("canary peak memory {} exceeds the policy's memory_budget of {}", human_size(peak), human_size(budget)),
+                ),
+                stats,
+                log,
+            });
+        }
+        clamd.stop(Duration::from_secs(5)).await;
+        Ok(CanaryRun { stats, verdicts })
+    }
+
+    fn load_failure(&self, e: StartError, stats: CanaryStats) -> CanaryError {
+        let (code, message) = match &e {
+            StartError::Exited { reason, .. } => (Code::CanaryLoadFailed, format!("canary clamd refused the databases: {reason}")),
+            StartError::Timeout { after, .. } => (
+                Code::CanaryLoadTimeout,
+                format!("canary clamd did not finish loading within the policy's load_timeout of {after:?}; it was killed"),
+            ),
+            StartError::Aborted { reason, .. } => (Code::CanaryMemoryBudget, format!("canary clamd was killed while loading: {reason}")),
+            _ => return CanaryError::Environment(e),
+        };
+        let log = e.log().unwrap_or_default().to_string();
+        CanaryError::Rejected { reason: Reason::new(code, blamed_file(&log).as_deref(), message), stats, log }
+    }
+}
+
+/// The database file clamd's log blames, if any (`Can't load /x/daily.cud:`).
+fn blamed_file(log: &str) -> Option<String> {
+    let line = log.lines().find(|l| l.contains("Can't load "))?;
+    let path = line.split("Can't load ").nth(1)?.split(':').next()?;
+    Some(PathBuf::from(path).file_name()?.to_string_lossy().into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn blamed_file_from_clamd_log() {
+        let log = "LibClamAV Error: Problem parsing database at line 1\nLibClamAV Error: Can't load /tmp/w/snap/broken.ndb: Malformed database\n";
+        assert_eq!(super::blamed_file(log).as_deref(), Some("broken.ndb"));
+        assert_eq!(super::blamed_file("nothing"), None);
+    }
+}

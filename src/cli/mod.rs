@@ -1,0 +1,71 @@
+//! The `clamgate` command line: argument definitions and one module per
+//! command. Commands return an [`Exit`] or a [`CliError`]; `main` prints.
+
+pub mod check;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "clamgate", version, about = "Gatekeeper for ClamAV signature updates")]
+pub struct Cli {
+    /// Log as JSON lines instead of text.
+    #[arg(long, global = true)]
+    pub log_json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the whole gate on a directory of database files, offline; promotes nothing.
+    Check(check::CheckArgs),
+}
+
+/// Exit codes of DESIGN.md's CLI table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    Ok = 0,
+    Rejected = 1,
+    Usage = 2,
+    Environment = 3,
+}
+
+/// A command that could not do its job; `code` is stable for `--json`.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct CliError {
+    pub exit: Exit,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl CliError {
+    pub fn usage(code: &'static str, message: impl std::fmt::Display) -> Self {
+        CliError { exit: Exit::Usage, code, message: message.to_string() }
+    }
+
+    pub fn environment(code: &'static str, message: impl std::fmt::Display) -> Self {
+        CliError { exit: Exit::Environment, code, message: message.to_string() }
+    }
+
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({ "error": { "reason": self.code, "message": self.message } })
+    }
+}
+
+pub async fn run(cli: Cli) -> Result<Exit, (CliError, bool)> {
+    match cli.command {
+        Command::Check(args) => {
+            let json = args.json;
+            check::run(args).await.map_err(|e| (e, json))
+        }
+    }
+}
+
+/// The default policy file, when it exists; else the built-in defaults.
+pub fn default_policy_path() -> Option<PathBuf> {
+    let p = PathBuf::from("/etc/clamgate/policies/default.toml");
+    p.exists().then_some(p)
+}

@@ -1,0 +1,337 @@
+//! The corpus: samples that must be detected (`infected/`) or must stay
+//! clean (`clean/`), scanned through a canary and judged against those
+//! expectations and against the live release's verdicts on the same files.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use regex::Regex;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::clamd::{Client, ClamdError, ScanVerdict};
+use crate::policy::Policy;
+use crate::reason::{Code, Reason};
+use crate::settings::Fields;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Expect {
+    Infected,
+    Clean,
+}
+
+#[derive(Debug, Clone)]
+pub struct Sample {
+    /// Path relative to the corpus root, e.g. `infected/archives/clam.zip`.
+    pub name: String,
+    pub path: PathBuf,
+    pub expect: Expect,
+    /// From `expect.toml`: the signature name must match.
+    pub pattern: Option<Regex>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Corpus {
+    pub dir: PathBuf,
+    pub samples: Vec<Sample>,
+    /// Over names and contents: baseline verdicts are cached per digest.
+    pub digest: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CorpusError {
+    #[error("corpus {dir}: {problem}")]
+    Layout { dir: PathBuf, problem: String },
+    #[error("corpus {file}: {source}")]
+    Read { file: PathBuf, #[source] source: std::io::Error },
+    #[error("corpus {0}")]
+    Expect(#[from] crate::settings::SettingsError),
+}
+
+impl Corpus {
+    pub fn load(dir: &Path) -> Result<Corpus, CorpusError> {
+        let layout = |problem: String| CorpusError::Layout { dir: dir.to_path_buf(), problem };
+        if !dir.is_dir() {
+            return Err(layout("is not a directory (pass --corpus DIR, or set corpus_dir)".into()));
+        }
+        let mut samples = Vec::new();
+        for (sub, expect) in [("infected", Expect::Infected), ("clean", Expect::Clean)] {
+            let root = dir.join(sub);
+            if !root.is_dir() {
+                return Err(layout(format!("has no {sub}/ directory")));
+            }
+            walk(&root, &mut |path| {
+                let name = path.strip_prefix(dir).unwrap_or(path).to_string_lossy().into_owned();
+                samples.push(Sample { name, path: path.to_path_buf(), expect, pattern: None });
+            })
+            .map_err(|(file, source)| CorpusError::Read { file, source })?;
+        }
+        if !samples.iter().any(|s| s.expect == Expect::Infected) || !samples.iter().any(|s| s.expect == Expect::Clean) {
+            return Err(layout("needs at least one sample in infected/ and one in clean/".into()));
+        }
+        samples.sort_by(|a, b| a.name.cmp(&b.name));
+        let expect_file = dir.join("expect.toml");
+        if expect_file.exists() {
+            let text = fs::read_to_string(&expect_file).map_err(|source| CorpusError::Read { file: expect_file.clone(), source })?;
+            let mut f = Fields::parse(&expect_file, &text)?;
+            let mut problems = Vec::new();
+            f.section("signatures", |s| {
+                for sample in samples.iter_mut() {
+                    if let Some(p) = s.opt_string(&sample.name) {
+                        match Regex::new(&p) {
+                            Ok(re) => sample.pattern = Some(re),
+                            Err(e) => problems.push(format!("signatures.{:?}: bad pattern: {e}", sample.name)),
+                        }
+                    }
+                }
+            });
+            // Keys left over name files that are not in the corpus.
+            if let Err(mut e) = f.finish(&expect_file) {
+                for p in &mut e.problems {
+                    if p.ends_with("unknown key") {
+                        *p = p.replace("unknown key", "no such sample in the corpus");
+                    }
+                }
+                problems.extend(e.problems);
+            }
+            if !problems.is_empty() {
+                return Err(crate::settings::SettingsError { file: expect_file, problems }.into());
+            }
+        }
+        let mut h = Sha256::new();
+        for s in &samples {
+            h.update(s.name.as_bytes());
+            h.update([0]);
+            h.update(fs::read(&s.path).map_err(|source| CorpusError::Read { file: s.path.clone(), source })?);
+        }
+        Ok(Corpus { dir: dir.to_path_buf(), samples, digest: hex::encode(&h.finalize()[..8]) })
+    }
+}
+
+fn walk(dir: &Path, f: &mut impl FnMut(&Path)) -> Result<(), (PathBuf, std::io::Error)> {
+    let mut entries: Vec<_> = fs::read_dir(dir)
+        .map_err(|e| (dir.to_path_buf(), e))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| (dir.to_path_buf(), e))?;
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
+        let ft = e.file_type().map_err(|err| (e.path(), err))?;
+        // Only regular files and real directories: a corpus is data, not links.
+        if ft.is_dir() {
+            walk(&e.path(), f)?;
+        } else if ft.is_file() {
+            f(&e.path());
+        }
+    }
+    Ok(())
+}
+
+/// What one scan of one sample gave; failures are kept as text so verdicts
+/// can be cached and journaled.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "result", content = "detail")]
+pub enum Outcome {
+    Clean,
+    Infected(String),
+    /// clamd answered with an error for this sample.
+    Error(String),
+    Timeout,
+    /// clamd could not be reached (it died).
+    Unreachable(String),
+}
+
+impl From<Result<ScanVerdict, ClamdError>> for Outcome {
+    fn from(r: Result<ScanVerdict, ClamdError>) -> Self {
+        match r {
+            Ok(ScanVerdict::Clean) => Outcome::Clean,
+            Ok(ScanVerdict::Infected(s)) => Outcome::Infected(s),
+            Ok(ScanVerdict::Error(e)) => Outcome::Error(e),
+            Err(ClamdError::Timeout { .. }) => Outcome::Timeout,
+            Err(e) => Outcome::Unreachable(e.to_string()),
+        }
+    }
+}
+
+impl Outcome {
+    pub fn detected(&self) -> bool {
+        matches!(self, Outcome::Infected(_))
+    }
+}
+
+/// Verdicts by sample name.
+pub type Verdicts = BTreeMap<String, Outcome>;
+
+/// Scans every sample, at most `parallelism` at once, each bounded by
+/// `timeout`.
+pub async fn scan(client: &Client, corpus: &Corpus, parallelism: usize, timeout: Duration) -> Verdicts {
+    let client = client.with_timeout(timeout);
+    let permits = Arc::new(tokio::sync::Semaphore::new(parallelism.max(1)));
+    let mut tasks = tokio::task::JoinSet::new();
+    for s in &corpus.samples {
+        let (client, permits, name, path) = (client.clone(), permits.clone(), s.name.clone(), s.path.clone());
+        tasks.spawn(async move {
+            let _permit = permits.acquire_owned().await;
+            (name, Outcome::from(client.scan_file(&path).await))
+        });
+    }
+    let mut out = Verdicts::new();
+    while let Some(done) = tasks.join_next().await {
+        if let Ok((name, outcome)) = done {
+            out.insert(name, outcome);
+        }
+    }
+    out
+}
+
+/// One sample's line in the report.
+#[derive(Debug, Clone, Serialize)]
+pub struct SampleResult {
+    pub sample: String,
+    pub expect: Expect,
+    pub outcome: Outcome,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<Outcome>,
+    pub ok: bool,
+}
+
+#[derive(Debug, Default)]
+pub struct Judgement {
+    /// Reasons that reject the candidate.
+    pub reasons: Vec<Reason>,
+    /// Findings within the policy's allowances.
+    pub warnings: Vec<Reason>,
+    pub samples: Vec<SampleResult>,
+}
+
+/// Compares the canary's verdicts with the corpus's expectations and, when
+/// given, with the live release's verdicts. Pure.
+pub fn judge(corpus: &Corpus, verdicts: &Verdicts, baseline: Option<&Verdicts>, policy: &Policy) -> Judgement {
+    let mut j = Judgement::default();
+    let (mut fps, mut losses) = (Vec::new(), Vec::new());
+    for s in &corpus.samples {
+        let outcome = verdicts.get(&s.name).cloned().unwrap_or(Outcome::Unreachable("not scanned".into()));
+        let before = baseline.and_then(|b| b.get(&s.name)).cloned();
+        let file = Some(s.name.as_str());
+        let mut ok = true;
+        match (&outcome, s.expect) {
+            (Outcome::Timeout, _) => {
+                ok = false;
+                j.reasons.push(Reason::new(Code::CanaryScanTimeout, file, format!("scan took longer than the policy's scan_timeout of {:?}", policy.scan_timeout)));
+            }
+            (Outcome::Error(e), _) => {
+                ok = false;
+                j.reasons.push(Reason::new(Code::CanaryScanError, file, format!("clamd could not scan it: {e}")));
+            }
+            (Outcome::Unreachable(e), _) => {
+                ok = false;
+                j.reasons.push(Reason::new(Code::CanaryCrashed, file, format!("canary stopped answering: {e}")));
+            }
+            (Outcome::Infected(sig), Expect::Clean) => {
+                ok = false;
+                let also = if before.as_ref().is_some_and(Outcome::detected) { " (the live release flags it too)" } else { "" };
+                fps.push(Reason::new(Code::CorpusFalsePositive, file, format!("clean sample detected as {sig}{also}")));
+            }
+            (Outcome::Clean, Expect::Infected) => {
+                ok = false;
+                match &before {
+                    Some(Outcome::Infected(old)) => losses.push(Reason::new(
+                        Code::CorpusRegression,
+                        file,
+                        format!("no longer detected (the live release detects it as {old})"),
+                    )),
+                    _ => losses.push(Reason::new(Code::CorpusMissed, file, "infected sample not detected")),
+                }
+            }
+            (Outcome::Infected(sig), Expect::Infected) => {
+                if let Some(re) = s.pattern.as_ref().filter(|re| !re.is_match(sig)) {
+                    ok = false;
+                    j.reasons.push(Reason::new(
+                        Code::CorpusNameMismatch,
+                        file,
+                        format!("detected as {sig}, which does not match expect.toml's pattern {:?}", re.as_str()),
+                    ));
+                }
+            }
+            (Outcome::Clean, Expect::Clean) => {}
+        }
+        j.samples.push(SampleResult { sample: s.name.clone(), expect: s.expect, outcome, baseline: before, ok });
+    }
+    let allow = |found: Vec<Reason>, allowed: usize, what: &str, j: &mut Judgement| {
+        if found.len() > allowed {
+            j.reasons.extend(found);
+        } else if !found.is_empty() {
+            tracing::info!("{} {what} within the policy's allowance of {allowed}", found.len());
+            j.warnings.extend(found);
+        }
+    };
+    allow(fps, policy.allowed_false_positives, "false positives", &mut j);
+    allow(losses, policy.allowed_regressions, "lost detections", &mut j);
+    j
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn corpus() -> Corpus {
+        let s = |name: &str, expect, pattern: Option<&str>| Sample {
+            name: name.into(),
+            path: PathBuf::new(),
+            expect,
+            pattern: pattern.map(|p| Regex::new(p).unwrap()),
+        };
+        Corpus {
+            dir: PathBuf::new(),
+            samples: vec![
+                s("infected/a", Expect::Infected, Some("^Good\\.")),
+                s("infected/b", Expect::Infected, None),
+                s("clean/c", Expect::Clean, None),
+            ],
+            digest: String::new(),
+        }
+    }
+
+    fn v(a: Outcome, b: Outcome, c: Outcome) -> Verdicts {
+        [("infected/a", a), ("infected/b", b), ("clean/c", c)].into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+    }
+
+    fn inf(s: &str) -> Outcome {
+        Outcome::Infected(s.into())
+    }
+
+    #[test]
+    fn table() {
+        use Outcome::*;
+        let p = Policy::default();
+        let one_fp = Policy { allowed_false_positives: 1, ..Policy::default() };
+        let base = v(inf("Good.A"), inf("Good.B"), Clean);
+        let cases: Vec<(&str, Verdicts, Option<&Verdicts>, &Policy, Vec<Code>, usize)> = vec![
+            ("all as expected", v(inf("Good.A"), inf("X"), Clean), None, &p, vec![], 0),
+            ("false positive", v(inf("Good.A"), inf("X"), inf("Oops")), None, &p, vec![Code::CorpusFalsePositive], 0),
+            ("false positive allowed", v(inf("Good.A"), inf("X"), inf("Oops")), None, &one_fp, vec![], 1),
+            ("missed without baseline", v(inf("Good.A"), Clean, Clean), None, &p, vec![Code::CorpusMissed], 0),
+            ("lost against baseline", v(inf("Good.A"), Clean, Clean), Some(&base), &p, vec![Code::CorpusRegression], 0),
+            ("wrong name", v(inf("Bad.A"), inf("X"), Clean), None, &p, vec![Code::CorpusNameMismatch], 0),
+            ("scan error", v(Error("boom".into()), inf("X"), Clean), None, &p, vec![Code::CanaryScanError], 0),
+            ("timeout", v(inf("Good.A"), Timeout, Clean), None, &p, vec![Code::CanaryScanTimeout], 0),
+            ("died", v(inf("Good.A"), inf("X"), Unreachable("gone".into())), None, &p, vec![Code::CanaryCrashed], 0),
+        ];
+        for (what, verdicts, baseline, policy, want, warnings) in cases {
+            let j = judge(&corpus(), &verdicts, baseline, policy);
+            let got: Vec<Code> = j.reasons.iter().map(|r| r.reason).collect();
+            assert_eq!(got, want, "{what}");
+            assert_eq!(j.warnings.len(), warnings, "{what}");
+            assert_eq!(j.samples.iter().filter(|s| !s.ok).count() > 0, !want.is_empty() || warnings > 0, "{what}");
+        }
+    }
+
+    #[test]
+    fn a_missing_verdict_is_never_taken_as_clean() {
+        let j = judge(&corpus(), &Verdicts::new(), None, &Policy::default());
+        assert_eq!(j.reasons.len(), 3);
+    }
+}

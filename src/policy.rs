@@ -1,0 +1,97 @@
+//! The gate's thresholds (`policies/*.toml`), loaded and checked once.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::settings::{Fields, SettingsError};
+
+/// The policy shipped in `policies/default.toml`, also used when no policy
+/// file is given, so the documented file and the built-in defaults agree.
+pub const DEFAULT_TOML: &str = include_str!("../policies/default.toml");
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Policy {
+    pub load_timeout: Duration,
+    pub memory_budget: u64,
+    pub scan_timeout: Duration,
+    pub scan_parallelism: usize,
+    pub allowed_false_positives: usize,
+    pub allowed_regressions: usize,
+    pub max_signature_drop_percent: f64,
+    pub allow_downgrade: bool,
+    pub keep_releases: usize,
+    pub max_file_size: u64,
+    pub max_files: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("cannot read policy {file}: {source}")]
+    Read { file: std::path::PathBuf, #[source] source: std::io::Error },
+    #[error("policy {0}")]
+    Invalid(#[from] SettingsError),
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy::parse(Path::new("policies/default.toml"), DEFAULT_TOML).expect("the shipped policy is valid")
+    }
+}
+
+impl Policy {
+    pub fn load(file: &Path) -> Result<Policy, PolicyError> {
+        let text = std::fs::read_to_string(file)
+            .map_err(|source| PolicyError::Read { file: file.to_path_buf(), source })?;
+        Ok(Policy::parse(file, &text)?)
+    }
+
+    pub fn parse(file: &Path, text: &str) -> Result<Policy, SettingsError> {
+        let mut f = Fields::parse(file, text)?;
+        let policy = Policy {
+            load_timeout: f.duration("load_timeout", "180s"),
+            memory_budget: f.size("memory_budget", "3GiB"),
+            scan_timeout: f.duration("scan_timeout", "10s"),
+            scan_parallelism: f.int("scan_parallelism", 4, 1..=64) as usize,
+            allowed_false_positives: f.int("allowed_false_positives", 0, 0..=1_000_000) as usize,
+            allowed_regressions: f.int("allowed_regressions", 0, 0..=1_000_000) as usize,
+            max_signature_drop_percent: f.float("max_signature_drop_percent", 5.0, 0.0..=100.0),
+            allow_downgrade: f.bool("allow_downgrade", false),
+            keep_releases: f.int("keep_releases", 5, 2..=1000) as usize,
+            max_file_size: f.size("max_file_size", "1GiB"),
+            max_files: f.int("max_files", 200, 1..=100_000) as usize,
+        };
+        f.finish(file)?;
+        Ok(policy)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_file_matches_built_in_defaults() {
+        let empty = Policy::parse(Path::new("empty.toml"), "").unwrap();
+        assert_eq!(Policy::default(), empty, "policies/default.toml and the code's defaults disagree");
+    }
+
+    #[test]
+    fn bad_keys_are_named() {
+        let cases = [
+            ("load_timeout = \"forever\"", "load_timeout: invalid duration"),
+            ("memory_budget = \"lots\"", "memory_budget: invalid size"),
+            ("keep_releases = 1", "keep_releases: 1 is out of range"),
+            ("max_signature_drop_percent = 150", "max_signature_drop_percent: 150 is out of range"),
+            ("allow_downgrade = \"yes\"", "allow_downgrade: expected true or false"),
+            ("alow_downgrade = true", "alow_downgrade: unknown key"),
+            ("load_timeout = ", "not valid TOML"),
+        ];
+        for (text, want) in cases {
+            let err = Policy::parse(Path::new("/etc/clamgate/p.toml"), text).unwrap_err().to_string();
+            assert!(err.contains(want), "{text:?}: {err}");
+            assert!(err.contains("/etc/clamgate/p.toml"), "{err}");
+        }
+    }
+}

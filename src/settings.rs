@@ -1,0 +1,257 @@
+//! Reading the operator's TOML files (config and policy) into checked values.
+//!
+//! The files are parsed into a raw table first, then each known key is taken
+//! and validated; every problem is collected, so one run reports all bad keys
+//! at once, each by name, and any key left over is reported as unknown.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Problems found in one settings file, each naming its key.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {}", file.display(), problems.join("; "))]
+pub struct SettingsError {
+    pub file: PathBuf,
+    pub problems: Vec<String>,
+}
+
+/// Takes keys out of a TOML table, recording problems instead of stopping.
+pub struct Fields {
+    prefix: String,
+    table: toml::Table,
+    problems: Vec<String>,
+}
+
+impl Fields {
+    pub fn parse(file: &Path, text: &str) -> Result<Fields, SettingsError> {
+        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| SettingsError {
+            file: file.to_path_buf(),
+            problems: vec![format!("not valid TOML: {}", e.message())],
+        })?;
+        Ok(Fields { prefix: String::new(), table, problems: Vec::new() })
+    }
+
+    fn key(&self, key: &str) -> String {
+        format!("{}{key}", self.prefix)
+    }
+
+    fn take(&mut self, key: &str) -> Option<toml::Value> {
+        self.table.remove(key)
+    }
+
+    fn problem(&mut self, key: &str, what: impl std::fmt::Display) {
+        let k = self.key(key);
+        self.problems.push(format!("{k}: {what}"));
+    }
+
+    /// A `[section]`: its keys are checked by `f` with `section.` in messages.
+    pub fn section<T>(&mut self, key: &str, f: impl FnOnce(&mut Fields) -> T) -> T {
+        let table = match self.take(key) {
+            None => toml::Table::new(),
+            Some(toml::Value::Table(t)) => t,
+            Some(_) => {
+                self.problem(key, "must be a table");
+                toml::Table::new()
+            }
+        };
+        let mut sub = Fields { prefix: format!("{}{key}.", self.prefix), table, problems: Vec::new() };
+        let out = f(&mut sub);
+        sub.finish_into(&mut self.problems);
+        out
+    }
+
+    pub fn string(&mut self, key: &str, default: &str) -> String {
+        self.opt_string(key).unwrap_or_else(|| default.to_string())
+    }
+
+    pub fn opt_string(&mut self, key: &str) -> Option<String> {
+        match self.take(key)? {
+            toml::Value::String(s) => Some(s),
+            other => {
+                self.problem(key, format_args!("expected a string, found {}", other.type_str()));
+                None
+            }
+        }
+    }
+
+    pub fn path(&mut self, key: &str, default: &str) -> PathBuf {
+        PathBuf::from(self.string(key, default))
+    }
+
+    pub fn bool(&mut self, key: &str, default: bool) -> bool {
+        match self.take(key) {
+            None => default,
+            Some(toml::Value::Boolean(b)) => b,
+            Some(other) => {
+                self.problem(key, format_args!("expected true or false, found {}", other.type_str()));
+                default
+            }
+        }
+    }
+
+    /// An integer within `range` (inclusive).
+    pub fn int(&mut self, key: &str, default: u64, range: std::ops::RangeInclusive<u64>) -> u64 {
+        match self.take(key) {
+            None => default,
+            Some(toml::Value::Integer(i)) if i >= 0 && range.contains(&(i as u64)) => i as u64,
+            Some(toml::Value::Integer(i)) => {
+                self.problem(key, format_args!("{i} is out of range {}..={}", range.start(), range.end()));
+                default
+            }
+            Some(other) => {
+                self.problem(key, format_args!("expected an integer, found {}", other.type_str()));
+                default
+            }
+        }
+    }
+
+    pub fn float(&mut self, key: &str, default: f64, range: std::ops::RangeInclusive<f64>) -> f64 {
+        let v = match self.take(key) {
+            None => return default,
+            Some(toml::Value::Float(f)) => f,
+            Some(toml::Value::Integer(i)) => i as f64,
+            Some(other) => {
+                self.problem(key, format_args!("expected a number, found {}", other.type_str()));
+                return default;
+            }
+        };
+        if range.contains(&v) {
+            v
+        } else {
+            self.problem(key, format_args!("{v} is out of range {}..={}", range.start(), range.end()));
+            default
+        }
+    }
+
+    /// A duration written like `"500ms"`, `"10s"`, `"5m"`, `"7d"`.
+    pub fn duration(&mut self, key: &str, default: &str) -> Duration {
+        let fallback = parse_duration(default).expect("default durations are valid");
+        let Some(text) = self.opt_string(key) else { return fallback };
+        match parse_duration(&text) {
+            Ok(d) if !d.is_zero() => d,
+            Ok(_) => {
+                self.problem(key, "must be longer than zero");
+                fallback
+            }
+            Err(e) => {
+                self.problem(key, e);
+                fallback
+            }
+        }
+    }
+
+    /// A byte size written like `"512MiB"`, `"2GiB"`, `"100MB"` or a bare number.
+    pub fn size(&mut self, key: &str, default: &str) -> u64 {
+        let fallback = parse_size(default).expect("default sizes are valid");
+        let text = match self.take(key) {
+            None => return fallback,
+            Some(toml::Value::String(s)) => s,
+            Some(toml::Value::Integer(i)) if i > 0 => return i as u64,
+            Some(other) => {
+                self.problem(key, format_args!("expected a size like \"512MiB\", found {other}"));
+                return fallback;
+            }
+        };
+        match parse_size(&text) {
+            Ok(0) => {
+                self.problem(key, "must be larger than zero");
+                fallback
+            }
+            Ok(n) => n,
+            Err(e) => {
+                self.problem(key, e);
+                fallback
+            }
+        }
+    }
+
+    fn finish_into(self, problems: &mut Vec<String>) {
+        problems.extend(self.problems);
+        for key in self.table.keys() {
+            problems.push(format!("{}{key}: unknown key", self.prefix));
+        }
+    }
+
+    /// Reports every problem, unknown keys included, or nothing.
+    pub fn finish(self, file: &Path) -> Result<(), SettingsError> {
+        let mut problems = Vec::new();
+        self.finish_into(&mut problems);
+        if problems.is_empty() { Ok(()) } else { Err(SettingsError { file: file.to_path_buf(), problems }) }
+    }
+}
+
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text.trim())
+        .map_err(|e| format!("invalid duration {text:?} ({e}; write it like \"500ms\", \"10s\", \"5m\")"))
+}
+
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let num: u64 = num.parse().map_err(|_| format!("invalid size {text:?} (write it like \"512MiB\")"))?;
+    let mult: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "TiB" => 1 << 40,
+        "KB" | "kB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        u => return Err(format!("invalid size unit {u:?} in {text:?} (use B, KiB, MiB, GiB, KB, MB, GB)")),
+    };
+    num.checked_mul(mult).ok_or_else(|| format!("size {text:?} is too large"))
+}
+
+/// Formats bytes for people: `178.0 MiB`.
+pub fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 { format!("{bytes} B") } else { format!("{v:.1} {}", UNITS[u]) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        for (t, want) in [("1", Ok(1)), ("512MiB", Ok(512 << 20)), ("2 GiB", Ok(2 << 30)), ("100MB", Ok(100_000_000))] {
+            assert_eq!(parse_size(t), want, "{t}");
+        }
+        for t in ["", "MiB", "12 parsecs", "-1", "99999999999999999999GiB", "1.5GiB"] {
+            assert!(parse_size(t).is_err(), "{t}");
+        }
+        assert_eq!(human_size(178 << 20), "178.0 MiB");
+        assert_eq!(human_size(12), "12 B");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86400)));
+        assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn collects_every_problem_with_its_key() {
+        let file = Path::new("p.toml");
+        let mut f = Fields::parse(file, "a = \"x\"\nb = -3\nc = true\nzz = 1\n[s]\nd = 5\nq = 1\n").unwrap();
+        f.duration("a", "1s");
+        f.int("b", 1, 0..=10);
+        f.string("c", "");
+        f.section("s", |s| s.duration("d", "1s"));
+        let err = f.finish(file).unwrap_err();
+        let msg = err.to_string();
+        for want in ["a: invalid duration", "b: -3 is out of range", "c: expected a string", "s.d: expected a string", "s.q: unknown key", "zz: unknown key"] {
+            assert!(msg.contains(want), "{want:?} missing in {msg}");
+        }
+        assert!(msg.starts_with("p.toml: "));
+    }
+}

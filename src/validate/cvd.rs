@@ -1,0 +1,127 @@
+//! The `ClamAV-VDB:` container header of `.cvd`/`.cld`/`.cud` files, and the
+//! MD5 of the body it promises.
+//!
+//! Layout: 512 bytes of `ClamAV-VDB:build time:version:signatures:
+//! functionality level:md5:digital signature:builder:build epoch`, padded
+//! with spaces, then the body (a gzipped tar for `.cvd`/`.cud`, a plain tar
+//! for `.cld`, which freshclam rebuilds from diffs and whose header MD5 no
+//! longer describes the body, so only `.cvd`/`.cud` bodies are verified).
+
+use std::io::Read;
+
+use md5::{Digest, Md5};
+use serde::{Deserialize, Serialize};
+
+pub const HEADER_LEN: usize = 512;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CvdHeader {
+    pub build_time: String,
+    pub version: u64,
+    pub signatures: u64,
+    pub functionality_level: u32,
+    pub md5: String,
+    /// Cisco's digital signature, `X` for unsigned containers.
+    pub dsig: String,
+    pub builder: String,
+    pub build_epoch: Option<u64>,
+}
+
+/// Parses the 512-byte header. Never panics, whatever the bytes.
+pub fn parse_header(bytes: &[u8]) -> Result<CvdHeader, String> {
+    if bytes.len() < HEADER_LEN {
+        return Err(format!("truncated: {} bytes, a container header alone is {HEADER_LEN}", bytes.len()));
+    }
+    let raw = &bytes[..HEADER_LEN];
+    let text = std::str::from_utf8(raw).map_err(|_| "header is not text".to_string())?;
+    let text = text.trim_end_matches([' ', '\0', '\n']);
+    let rest = text.strip_prefix("ClamAV-VDB:").ok_or("does not start with \"ClamAV-VDB:\"")?;
+    let f: Vec<&str> = rest.split(':').collect();
+    if f.len() < 7 {
+        return Err(format!("header has {} fields, expected at least 7", f.len()));
+    }
+    let num = |i: usize, what: &str| -> Result<u64, String> {
+        f[i].trim().parse::<u64>().map_err(|_| format!("{what} {:?} is not a number", f[i]))
+    };
+    let md5 = f[4].trim();
+    if md5.len() != 32 || !md5.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(format!("MD5 field {md5:?} is not 32 hex digits"));
+    }
+    let functionality_level = num(3, "functionality level")?;
+    Ok(CvdHeader {
+        build_time: f[0].trim().to_string(),
+        version: num(1, "version")?,
+        signatures: num(2, "signature count")?,
+        functionality_level: u32::try_from(functionality_level).map_err(|_| "functionality level too large".to_string())?,
+        md5: md5.to_ascii_lowercase(),
+        dsig: f[5].trim().to_string(),
+        builder: f[6].trim().to_string(),
+        build_epoch: f.get(7).and_then(|s| s.trim().parse().ok()),
+    })
+}
+
+/// MD5 of everything after the header, streamed.
+pub fn body_md5(mut r: impl Read) -> std::io::Result<String> {
+    let mut h = Md5::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = r.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn header(s: &str) -> Vec<u8> {
+        let mut v = s.as_bytes().to_vec();
+        v.resize(HEADER_LEN, b' ');
+        v
+    }
+
+    #[test]
+    fn parses_a_sigtool_header() {
+        let h = parse_header(&header(
+            "ClamAV-VDB:23 Nov 2026 22-27 +0000:2:120:216:75970fde2a0a606a2cdd5a7b9d376fc5:X:clamgate:1795472824",
+        ))
+        .unwrap();
+        assert_eq!((h.version, h.signatures, h.functionality_level), (2, 120, 216));
+        assert_eq!(h.builder, "clamgate");
+        assert_eq!(h.dsig, "X");
+        assert_eq!(h.build_epoch, Some(1795472824));
+    }
+
+    #[test]
+    fn rejects_broken_headers() {
+        let cases = [
+            (b"ClamAV-VDB:1".to_vec(), "truncated"),
+            (header("ClamAV-VDX:a:1:1:1:00000000000000000000000000000000:X:b"), "does not start"),
+            (header("ClamAV-VDB:a:1:1"), "fields"),
+            (header("ClamAV-VDB:a:one:1:1:00000000000000000000000000000000:X:b"), "version"),
+            (header("ClamAV-VDB:a:1:1:1:0000:X:b"), "MD5"),
+            (header("ClamAV-VDB:a:1:1:99999999999:00000000000000000000000000000000:X:b"), "functionality level"),
+        ];
+        for (bytes, want) in cases {
+            let err = parse_header(&bytes).unwrap_err();
+            assert!(err.contains(want), "{want}: {err}");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..700)) {
+            let _ = parse_header(&bytes);
+        }
+
+        #[test]
+        fn never_panics_on_header_like_input(fields in proptest::collection::vec("[0-9a-zA-Z :\\-]{0,40}", 0..12)) {
+            let _ = parse_header(&header(&format!("ClamAV-VDB:{}", fields.join(":"))));
+        }
+    }
+}

@@ -1,0 +1,60 @@
+//! Static checks of a snapshot (DESIGN.md steps 3 and 4): every file's
+//! format, then the sanity of the whole set against the live release.
+//! Cheap and exact, so they run before any canary is started.
+
+pub mod cvd;
+pub mod sanity;
+pub mod text;
+
+use std::fs::File;
+use std::io::{BufReader, Read};
+use std::path::Path;
+
+use crate::candidate::{CONTAINER_EXTS, DbFile};
+use crate::reason::{Code, Reason};
+
+/// Checks one copied file and fills in its header and signature count.
+pub fn inspect(dir: &Path, file: &mut DbFile) -> Result<(), Reason> {
+    let path = dir.join(&file.name);
+    let unreadable = |e: std::io::Error| Reason::file(Code::FileUnreadable, &file.name, format!("cannot read: {e}"));
+    let ext = file.extension().to_string();
+    if CONTAINER_EXTS.contains(&ext.as_str()) {
+        let mut f = File::open(&path).map_err(unreadable)?;
+        let mut head = Vec::with_capacity(cvd::HEADER_LEN);
+        (&mut f).take(cvd::HEADER_LEN as u64).read_to_end(&mut head).map_err(unreadable)?;
+        let header = cvd::parse_header(&head).map_err(|why| {
+            Reason::file(Code::CvdBadHeader, &file.name, format!("container header is unusable: {why}"))
+        })?;
+        if file.size == cvd::HEADER_LEN as u64 {
+            return Err(Reason::file(Code::CvdBadHeader, &file.name, "container has a header but no body"));
+        }
+        if ext != "cld" {
+            let md5 = cvd::body_md5(BufReader::new(f)).map_err(unreadable)?;
+            if md5 != header.md5 {
+                return Err(Reason::file(
+                    Code::CvdMd5Mismatch,
+                    &file.name,
+                    format!("body MD5 {md5} does not match the header's {} (corrupt or truncated download)", header.md5),
+                ));
+            }
+        }
+        file.signatures = header.signatures;
+        file.header = Some(header);
+        return Ok(());
+    }
+    if text::FORMATS.contains(&ext.as_str()) {
+        if file.size == 0 {
+            return Err(Reason::file(Code::DbEmpty, &file.name, "is empty (clamd refuses an empty database file)"));
+        }
+        let f = File::open(&path).map_err(unreadable)?;
+        let count = text::check(&ext, BufReader::new(f)).map_err(|e| {
+            Reason::file(Code::DbMalformedLine, &format!("{}:{}", file.name, e.line), format!("line {}: {}", e.line, e.problem))
+        })?;
+        if count == 0 {
+            return Err(Reason::file(Code::DbEmpty, &file.name, "holds no signatures, only blank or comment lines"));
+        }
+        file.signatures = count;
+    }
+    // Bytecode and YARA: the canary is the check.
+    Ok(())
+}
