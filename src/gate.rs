@@ -88,6 +88,9 @@ pub struct Gate<'a> {
     pub policy: &'a Policy,
     pub clamd_binary: &'a Path,
     pub corpus: &'a Corpus,
+    /// Stops the run before any canary when it returns a reason: the daemon
+    /// uses it so a quarantined digest (or the live one) is not canaried again.
+    pub known: Option<&'a (dyn Fn(&Manifest) -> Option<Reason> + Sync)>,
 }
 
 impl Gate<'_> {
@@ -143,6 +146,13 @@ impl Gate<'_> {
             format!("{} files malformed", r.reasons.len() - before)
         };
         check(&mut r, "format", if format_ok { Status::Pass } else { Status::Fail }, detail);
+
+        if let Some(reason) = self.known.and_then(|known| known(&manifest)) {
+            check(&mut r, "known", Status::Fail, reason.message.clone());
+            r.reasons.push(reason);
+            r.manifest = Some(manifest);
+            return Ok(r);
+        }
 
         // Step 4: sanity against the live release.
         match baseline {

@@ -50,6 +50,8 @@ codes! {
     CorpusFalsePositive = "corpus.false_positive",
     CorpusNameMismatch = "corpus.name_mismatch",
     KnownBad = "quarantined.known_bad",
+    ProductionFailed = "production.verify_failed",
+    OperatorRollback = "operator.rolled_back",
 }
 
 impl fmt::Display for Code {
@@ -123,6 +125,8 @@ impl Code {
             CorpusFalsePositive => "the update flags clean mail: report the false positive to the vendor, or add the signature to an .ign2 file",
             CorpusNameMismatch => "check expect.toml's pattern for that sample",
             KnownBad => "this exact candidate was rejected before; see `clamgate history`",
+            ProductionFailed => "production clamd could not run it; see `clamgate history` and clamd's log",
+            OperatorRollback => "an operator rolled it back; `clamgate promote --force ID` overrides",
         }
     }
 }

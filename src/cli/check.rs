@@ -60,7 +60,7 @@ pub async fn run(args: CheckArgs) -> Result<Exit, CliError> {
         Some(b) => Some(load_baseline(b, &work.path().join("baseline"), &policy)?),
         None => None,
     };
-    let gate = Gate { policy: &policy, clamd_binary: &args.clamd, corpus: &corpus };
+    let gate = Gate { policy: &policy, clamd_binary: &args.clamd, corpus: &corpus, known: None };
     let report = gate.check(&args.dir, &work.path().join("candidate"), baseline.as_ref()).await.map_err(|e| match e {
         GateError::Snapshot(e @ candidate::SnapshotError::ReadDir { .. }) => CliError::usage("usage.unreadable_dir", e),
         e => CliError::environment("environment.gate", e),

@@ -2,6 +2,7 @@
 //! command. Commands return an [`Exit`] or a [`CliError`]; `main` prints.
 
 pub mod check;
+pub mod run;
 
 use std::path::PathBuf;
 
@@ -21,6 +22,32 @@ pub struct Cli {
 pub enum Command {
     /// Run the whole gate on a directory of database files, offline; promotes nothing.
     Check(check::CheckArgs),
+    /// The daemon: watch incoming, gate, promote, roll back.
+    Run(ConfigArg),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ConfigArg {
+    /// Config file (default: $CLAMGATE_CONFIG, else /etc/clamgate/clamgate.toml).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+}
+
+impl ConfigArg {
+    pub fn load(&self) -> Result<crate::config::Config, CliError> {
+        crate::config::Config::locate(self.config.as_deref()).map_err(|e| CliError::usage("config.invalid", e))
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM: the one cancellation signal every
+/// long-running command is handed.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler installs");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
 }
 
 /// Exit codes of DESIGN.md's CLI table.
@@ -61,6 +88,7 @@ pub async fn run(cli: Cli) -> Result<Exit, (CliError, bool)> {
             let json = args.json;
             check::run(args).await.map_err(|e| (e, json))
         }
+        Command::Run(args) => run::run(args).await.map_err(|e| (e, false)),
     }
 }
 

@@ -2,6 +2,8 @@
 //! temporary sockets. Every process started here dies with its handle.
 #![allow(dead_code)]
 
+pub mod daemon;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -89,6 +91,17 @@ impl Clamd {
         let dir = tempfile::Builder::new().prefix("clamd-").tempdir_in("/tmp").unwrap();
         let mut opts = Options::new(db_dir, dir.path());
         tweak(&mut opts);
+        let process = ClamdProcess::start(opts, START_TIMEOUT).await?;
+        Ok(Clamd { process, dir })
+    }
+
+    /// A clamd whose socket is `work_dir/clamd.sock`, known before it starts
+    /// (production in daemon tests, whose config names the socket).
+    pub async fn start_in(db_dir: &Path, work_dir: &Path, extra: &[&str]) -> Result<Clamd, StartError> {
+        let dir = tempfile::Builder::new().prefix("clamd-").tempdir_in("/tmp").unwrap();
+        std::fs::create_dir_all(work_dir).unwrap();
+        let mut opts = Options::new(db_dir, work_dir);
+        opts.extra_config = extra.iter().map(|s| s.to_string()).collect();
         let process = ClamdProcess::start(opts, START_TIMEOUT).await?;
         Ok(Clamd { process, dir })
     }

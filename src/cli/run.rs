@@ -1,0 +1,22 @@
+//! `clamgate run`: start the daemon with the config and run until signalled.
+
+use super::{CliError, ConfigArg, Exit};
+use crate::daemon::{Daemon, DaemonError};
+use crate::store::StoreError;
+
+pub async fn run(args: ConfigArg) -> Result<Exit, CliError> {
+    let config = args.load()?;
+    let daemon = Daemon::new(config).map_err(classify)?;
+    daemon.run(super::shutdown_signal()).await.map_err(classify)?;
+    Ok(Exit::Ok)
+}
+
+fn classify(e: DaemonError) -> CliError {
+    match e {
+        DaemonError::Config(_) | DaemonError::Policy(_) | DaemonError::Corpus(_) | DaemonError::Smoke(_) => {
+            CliError::usage("config.invalid", e)
+        }
+        DaemonError::Store(StoreError::DaemonRunning { .. }) => CliError::usage("state.daemon_running", e),
+        e => CliError::environment("environment.daemon", e),
+    }
+}

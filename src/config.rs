@@ -1,0 +1,192 @@
+//! `clamgate.toml`: where things live and how to reach the production clamd.
+//! Every key has a default (DESIGN.md "Config"); unknown keys and bad values
+//! are errors that name the key.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::clamd::Endpoint;
+use crate::settings::{Fields, SettingsError};
+
+pub const DEFAULT_PATH: &str = "/etc/clamgate/clamgate.toml";
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it came from, if any (for messages).
+    pub file: Option<PathBuf>,
+    pub state_dir: PathBuf,
+    pub incoming_dir: PathBuf,
+    pub corpus_dir: PathBuf,
+    /// Policy file; the built-in defaults apply when it does not exist.
+    pub policy: PathBuf,
+    /// Quiet time before a change in incoming_dir becomes a candidate.
+    pub settle: Duration,
+    /// Full rescan of incoming_dir, so a missed file event only delays.
+    pub rescan_interval: Duration,
+    /// Corpus samples scanned through production after a promotion and by the
+    /// health prober: at least one under infected/ and one under clean/.
+    pub smoke_samples: Vec<String>,
+    pub clamd: ClamdConfig,
+    pub health: HealthConfig,
+    pub milter: MilterConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct ClamdConfig {
+    pub endpoint: Endpoint,
+    /// clamd binary started for canaries.
+    pub binary: PathBuf,
+    /// Bound on every command to production clamd.
+    pub timeout: Duration,
+    /// How long production may take to show a new release after RELOAD.
+    pub reload_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct HealthConfig {
+    pub listen: String,
+    pub probe_interval: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct MilterConfig {
+    pub listen: String,
+    pub health_url: String,
+    pub mode: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {file}: {source}")]
+    Read { file: PathBuf, #[source] source: std::io::Error },
+    #[error("config {0}")]
+    Invalid(#[from] SettingsError),
+}
+
+impl Config {
+    /// `--config F`, else `$CLAMGATE_CONFIG`, else the default path; the
+    /// default path may be missing (all defaults), an explicit one may not.
+    pub fn locate(explicit: Option<&Path>) -> Result<Config, ConfigError> {
+        let chosen = explicit.map(Path::to_path_buf).or_else(|| std::env::var_os("CLAMGATE_CONFIG").map(PathBuf::from));
+        match chosen {
+            Some(f) => Config::load(&f),
+            None if Path::new(DEFAULT_PATH).exists() => Config::load(Path::new(DEFAULT_PATH)),
+            None => Ok(Config::parse(Path::new("(defaults)"), "").map(|mut c| {
+                c.file = None;
+                c
+            })?),
+        }
+    }
+
+    pub fn load(file: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(file).map_err(|source| ConfigError::Read { file: file.to_path_buf(), source })?;
+        Ok(Config::parse(file, &text)?)
+    }
+
+    pub fn parse(file: &Path, text: &str) -> Result<Config, SettingsError> {
+        let mut f = Fields::parse(file, text)?;
+        let state_dir = f.path("state_dir", "/var/lib/clamgate");
+        let incoming_dir = f.path("incoming_dir", "/var/lib/clamav");
+        let corpus_dir = f.path("corpus_dir", "/usr/share/clamgate/corpus");
+        let policy = f.path("policy", "/etc/clamgate/policies/default.toml");
+        let settle = f.duration("settle", "5s");
+        let rescan_interval = f.duration("rescan_interval", "60s");
+        let smoke_samples = f.strings("smoke_samples", &["infected/clam.exe", "clean/letter.txt"]);
+        let mut problems = Vec::new();
+        if !smoke_samples.iter().any(|s| s.starts_with("infected/")) || !smoke_samples.iter().any(|s| s.starts_with("clean/")) {
+            problems.push("smoke_samples: needs one sample under infected/ and one under clean/".to_string());
+        }
+        let clamd = f.section("clamd", |s| {
+            let socket = s.opt_string("socket");
+            let tcp = s.opt_string("tcp");
+            let endpoint = match (socket, tcp) {
+                (Some(_), Some(_)) => {
+                    problems.push("clamd: set socket or tcp, not both".into());
+                    Endpoint::Unix("/run/clamav/clamd.ctl".into())
+                }
+                (_, Some(t)) => Endpoint::Tcp(t),
+                (Some(p), None) => Endpoint::Unix(p.into()),
+                (None, None) => Endpoint::Unix("/run/clamav/clamd.ctl".into()),
+            };
+            ClamdConfig {
+                endpoint,
+                binary: s.path("binary", "/usr/sbin/clamd"),
+                timeout: s.duration("timeout", "30s"),
+                reload_timeout: s.duration("reload_timeout", "300s"),
+            }
+        });
+        let health = f.section("health", |s| HealthConfig {
+            listen: s.string("listen", "127.0.0.1:3311"),
+            probe_interval: s.duration("probe_interval", "10s"),
+        });
+        let milter = f.section("milter", |s| {
+            let mode = s.string("mode", "gate");
+            if mode != "gate" && mode != "scan" {
+                problems.push(format!("milter.mode: {mode:?} is neither \"gate\" nor \"scan\""));
+            }
+            MilterConfig {
+                listen: s.string("listen", "unix:/run/clamgate/milter.sock"),
+                health_url: s.string("health_url", "http://127.0.0.1:3311/readyz"),
+                mode,
+            }
+        });
+        let finish = f.finish(file);
+        let mut all = problems;
+        if let Err(e) = finish {
+            all.extend(e.problems);
+        }
+        if !all.is_empty() {
+            return Err(SettingsError { file: file.to_path_buf(), problems: all });
+        }
+        Ok(Config {
+            file: Some(file.to_path_buf()),
+            state_dir,
+            incoming_dir,
+            corpus_dir,
+            policy,
+            settle,
+            rescan_interval,
+            smoke_samples,
+            clamd,
+            health,
+            milter,
+        })
+    }
+
+    /// The policy file's thresholds, or the built-in defaults when the
+    /// configured file does not exist.
+    pub fn load_policy(&self) -> Result<crate::policy::Policy, crate::policy::PolicyError> {
+        if self.policy.exists() { crate::policy::Policy::load(&self.policy) } else { Ok(crate::policy::Policy::default()) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_design() {
+        let c = Config::parse(Path::new("x"), "").unwrap();
+        assert_eq!(c.state_dir, PathBuf::from("/var/lib/clamgate"));
+        assert_eq!(c.incoming_dir, PathBuf::from("/var/lib/clamav"));
+        assert_eq!(c.settle, Duration::from_secs(5));
+        assert_eq!(c.clamd.endpoint, Endpoint::Unix("/run/clamav/clamd.ctl".into()));
+        assert_eq!(c.health.listen, "127.0.0.1:3311");
+        assert_eq!(c.milter.mode, "gate");
+    }
+
+    #[test]
+    fn bad_keys_are_named() {
+        let text = "settle = \"soon\"\nstate_dri = \"/x\"\n[clamd]\ntcp = \"127.0.0.1:3310\"\nsocket = \"/s\"\n[milter]\nmode = \"block\"\n[health]\nlisten = 5\n";
+        let err = Config::parse(Path::new("/etc/c.toml"), text).unwrap_err().to_string();
+        for want in ["settle: invalid duration", "state_dri: unknown key", "clamd: set socket or tcp", "milter.mode", "health.listen: expected a string"] {
+            assert!(err.contains(want), "{want:?} missing: {err}");
+        }
+    }
+
+    #[test]
+    fn tcp_endpoint() {
+        let c = Config::parse(Path::new("x"), "[clamd]\ntcp = \"127.0.0.1:3310\"\n").unwrap();
+        assert_eq!(c.clamd.endpoint, Endpoint::Tcp("127.0.0.1:3310".into()));
+    }
+}

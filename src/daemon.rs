@@ -1,0 +1,292 @@
+//! `clamgate run`: the long-running gate. Watches `incoming_dir`, waits for
+//! it to settle, runs the gate on a snapshot, promotes what passes, and
+//! quarantines what does not. A change during a run cancels that run and
+//! starts over on the new files; a shutdown signal stops everything, with
+//! canary clamds killed on the way out.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+use serde_json::json;
+use tokio::time::{Instant, sleep_until};
+
+use crate::config::Config;
+use crate::corpus::Corpus;
+use crate::failpoint;
+use crate::gate::{Baseline, Gate, Report, Verdict};
+use crate::policy::Policy;
+use crate::promote::{self, Outcome, Production};
+use crate::reason::{Code, Reason};
+use crate::store::{Store, StoreError};
+use crate::watch;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Policy(#[from] crate::policy::PolicyError),
+    #[error(transparent)]
+    Corpus(#[from] crate::corpus::CorpusError),
+    #[error("config: {0}")]
+    Smoke(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Journal(#[from] crate::journal::JournalError),
+    #[error("cannot watch {dir}: {source}")]
+    Watch { dir: PathBuf, #[source] source: notify::Error },
+}
+
+/// Everything the daemon decides with, built once at start.
+pub struct Daemon {
+    pub config: Config,
+    pub store: Store,
+    pub policy: Policy,
+    pub corpus: Corpus,
+    pub production: Production,
+}
+
+const LOCK_WAIT: Duration = Duration::from_secs(30);
+
+impl Daemon {
+    pub fn new(config: Config) -> Result<Daemon, DaemonError> {
+        let policy = config.load_policy()?;
+        let corpus = Corpus::load(&config.corpus_dir)?;
+        let smoke = promote::smoke_samples(&corpus, &config.smoke_samples).map_err(DaemonError::Smoke)?;
+        let store = Store::open(&config.state_dir)?;
+        let production = Production {
+            client: crate::clamd::Client::new(config.clamd.endpoint.clone(), config.clamd.timeout),
+            reload_timeout: config.clamd.reload_timeout,
+            smoke,
+        };
+        Ok(Daemon { config, store, policy, corpus, production })
+    }
+
+    /// Runs until `shutdown` completes.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
+        let _daemon = self.store.daemon_lock()?;
+        {
+            let lock = self.lock().await?;
+            let removed = self.store.recover(&lock)?;
+            if !removed.is_empty() {
+                tracing::warn!("removed {} leftovers of an interrupted run: {:?}", removed.len(), removed);
+            }
+        }
+        self.store.journal().append("daemon.started", json!({ "pid": std::process::id(), "incoming": self.config.incoming_dir }))?;
+        tracing::info!(state_dir = %self.config.state_dir.display(), incoming = %self.config.incoming_dir.display(), "clamgate daemon started");
+        self.resume_interrupted().await?;
+
+        let dir = self.config.incoming_dir.clone();
+        std::fs::create_dir_all(&dir).map_err(|e| DaemonError::Watch { dir: dir.clone(), source: e.into() })?;
+        let mut watcher = watch::watch(&dir).map_err(|source| DaemonError::Watch { dir: dir.clone(), source })?;
+        let mut rescan = tokio::time::interval(self.config.rescan_interval);
+        let mut seen = watch::fingerprint(&dir);
+        // What was last turned into a candidate: at start, nothing.
+        let mut processed: Option<String> = None;
+        let mut last_change = Instant::now();
+        tokio::pin!(shutdown);
+
+        loop {
+            let due = (seen != processed && seen.is_some()).then_some(last_change + self.config.settle);
+            tokio::select! {
+                biased;
+                _ = &mut shutdown => break,
+                Some(()) = watcher.changes.recv() => {
+                    let now = watch::fingerprint(&dir);
+                    if now != seen { seen = now; last_change = Instant::now(); }
+                }
+                _ = rescan.tick() => {
+                    let now = watch::fingerprint(&dir);
+                    if now != seen { seen = now; last_change = Instant::now(); }
+                }
+                _ = sleep_until(due.unwrap_or_else(far_future)), if due.is_some() => {
+                    let started_on = seen.clone();
+                    tracing::info!("incoming {} settled; checking it", dir.display());
+                    let run = self.process();
+                    tokio::pin!(run);
+                    let finished = loop {
+                        tokio::select! {
+                            biased;
+                            _ = &mut shutdown => {
+                                tracing::info!("shutdown during a candidate run; cancelling it");
+                                self.cleanup_work();
+                                return self.stopped();
+                            }
+                            Some(()) = watcher.changes.recv() => {
+                                let now = watch::fingerprint(&dir);
+                                if now != started_on {
+                                    tracing::info!("incoming changed during the run; cancelling and starting over");
+                                    self.store.journal().append("candidate.cancelled", json!({ "why": "incoming changed during the run" }))?;
+                                    seen = now;
+                                    last_change = Instant::now();
+                                    break false;
+                                }
+                            }
+                            r = &mut run => { r?; break true; }
+                        }
+                    };
+                    if !finished {
+                        self.cleanup_work();
+                    } else {
+                        processed = started_on;
+                    }
+                }
+            }
+        }
+        self.stopped()
+    }
+
+    fn stopped(&self) -> Result<(), DaemonError> {
+        self.store.journal().append("daemon.stopped", json!({ "pid": std::process::id() }))?;
+        tracing::info!("clamgate daemon stopped");
+        Ok(())
+    }
+
+    fn cleanup_work(&self) {
+        if let Ok(entries) = std::fs::read_dir(self.store.work_dir()) {
+            for e in entries.flatten() {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+
+    async fn lock(&self) -> Result<crate::store::StateLock, StoreError> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || store.lock(LOCK_WAIT)).await.expect("lock task does not panic")
+    }
+
+    /// A promotion or rollback that a crash interrupted is finished now:
+    /// production is made to run `current`, verified, and rolled back if it
+    /// does not scan.
+    async fn resume_interrupted(&self) -> Result<(), DaemonError> {
+        let entries = self.store.journal().read()?;
+        let last = entries.iter().rev().find(|e| e.event.ends_with(".begin") || e.event.ends_with(".done") || e.event.ends_with(".failed"));
+        let Some(last) = last.filter(|e| e.event.ends_with(".begin")) else { return Ok(()) };
+        let Some(current) = self.store.current()? else { return Ok(()) };
+        tracing::warn!(release = current, "the last {} was interrupted; verifying production on {current}", last.event);
+        let lock = self.lock().await?;
+        let kind = last.event.trim_end_matches(".begin").to_string();
+        let outcome = promote::activate(&self.store, &lock, &self.production, &current, &kind).await.map_err(|promote::PromoteError::Store(e)| e)?;
+        tracing::info!("resumed {kind}: {outcome:?}");
+        Ok(())
+    }
+
+    /// One candidate: gate, then promote or quarantine.
+    async fn process(&self) -> Result<(), DaemonError> {
+        let stamp = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_millis();
+        let work = self.store.work_dir().join(format!("candidate-{stamp}"));
+        let live = self.store.current()?;
+        let baseline = match &live {
+            Some(id) => match self.store.manifest(id) {
+                Ok(manifest) => Some(Baseline {
+                    dir: self.store.release_dir(id),
+                    verdicts: self.store.cached_verdicts(id, &self.corpus.digest),
+                    manifest,
+                }),
+                Err(e) => {
+                    tracing::error!("live release {id} is unreadable, checking without a baseline: {e}");
+                    None
+                }
+            },
+            None => None,
+        };
+        let store = &self.store;
+        let live_id = live.clone();
+        let known = move |m: &crate::candidate::Manifest| -> Option<Reason> {
+            if live_id.as_deref() == Some(m.id.as_str()) {
+                return Some(Reason::new(Code::KnownBad, None, "identical to the live release"));
+            }
+            store.quarantined(&m.id).map(|q| {
+                Reason::new(Code::KnownBad, None, format!("quarantined at {} ({}); not checked again", q.at, q.source))
+            })
+        };
+        let gate = Gate {
+            policy: &self.policy,
+            clamd_binary: &self.config.clamd.binary,
+            corpus: &self.corpus,
+            known: Some(&known),
+        };
+        let report = match gate.check(&self.config.incoming_dir, &work, baseline.as_ref()).await {
+            Ok(r) => r,
+            Err(e) => {
+                // Our failure, not the candidate's: production is untouched; retry on the next change.
+                tracing::error!("could not check the candidate: {e}");
+                self.store.journal().append("candidate.error", json!({ "error": e.to_string() }))?;
+                let _ = std::fs::remove_dir_all(&work);
+                return Ok(());
+            }
+        };
+        let result = self.decide(&report, live.as_deref(), baseline.as_ref()).await;
+        let _ = std::fs::remove_dir_all(&work);
+        result
+    }
+
+    async fn decide(&self, report: &Report, live: Option<&str>, baseline: Option<&Baseline>) -> Result<(), DaemonError> {
+        let journal = self.store.journal();
+        let Some(manifest) = report.manifest.as_ref().filter(|m| !m.files.is_empty()) else {
+            tracing::warn!("incoming holds no usable database files: {:?}", report.reasons);
+            journal.append("candidate.checked", json!({ "id": null, "verdict": report.verdict, "reasons": report.reasons }))?;
+            return Ok(());
+        };
+        let id = manifest.id.as_str();
+        if live == Some(id) {
+            tracing::debug!(candidate = id, "incoming matches the live release");
+            return Ok(());
+        }
+        if self.store.quarantined(id).is_some() {
+            tracing::warn!(candidate = id, "candidate {id} was quarantined before; not checked again");
+            journal.append("candidate.known_bad", json!({ "id": id, "reasons": report.reasons }))?;
+            return Ok(());
+        }
+        if let (Some(b), Some(v)) = (baseline, &report.new_baseline_verdicts) {
+            if let Err(e) = self.store.cache_verdicts(&b.manifest.id, &self.corpus.digest, v) {
+                tracing::warn!("cannot cache the live release's verdicts: {e}");
+            }
+        }
+        journal.append("candidate.checked", json!({
+            "id": id,
+            "verdict": report.verdict,
+            "reasons": report.reasons,
+            "warnings": report.warnings,
+            "baseline": report.baseline,
+            "canary": report.canary,
+            "checks": report.checks,
+        }))?;
+        let lock = self.lock().await?;
+        if report.verdict == Verdict::Reject {
+            for r in &report.reasons {
+                tracing::warn!(candidate = id, "rejected: {r}");
+            }
+            self.store.quarantine(&lock, manifest, &report.reasons, "gate", report.canary_log.as_deref(), report.snapshot_dir.as_deref())?;
+            journal.append("candidate.quarantined", json!({ "id": id }))?;
+            return Ok(());
+        }
+        let snapshot = report.snapshot_dir.as_deref().expect("a passed candidate has a snapshot");
+        self.store.add_release(&lock, snapshot, manifest)?;
+        failpoint::hit("release-written");
+        journal.append("release.created", json!({ "id": id, "signatures": manifest.total_signatures() }))?;
+        if let Some(pin) = self.store.pinned() {
+            tracing::warn!(candidate = id, "passed, but the live release is pinned by {} since {}; kept as release {id}", pin.by, pin.at);
+            journal.append("candidate.held", json!({ "id": id, "pinned_by": pin.by }))?;
+            return Ok(());
+        }
+        let outcome = promote::activate(&self.store, &lock, &self.production, id, "promotion").await.map_err(|promote::PromoteError::Store(e)| e)?;
+        match &outcome {
+            Outcome::Live(_) => {
+                let removed = self.store.prune(&lock, self.policy.keep_releases, live)?;
+                if !removed.is_empty() {
+                    journal.append("release.pruned", json!({ "ids": removed }))?;
+                }
+            }
+            Outcome::RolledBack { reason, to } => tracing::error!(candidate = id, "rolled back to {to}: {reason}"),
+            Outcome::Broken { reason } => tracing::error!(candidate = id, "production needs attention: {reason}"),
+        }
+        Ok(())
+    }
+}
+
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(86400 * 365)
+}

@@ -1,0 +1,411 @@
+//! The on-disk state (DESIGN.md "On-disk state"): immutable releases, the
+//! `current` symlink swapped by rename, quarantine, the journal, and the
+//! lock. Every change is ordered so that a crash at any instant leaves
+//! `current` on a complete release that passed its canary.
+
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
+
+use serde::{Deserialize, Serialize};
+
+use crate::candidate::Manifest;
+use crate::corpus::Verdicts;
+use crate::journal::Journal;
+use crate::reason::Reason;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{what} {path}: {source}")]
+    Io { what: &'static str, path: PathBuf, #[source] source: std::io::Error },
+    #[error("state dir {0} is locked by another clamgate command or the daemon; retry, or stop it")]
+    Locked(PathBuf),
+    #[error("another clamgate daemon (pid {pid}) already runs on {dir}")]
+    DaemonRunning { dir: PathBuf, pid: String },
+    #[error("no release {0} in the state dir")]
+    NoRelease(String),
+    #[error("release id {prefix:?} is ambiguous: {matches}")]
+    Ambiguous { prefix: String, matches: String },
+    #[error("{file}: {message}")]
+    Corrupt { file: PathBuf, message: String },
+    #[error(transparent)]
+    Journal(#[from] crate::journal::JournalError),
+}
+
+fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> StoreError {
+    let path = path.to_path_buf();
+    move |source| StoreError::Io { what, path, source }
+}
+
+/// Proof that the state lock is held; required by every change.
+#[derive(Debug)]
+pub struct StateLock {
+    _file: File,
+}
+
+/// Held for the daemon's whole life: one daemon per state dir.
+#[derive(Debug)]
+pub struct DaemonLock {
+    _file: File,
+}
+
+/// The operator's hold on the live release.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Pin {
+    pub id: Option<String>,
+    pub by: String,
+    pub at: String,
+}
+
+/// Why a candidate sits in quarantine.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct QuarantineRecord {
+    pub id: String,
+    pub digest: String,
+    pub at: String,
+    pub reasons: Vec<Reason>,
+    /// Where it came from: `gate`, `rollback` (failed in production), `operator`.
+    pub source: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ReleaseInfo {
+    pub id: String,
+    pub created: Option<String>,
+    pub manifest: Manifest,
+    pub live: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Store {
+    root: PathBuf,
+}
+
+impl Store {
+    /// Opens (creating if needed) the state dir.
+    pub fn open(root: &Path) -> Result<Store, StoreError> {
+        for sub in ["", "releases", "quarantine", "work", "cache"] {
+            let d = root.join(sub);
+            fs::create_dir_all(&d).map_err(io("cannot create", &d))?;
+        }
+        Ok(Store { root: root.to_path_buf() })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn journal(&self) -> Journal {
+        Journal::new(self.root.join("journal.jsonl"))
+    }
+
+    pub fn work_dir(&self) -> PathBuf {
+        self.root.join("work")
+    }
+
+    pub fn current_link(&self) -> PathBuf {
+        self.root.join("current")
+    }
+
+    pub fn release_dir(&self, id: &str) -> PathBuf {
+        self.root.join("releases").join(id)
+    }
+
+    /// Takes the state lock, waiting up to `wait` for another holder.
+    pub fn lock(&self, wait: Duration) -> Result<StateLock, StoreError> {
+        let path = self.root.join("lock");
+        let file = File::options().create(true).truncate(false).write(true).open(&path).map_err(io("cannot open lock", &path))?;
+        let deadline = Instant::now() + wait;
+        loop {
+            match file.try_lock() {
+                Ok(()) => return Ok(StateLock { _file: file }),
+                Err(fs::TryLockError::WouldBlock) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+                Err(fs::TryLockError::WouldBlock) => return Err(StoreError::Locked(self.root.clone())),
+                Err(fs::TryLockError::Error(e)) => return Err(io("cannot lock", &path)(e)),
+            }
+        }
+    }
+
+    pub fn daemon_lock(&self) -> Result<DaemonLock, StoreError> {
+        let path = self.root.join("daemon.pid");
+        let mut file = File::options().create(true).truncate(false).read(true).write(true).open(&path).map_err(io("cannot open", &path))?;
+        match file.try_lock() {
+            Ok(()) => {
+                file.set_len(0).map_err(io("cannot write", &path))?;
+                writeln!(file, "{}", std::process::id()).map_err(io("cannot write", &path))?;
+                Ok(DaemonLock { _file: file })
+            }
+            Err(fs::TryLockError::WouldBlock) => Err(StoreError::DaemonRunning {
+                dir: self.root.clone(),
+                pid: fs::read_to_string(&path).unwrap_or_default().trim().to_string(),
+            }),
+            Err(fs::TryLockError::Error(e)) => Err(io("cannot lock", &path)(e)),
+        }
+    }
+
+    /// Removes what a crash can leave: half-written releases, a new
+    /// `current` link not yet renamed, candidate work directories.
+    pub fn recover(&self, _lock: &StateLock) -> Result<Vec<PathBuf>, StoreError> {
+        let mut removed = Vec::new();
+        let rel = self.root.join("releases");
+        for e in fs::read_dir(&rel).map_err(io("cannot read", &rel))?.flatten() {
+            if e.file_name().to_string_lossy().starts_with(".tmp-") {
+                fs::remove_dir_all(e.path()).map_err(io("cannot remove", &e.path()))?;
+                removed.push(e.path());
+            }
+        }
+        let tmp_link = self.root.join("current.new");
+        if fs::symlink_metadata(&tmp_link).is_ok() {
+            fs::remove_file(&tmp_link).map_err(io("cannot remove", &tmp_link))?;
+            removed.push(tmp_link);
+        }
+        let work = self.work_dir();
+        for e in fs::read_dir(&work).map_err(io("cannot read", &work))?.flatten() {
+            let _ = fs::remove_dir_all(e.path());
+            removed.push(e.path());
+        }
+        Ok(removed)
+    }
+
+    /// The live release id, from the `current` link.
+    pub fn current(&self) -> Result<Option<String>, StoreError> {
+        let link = self.current_link();
+        match fs::read_link(&link) {
+            Ok(target) => Ok(target.file_name().map(|n| n.to_string_lossy().into_owned())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io("cannot read link", &link)(e)),
+        }
+    }
+
+    pub fn manifest(&self, id: &str) -> Result<Manifest, StoreError> {
+        let path = self.release_dir(id).join("manifest.json");
+        let text = fs::read_to_string(&path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => StoreError::NoRelease(id.to_string()),
+            _ => io("cannot read", &path)(e),
+        })?;
+        serde_json::from_str(&text).map_err(|e| StoreError::Corrupt { file: path, message: e.to_string() })
+    }
+
+    /// Kept releases, newest first.
+    pub fn releases(&self) -> Result<Vec<ReleaseInfo>, StoreError> {
+        let live = self.current()?;
+        let rel = self.root.join("releases");
+        let mut out = Vec::new();
+        for e in fs::read_dir(&rel).map_err(io("cannot read", &rel))?.flatten() {
+            let id = e.file_name().to_string_lossy().into_owned();
+            if id.starts_with('.') {
+                continue;
+            }
+            let Ok(manifest) = self.manifest(&id) else { continue };
+            let created = fs::metadata(e.path().join("manifest.json")).and_then(|m| m.modified()).ok();
+            out.push((created, ReleaseInfo {
+                live: live.as_deref() == Some(id.as_str()),
+                created: created.map(|t| humantime::format_rfc3339_seconds(t).to_string()),
+                id,
+                manifest,
+            }));
+        }
+        out.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.id.cmp(&b.1.id)));
+        Ok(out.into_iter().map(|(_, r)| r).collect())
+    }
+
+    /// Resolves a full id or a unique prefix of a kept release.
+    pub fn resolve(&self, prefix: &str) -> Result<String, StoreError> {
+        let ids: Vec<String> = self.releases()?.into_iter().map(|r| r.id).filter(|id| id.starts_with(prefix)).collect();
+        match ids.as_slice() {
+            [one] => Ok(one.clone()),
+            [] => Err(StoreError::NoRelease(prefix.to_string())),
+            many => Err(StoreError::Ambiguous { prefix: prefix.to_string(), matches: many.join(", ") }),
+        }
+    }
+
+    /// Writes a release from a checked snapshot: files copied and fsynced
+    /// into a temporary directory, then renamed into place. Idempotent.
+    pub fn add_release(&self, _lock: &StateLock, snapshot: &Path, manifest: &Manifest) -> Result<PathBuf, StoreError> {
+        let dest = self.release_dir(&manifest.id);
+        if dest.join("manifest.json").exists() {
+            return Ok(dest);
+        }
+        let tmp = self.root.join("releases").join(format!(".tmp-{}", manifest.id));
+        let _ = fs::remove_dir_all(&tmp);
+        fs::create_dir(&tmp).map_err(io("cannot create", &tmp))?;
+        for f in &manifest.files {
+            let (from, to) = (snapshot.join(&f.name), tmp.join(&f.name));
+            fs::copy(&from, &to).map_err(io("cannot copy release file", &from))?;
+            File::open(&to).and_then(|f| f.sync_all()).map_err(io("cannot fsync", &to))?;
+        }
+        crate::failpoint::hit("release-files-written");
+        let mpath = tmp.join("manifest.json");
+        write_synced(&mpath, &serde_json::to_vec_pretty(manifest).expect("manifest serializes"))?;
+        sync_dir(&tmp)?;
+        fs::rename(&tmp, &dest).map_err(io("cannot rename release into place", &dest))?;
+        sync_dir(&self.root.join("releases"))?;
+        Ok(dest)
+    }
+
+    /// Points `current` at a kept release: a new symlink, renamed over the
+    /// old one, then the directory fsynced.
+    pub fn set_current(&self, _lock: &StateLock, id: &str) -> Result<(), StoreError> {
+        if !self.release_dir(id).join("manifest.json").exists() {
+            return Err(StoreError::NoRelease(id.to_string()));
+        }
+        let tmp = self.root.join("current.new");
+        let _ = fs::remove_file(&tmp);
+        std::os::unix::fs::symlink(Path::new("releases").join(id), &tmp).map_err(io("cannot create link", &tmp))?;
+        crate::failpoint::hit("current-link-created");
+        fs::rename(&tmp, self.current_link()).map_err(io("cannot swap", &self.current_link()))?;
+        sync_dir(&self.root)
+    }
+
+    pub fn quarantine_dir(&self, id: &str) -> PathBuf {
+        self.root.join("quarantine").join(id)
+    }
+
+    pub fn quarantined(&self, id: &str) -> Option<QuarantineRecord> {
+        let text = fs::read_to_string(self.quarantine_dir(id).join("reasons.json")).ok()?;
+        serde_json::from_str(&text).ok()
+    }
+
+    /// Records a rejected candidate (or a release marked bad), with its
+    /// reasons, manifest, the canary log and, when given, its files.
+    pub fn quarantine(
+        &self,
+        _lock: &StateLock,
+        manifest: &Manifest,
+        reasons: &[Reason],
+        source: &str,
+        canary_log: Option<&str>,
+        files: Option<&Path>,
+    ) -> Result<QuarantineRecord, StoreError> {
+        let dir = self.quarantine_dir(&manifest.id);
+        fs::create_dir_all(&dir).map_err(io("cannot create", &dir))?;
+        if let Some(files) = files {
+            let fdir = dir.join("files");
+            if !fdir.exists() && fs::rename(files, &fdir).is_err() {
+                // Different filesystem: copying is not worth the risk of filling it.
+                tracing::debug!("quarantine {}: files not kept", manifest.id);
+            }
+        }
+        if let Some(log) = canary_log {
+            write_synced(&dir.join("canary.log"), log.as_bytes())?;
+        }
+        write_synced(&dir.join("manifest.json"), &serde_json::to_vec_pretty(manifest).expect("serializes"))?;
+        let rec = QuarantineRecord {
+            id: manifest.id.clone(),
+            digest: manifest.digest.clone(),
+            at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+            reasons: reasons.to_vec(),
+            source: source.to_string(),
+        };
+        write_synced(&dir.join("reasons.json"), &serde_json::to_vec_pretty(&rec).expect("serializes"))?;
+        sync_dir(&dir)?;
+        Ok(rec)
+    }
+
+    /// Deletes the oldest releases beyond `keep`, never the live one or the
+    /// one before it (the rollback target).
+    pub fn prune(&self, _lock: &StateLock, keep: usize, previous: Option<&str>) -> Result<Vec<String>, StoreError> {
+        let releases = self.releases()?;
+        let mut removed = Vec::new();
+        let mut kept = 0;
+        for r in releases {
+            let protected = r.live || previous == Some(r.id.as_str());
+            if protected || kept < keep {
+                kept += 1;
+                continue;
+            }
+            let dir = self.release_dir(&r.id);
+            // Rename first so a crash never leaves a half-deleted release visible.
+            let doomed = self.root.join("releases").join(format!(".tmp-{}", r.id));
+            fs::rename(&dir, &doomed).map_err(io("cannot remove release", &dir))?;
+            fs::remove_dir_all(&doomed).map_err(io("cannot remove release", &doomed))?;
+            removed.push(r.id);
+        }
+        Ok(removed)
+    }
+
+    pub fn pinned(&self) -> Option<Pin> {
+        serde_json::from_str(&fs::read_to_string(self.root.join("pinned")).ok()?).ok()
+    }
+
+    pub fn pin(&self, _lock: &StateLock, pin: &Pin) -> Result<(), StoreError> {
+        let path = self.root.join("pinned");
+        let tmp = self.root.join("pinned.new");
+        write_synced(&tmp, &serde_json::to_vec(pin).expect("serializes"))?;
+        fs::rename(&tmp, &path).map_err(io("cannot write", &path))?;
+        sync_dir(&self.root)
+    }
+
+    pub fn unpin(&self, _lock: &StateLock) -> Result<bool, StoreError> {
+        let path = self.root.join("pinned");
+        match fs::remove_file(&path) {
+            Ok(()) => sync_dir(&self.root).map(|_| true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(io("cannot remove", &path)(e)),
+        }
+    }
+
+    /// Cached verdicts of a release on a corpus (by digest): a baseline is
+    /// scanned once, not once per candidate.
+    pub fn cached_verdicts(&self, id: &str, corpus_digest: &str) -> Option<Verdicts> {
+        let text = fs::read_to_string(self.root.join("cache").join(format!("{id}-{corpus_digest}.json"))).ok()?;
+        serde_json::from_str(&text).ok()
+    }
+
+    pub fn cache_verdicts(&self, id: &str, corpus_digest: &str, v: &Verdicts) -> Result<(), StoreError> {
+        let path = self.root.join("cache").join(format!("{id}-{corpus_digest}.json"));
+        let tmp = path.with_extension("tmp");
+        write_synced(&tmp, &serde_json::to_vec(v).expect("serializes"))?;
+        fs::rename(&tmp, &path).map_err(io("cannot write", &path))
+    }
+}
+
+pub fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    let mut f = File::create(path).map_err(io("cannot create", path))?;
+    f.write_all(bytes).map_err(io("cannot write", path))?;
+    f.sync_all().map_err(io("cannot fsync", path))
+}
+
+fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io("cannot fsync directory", dir))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::candidate::DbFile;
+
+    fn manifest(tag: &str) -> Manifest {
+        Manifest::new(vec![DbFile { name: "x.hdb".into(), size: 3, sha256: tag.into(), signatures: 1, header: None }])
+    }
+
+    #[test]
+    fn release_swap_prune_and_recover() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let lock = store.lock(Duration::ZERO).unwrap();
+        assert!(matches!(store.lock(Duration::ZERO), Err(StoreError::Locked(_))));
+        let snap = dir.path().join("snap");
+        fs::create_dir(&snap).unwrap();
+        fs::write(snap.join("x.hdb"), "abc").unwrap();
+        let mut ids = Vec::new();
+        for tag in ["a", "b", "c", "d"] {
+            let m = manifest(tag);
+            store.add_release(&lock, &snap, &m).unwrap();
+            store.set_current(&lock, &m.id).unwrap();
+            ids.push(m.id);
+            std::thread::sleep(Duration::from_millis(20)); // mtime order
+        }
+        assert_eq!(store.current().unwrap().as_deref(), Some(ids[3].as_str()));
+        let removed = store.prune(&lock, 2, Some(&ids[2])).unwrap();
+        assert_eq!(removed.len(), 2);
+        assert!(store.release_dir(&ids[3]).exists() && store.release_dir(&ids[2]).exists());
+        assert_eq!(store.resolve(&ids[3][..4]).unwrap(), ids[3]);
+
+        fs::create_dir(dir.path().join("releases/.tmp-zzz")).unwrap();
+        std::os::unix::fs::symlink("releases/nope", dir.path().join("current.new")).unwrap();
+        assert_eq!(store.recover(&lock).unwrap().len(), 2);
+        assert_eq!(store.current().unwrap().as_deref(), Some(ids[3].as_str()));
+    }
+}

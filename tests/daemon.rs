@@ -1,0 +1,132 @@
+//! `clamgate run` with two real clamds: production on `current`, and the
+//! canaries the daemon starts.
+
+mod support;
+
+use clamgate::clamd::ScanVerdict;
+use support::daemon::{Env, set_id};
+use support::*;
+
+async fn assert_scans(prod: &Clamd, version: impl Into<Option<u64>>) {
+    let c = prod.client();
+    assert_eq!(c.version().await.unwrap().database, version.into(), "production version");
+    assert!(c.scan_file(&sample("infected/clam.exe")).await.unwrap().is_infected(), "production must detect");
+    assert_eq!(c.scan_file(&sample("clean/letter.txt")).await.unwrap(), ScanVerdict::Clean);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn first_release_then_a_good_update_is_promoted() {
+    let env = Env::new("", "");
+    env.put("daily-v1");
+    let _d = env.spawn();
+    // No production clamd yet: the promotion stands and says so.
+    let done = env.wait_event("promotion.done", Some(&set_id("daily-v1"))).await;
+    assert!(done.get("production").unwrap().starts_with("down"), "{done:?}");
+    assert_eq!(env.live(), Some(set_id("daily-v1")));
+    let prod = env.start_production(&[]).await;
+    assert_scans(&prod, 1).await;
+
+    env.put("daily-v2");
+    let done = env.wait_event("promotion.done", Some(&set_id("daily-v2"))).await;
+    assert_eq!(done.get("production"), Some("scanning"));
+    assert_eq!(env.live(), Some(set_id("daily-v2")));
+    assert_scans(&prod, 2).await;
+    let checked = env.wait_event("candidate.checked", Some(&set_id("daily-v2"))).await;
+    assert_eq!(checked.fields["baseline"], set_id("daily-v1"), "compared with the live release");
+}
+
+/// Puts each bad set into incoming of a daemon whose live release is `live`
+/// and checks it is quarantined with `code` while production keeps scanning.
+async fn bad_updates_against(live: &str, version: Option<u64>, cases: &[(&str, &str)]) -> (Env, support::daemon::DaemonProc) {
+    let env = Env::new("", "");
+    env.put(live);
+    let d = env.spawn();
+    env.wait_event("promotion.done", Some(&set_id(live))).await;
+    let prod = env.start_production(&[]).await;
+    for &(name, code) in cases {
+        env.put(name);
+        let id = set_id(name);
+        env.wait_event("candidate.quarantined", Some(&id)).await;
+        let checked = env.wait_event("candidate.checked", Some(&id)).await;
+        let codes: Vec<&str> = checked.fields["reasons"].as_array().unwrap().iter().map(|r| r["reason"].as_str().unwrap()).collect();
+        assert!(codes.contains(&code), "{name}: {codes:?}");
+        assert_eq!(env.live(), Some(set_id(live)), "{name}");
+        assert_scans(&prod, version).await;
+        let q = std::fs::read_to_string(env.state().join("quarantine").join(&id).join("reasons.json")).unwrap();
+        assert!(q.contains(code), "{name}: {q}");
+    }
+    (env, d)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_text_updates_leave_production_on_the_old_release_and_scanning() {
+    let cases = [
+        ("bad-ndb", "db.malformed_line"),
+        ("empty", "db.empty"),
+        ("load-fail", "canary.load_failed"),
+        ("fp", "corpus.false_positive"),
+        ("miss", "corpus.regression"),
+    ];
+    let (env, d) = bad_updates_against("good", None, &cases).await;
+
+    // Restarted on the same state, a quarantined digest is reported, not canaried again.
+    let status = d.stop();
+    assert!(status.success(), "graceful stop: {status:?}\n{}", env.log());
+    let before = env.journal().len();
+    let _d = env.spawn();
+    let id = set_id("miss");
+    env.wait_for("known_bad after restart", |e| e.event == "candidate.known_bad" && e.get("id") == Some(&id)).await;
+    let after = env.journal();
+    let rechecked = after[before..].iter().any(|e| e.event == "candidate.checked" && e.get("id") == Some(&id));
+    assert!(!rechecked, "a quarantined candidate was checked again");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_container_updates_leave_production_on_the_old_release_and_scanning() {
+    let cases = [
+        ("daily-md5-mismatch", "cvd.md5_mismatch"),
+        ("daily-header-cut", "cvd.bad_header"),
+        ("daily-v3-drop", "sanity.signature_drop"),
+        ("good", "sanity.missing_database"),
+    ];
+    bad_updates_against("daily-v1", Some(1), &cases).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_update_that_fails_the_production_smoke_scan_is_rolled_back() {
+    // Production does not unpack archives; the canary does. v1-zip detects
+    // clam.zip by its own hash, v2 only through unpacking: v2 passes the
+    // canary and fails in production.
+    let env = Env::new("smoke_samples = [\"infected/archives/clam.zip\", \"clean/letter.txt\"]", "");
+    env.put("daily-v1-zip");
+    let _d = env.spawn();
+    env.wait_event("promotion.done", Some(&set_id("daily-v1-zip"))).await;
+    let prod = env.start_production(&["ScanArchive no"]).await;
+
+    env.put("daily-v2");
+    let v2 = set_id("daily-v2");
+    let rb = env.wait_event("rollback.done", Some(&set_id("daily-v1-zip"))).await;
+    assert_eq!(rb.get("from"), Some(v2.as_str()));
+    assert!(rb.get("reason").unwrap().contains("smoke scan of infected/archives/clam.zip"), "{rb:?}");
+    assert_eq!(env.live(), Some(set_id("daily-v1-zip")));
+    let c = prod.client();
+    assert_eq!(c.version().await.unwrap().database, Some(1));
+    assert!(c.scan_file(&sample("infected/archives/clam.zip")).await.unwrap().is_infected());
+    let q = std::fs::read_to_string(env.state().join("quarantine").join(&v2).join("reasons.json")).unwrap();
+    assert!(q.contains("production.verify_failed"), "{q}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_daemon_on_the_same_state_dir_refuses_to_start() {
+    let env = Env::new("", "");
+    let _first = env.spawn();
+    env.wait_event("daemon.started", None).await;
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_clamgate"))
+        .args(["run", "--config"])
+        .arg(&env.config)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("another clamgate daemon") && err.contains(&env.state().display().to_string()), "{err}");
+}

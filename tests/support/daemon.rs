@@ -1,0 +1,175 @@
+//! A real `clamgate run` process on a temporary state dir, with helpers to
+//! feed its incoming directory and read its journal.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use clamgate::journal::{Entry, Journal};
+
+use super::{Clamd, corpus, set};
+
+pub struct Env {
+    pub root: tempfile::TempDir,
+    pub config: PathBuf,
+}
+
+impl Env {
+    /// `extra` is appended to the top level of the config; `clamd_extra` to `[clamd]`.
+    pub fn new(extra: &str, clamd_extra: &str) -> Env {
+        let root = tempfile::Builder::new().prefix("cgd-").tempdir_in("/tmp").unwrap();
+        let r = root.path();
+        fs::create_dir_all(r.join("incoming")).unwrap();
+        let config = r.join("clamgate.toml");
+        fs::write(
+            &config,
+            format!(
+                "state_dir = \"{state}\"\nincoming_dir = \"{incoming}\"\ncorpus_dir = \"{corpus}\"\npolicy = \"{policy}\"\n\
+                 settle = \"300ms\"\nrescan_interval = \"1s\"\n{extra}\n[clamd]\nsocket = \"{sock}\"\nreload_timeout = \"30s\"\n{clamd_extra}\n",
+                state = r.join("state").display(),
+                incoming = r.join("incoming").display(),
+                corpus = corpus().display(),
+                policy = r.join("policy.toml").display(),
+                sock = r.join("prod/clamd.sock").display(),
+            ),
+        )
+        .unwrap();
+        Env { root, config }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.root.path()
+    }
+
+    pub fn state(&self) -> PathBuf {
+        self.path().join("state")
+    }
+
+    pub fn current(&self) -> PathBuf {
+        self.state().join("current")
+    }
+
+    pub fn live(&self) -> Option<String> {
+        fs::read_link(self.current()).ok().map(|t| t.file_name().unwrap().to_string_lossy().into_owned())
+    }
+
+    /// Replaces incoming's database files with a fixture set's, as freshclam
+    /// does: each written under a temporary name, then renamed.
+    pub fn put(&self, set_name: &str) {
+        let incoming = self.path().join("incoming");
+        for e in fs::read_dir(&incoming).unwrap().flatten() {
+            fs::remove_file(e.path()).unwrap();
+        }
+        for e in fs::read_dir(set(set_name)).unwrap().flatten() {
+            let tmp = incoming.join(format!("{}.tmp", e.file_name().to_string_lossy()));
+            fs::copy(e.path(), &tmp).unwrap();
+            fs::rename(&tmp, incoming.join(e.file_name())).unwrap();
+        }
+    }
+
+    /// Production clamd on `state/current`.
+    pub async fn start_production(&self, extra: &[&str]) -> Clamd {
+        Clamd::start_in(&self.current(), &self.path().join("prod"), extra).await.expect("production clamd starts")
+    }
+
+    pub fn spawn(&self) -> DaemonProc {
+        self.spawn_with(&[])
+    }
+
+    pub fn spawn_with(&self, env: &[(&str, &str)]) -> DaemonProc {
+        let log = fs::OpenOptions::new().create(true).append(true).open(self.path().join("daemon.log")).unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_clamgate"));
+        cmd.args(["run", "--config"])
+            .arg(&self.config)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("CLAMGATE_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        DaemonProc { child: cmd.spawn().unwrap() }
+    }
+
+    pub fn journal(&self) -> Vec<Entry> {
+        Journal::new(self.state().join("journal.jsonl")).read().expect("journal parses")
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.path().join("daemon.log")).unwrap_or_default()
+    }
+
+    /// Waits (bounded) for a journal entry; returns it.
+    pub async fn wait_for(&self, what: &str, pred: impl Fn(&Entry) -> bool) -> Entry {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+        loop {
+            if let Some(e) = self.journal().into_iter().find(|e| pred(e)) {
+                return e;
+            }
+            if tokio::time::Instant::now() > deadline {
+                panic!("gave up waiting for {what}\njournal: {:#?}\nlog:\n{}", self.journal(), self.log());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn wait_event(&self, event: &str, id: Option<&str>) -> Entry {
+        self.wait_for(event, |e| e.event == event && id.is_none_or(|id| e.get("id") == Some(id))).await
+    }
+}
+
+/// The id a fixture set gets as a candidate (its manifest digest).
+pub fn set_id(set_name: &str) -> String {
+    let dir = set(set_name);
+    let mut files = Vec::new();
+    for e in fs::read_dir(&dir).unwrap().flatten() {
+        let bytes = fs::read(e.path()).unwrap();
+        files.push(clamgate::candidate::DbFile {
+            name: e.file_name().to_string_lossy().into_owned(),
+            size: bytes.len() as u64,
+            sha256: hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes)),
+            signatures: 0,
+            header: None,
+        });
+    }
+    clamgate::candidate::Manifest::new(files).id
+}
+
+pub struct DaemonProc {
+    pub child: Child,
+}
+
+impl DaemonProc {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGTERM and wait: the graceful path.
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        let _ = rustix::process::kill_process(rustix::process::Pid::from_raw(self.child.id() as i32).unwrap(), rustix::process::Signal::TERM);
+        let status = self.child.wait().unwrap();
+        std::mem::forget(self);
+        status
+    }
+
+    /// Waits (bounded) for the process to exit on its own.
+    pub fn wait_exit(&mut self) -> std::process::ExitStatus {
+        for _ in 0..1800 {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("daemon did not exit");
+    }
+}
+
+impl Drop for DaemonProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
