@@ -1,8 +1,10 @@
 //! The `clamgate` command line: argument definitions and one module per
 //! command. Commands return an [`Exit`] or a [`CliError`]; `main` prints.
 
+pub mod change;
 pub mod check;
 pub mod run;
+pub mod show;
 
 use std::path::PathBuf;
 
@@ -24,6 +26,25 @@ pub enum Command {
     Check(check::CheckArgs),
     /// The daemon: watch incoming, gate, promote, roll back.
     Run(ConfigArg),
+    /// Live release, pin, last candidate and its verdict, production health.
+    Status(show::ShowArgs),
+    /// The journal, newest first.
+    History(show::HistoryArgs),
+    /// Kept releases and which is live.
+    Releases(show::ShowArgs),
+    /// Make the previous (or given) release live, verify it, and mark the one it leaves bad.
+    Rollback(change::RollbackArgs),
+    /// Make a kept release live, with the same verification.
+    Promote(change::PromoteArgs),
+    /// Hold the live release: candidates are checked and kept, not promoted.
+    Pin(ConfigArg),
+    /// Release the hold.
+    Unpin(ConfigArg),
+    /// Print shell completions.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -77,6 +98,11 @@ impl CliError {
         CliError { exit: Exit::Environment, code, message: message.to_string() }
     }
 
+    /// The command was refused or failed (exit 1).
+    pub fn refused(code: &'static str, message: impl std::fmt::Display) -> Self {
+        CliError { exit: Exit::Rejected, code, message: message.to_string() }
+    }
+
     pub fn to_json(&self) -> serde_json::Value {
         serde_json::json!({ "error": { "reason": self.code, "message": self.message } })
     }
@@ -89,6 +115,27 @@ pub async fn run(cli: Cli) -> Result<Exit, (CliError, bool)> {
             check::run(args).await.map_err(|e| (e, json))
         }
         Command::Run(args) => run::run(args).await.map_err(|e| (e, false)),
+        Command::Status(args) => {
+            let json = args.json;
+            show::status(args).await.map_err(|e| (e, json))
+        }
+        Command::History(args) => {
+            let json = args.show.json;
+            show::history(args).await.map_err(|e| (e, json))
+        }
+        Command::Releases(args) => {
+            let json = args.json;
+            show::releases(args).await.map_err(|e| (e, json))
+        }
+        Command::Rollback(args) => change::rollback(args).await.map_err(|e| (e, false)),
+        Command::Promote(args) => change::promote(args).await.map_err(|e| (e, false)),
+        Command::Pin(args) => change::pin(args).await.map_err(|e| (e, false)),
+        Command::Unpin(args) => change::unpin(args).await.map_err(|e| (e, false)),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(shell, &mut Cli::command(), "clamgate", &mut std::io::stdout());
+            Ok(Exit::Ok)
+        }
     }
 }
 
@@ -96,4 +143,35 @@ pub async fn run(cli: Cli) -> Result<Exit, (CliError, bool)> {
 pub fn default_policy_path() -> Option<PathBuf> {
     let p = PathBuf::from("/etc/clamgate/policies/default.toml");
     p.exists().then_some(p)
+}
+
+/// An RFC 3339 time as the operator reads it: local time and how long ago.
+pub fn when(ts: &str) -> String {
+    let Ok(t) = ts.parse::<jiff::Timestamp>() else { return ts.to_string() };
+    let local = t.to_zoned_datetime(jiff::tz::TimeZone::system()).strftime("%Y-%m-%d %H:%M:%S").to_string();
+    let secs = jiff::Timestamp::now().as_second() - t.as_second();
+    format!("{local} ({})", ago(secs))
+}
+
+fn ago(secs: i64) -> String {
+    match secs {
+        s if s < 0 => "in the future".into(),
+        s if s < 60 => format!("{s} s ago"),
+        s if s < 3600 => format!("{} min ago", s / 60),
+        s if s < 86400 => format!("{} h ago", s / 3600),
+        s => format!("{} days ago", s / 86400),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn relative_times() {
+        assert_eq!(super::ago(5), "5 s ago");
+        assert_eq!(super::ago(190), "3 min ago");
+        assert_eq!(super::ago(7300), "2 h ago");
+        assert_eq!(super::ago(3 * 86400), "3 days ago");
+        assert!(super::when("2026-11-23T22:00:00Z").contains("ago"));
+        assert_eq!(super::when("garbage"), "garbage");
+    }
 }

@@ -1,0 +1,188 @@
+//! Commands that change what is live: `rollback`, `promote`, `pin`,
+//! `unpin`. Each takes the state lock (waiting briefly for the daemon or
+//! another command), and makes production run the result with the same
+//! verification and automatic undo as the daemon's promotion.
+
+use std::time::{Duration, SystemTime};
+
+use clap::Args;
+use serde_json::json;
+
+use super::{CliError, ConfigArg, Exit};
+use crate::promote::{self, Outcome, Production, Verified};
+use crate::reason::{Code, Reason};
+use crate::store::{Pin, StateLock, Store, StoreError};
+
+/// How long a command waits for the lock before giving up; the daemon
+/// holds it while it promotes. `CLAMGATE_LOCK_WAIT` overrides (e.g. "1s").
+fn lock_wait() -> Duration {
+    std::env::var("CLAMGATE_LOCK_WAIT")
+        .ok()
+        .and_then(|v| crate::settings::parse_duration(&v).ok())
+        .unwrap_or(Duration::from_secs(10))
+}
+
+#[derive(Debug, Args)]
+pub struct RollbackArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// Release to go to (full id or unique prefix); default: the one before the live one.
+    #[arg(long)]
+    pub to: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct PromoteArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// Release id or unique prefix (see `clamgate releases`).
+    pub id: String,
+    /// Promote even a release marked bad.
+    #[arg(long)]
+    pub force: bool,
+}
+
+struct Ctx {
+    store: Store,
+    prod: Production,
+}
+
+fn ctx(args: &ConfigArg) -> Result<Ctx, CliError> {
+    let config = args.load()?;
+    if !config.state_dir.is_dir() {
+        return Err(CliError::usage("state.missing", format!("state dir {} does not exist", config.state_dir.display())));
+    }
+    let store = Store::open(&config.state_dir).map_err(|e| CliError::environment("state.unreadable", e))?;
+    let corpus = crate::corpus::Corpus::load(&config.corpus_dir).map_err(|e| CliError::usage("config.corpus", e))?;
+    let smoke = promote::smoke_samples(&corpus, &config.smoke_samples).map_err(|e| CliError::usage("config.invalid", e))?;
+    let client = crate::clamd::Client::new(config.clamd.endpoint.clone(), config.clamd.timeout);
+    Ok(Ctx { store, prod: Production { client, reload_timeout: config.clamd.reload_timeout, smoke } })
+}
+
+fn lock(store: &Store) -> Result<StateLock, CliError> {
+    let wait = lock_wait();
+    store.lock(wait).map_err(|e| match e {
+        StoreError::Locked(_) => CliError::refused("state.locked", format!("{e} (waited {wait:?})")),
+        e => CliError::environment("state.unreadable", e),
+    })
+}
+
+fn store_err(e: impl std::fmt::Display) -> CliError {
+    CliError::environment("state.unreadable", e)
+}
+
+fn operator() -> String {
+    std::env::var("SUDO_USER")
+        .or_else(|_| std::env::var("USER"))
+        .unwrap_or_else(|_| format!("uid {}", rustix::process::getuid().as_raw()))
+}
+
+/// Reports an activation; 0 only when the target is live and verified or
+/// production is down (it will load `current` when it starts).
+fn report(outcome: Outcome, id: &str, verb: &str) -> Result<Exit, CliError> {
+    match outcome {
+        Outcome::Live(Verified::Scanning { database }) => {
+            let db = database.map(|d| format!(", database version {d}")).unwrap_or_default();
+            println!("{verb} {id}: production clamd reloaded and scans as expected{db}");
+            Ok(Exit::Ok)
+        }
+        Outcome::Live(Verified::Down(e)) => {
+            println!("{verb} {id}: current points at it; production clamd is down ({e}) and will load it when it starts");
+            Ok(Exit::Ok)
+        }
+        Outcome::RolledBack { reason, to } => Err(CliError::refused(
+            "production.verify_failed",
+            format!("{id} failed in production ({reason}); went back to {to} and marked {id} bad"),
+        )),
+        Outcome::Broken { reason } => Err(CliError::refused("production.broken", format!("production needs attention: {reason}"))),
+    }
+}
+
+pub async fn rollback(args: RollbackArgs) -> Result<Exit, CliError> {
+    let c = ctx(&args.config)?;
+    let lock = lock(&c.store)?;
+    let live = c.store.current().map_err(store_err)?.ok_or_else(|| CliError::refused("rollback.nothing_live", "no release is live; nothing to roll back"))?;
+    let target = match &args.to {
+        Some(prefix) => c.store.resolve(prefix).map_err(|e| CliError::refused("rollback.no_such_release", format!("{e}; see `clamgate releases`")))?,
+        None => previous_release(&c.store, &live)?,
+    };
+    if target == live {
+        return Err(CliError::refused("rollback.already_live", format!("{target} is already live")));
+    }
+    let live_manifest = c.store.manifest(&live).map_err(store_err)?;
+    let outcome = promote::activate(&c.store, &lock, &c.prod, &target, "rollback").await.map_err(store_err)?;
+    if matches!(outcome, Outcome::Live(_)) {
+        // The release we left must not come back through the daemon.
+        let reason = Reason::new(Code::OperatorRollback, None, format!("rolled back by {} to {target}", operator()));
+        c.store.quarantine(&lock, &live_manifest, &[reason], "operator", None, None).map_err(store_err)?;
+        c.store.journal().append("release.marked_bad", json!({ "id": live, "by": operator() })).map_err(store_err)?;
+        println!("marked {live} bad: the daemon will not promote it again");
+    }
+    report(outcome, &target, "rolled back to")
+}
+
+/// The release that was live before `live`: from the journal, else the
+/// newest other kept release that is not marked bad.
+fn previous_release(store: &Store, live: &str) -> Result<String, CliError> {
+    let entries = store.journal().read().map_err(store_err)?;
+    let kept: Vec<String> = store.releases().map_err(store_err)?.into_iter().map(|r| r.id).collect();
+    let from_journal = entries
+        .iter()
+        .rev()
+        .find(|e| e.event.ends_with(".done") && e.get("id") == Some(live))
+        .and_then(|e| e.get("from"))
+        .filter(|id| kept.iter().any(|k| k == id) && store.quarantined(id).is_none())
+        .map(str::to_string);
+    from_journal
+        .or_else(|| kept.into_iter().find(|id| id != live && store.quarantined(id).is_none()))
+        .ok_or_else(|| CliError::refused("rollback.no_previous", format!("no release before {live} to roll back to; see `clamgate releases`")))
+}
+
+pub async fn promote(args: PromoteArgs) -> Result<Exit, CliError> {
+    let c = ctx(&args.config)?;
+    let lock = lock(&c.store)?;
+    let id = c.store.resolve(&args.id).map_err(|e| CliError::refused("promote.no_such_release", format!("{e}; see `clamgate releases`")))?;
+    if c.store.current().map_err(store_err)?.as_deref() == Some(id.as_str()) {
+        return Err(CliError::refused("promote.already_live", format!("{id} is already live")));
+    }
+    if let Some(q) = c.store.quarantined(&id) {
+        let why: Vec<String> = q.reasons.iter().map(|r| r.to_string()).collect();
+        if !args.force {
+            return Err(CliError::refused(
+                "promote.quarantined",
+                format!("{id} is marked bad ({}: {}); pass --force to promote it anyway", q.source, why.join("; ")),
+            ));
+        }
+        eprintln!("warning: promoting {id} although it is marked bad ({})", why.join("; "));
+    }
+    let outcome = promote::activate(&c.store, &lock, &c.prod, &id, "promotion").await.map_err(store_err)?;
+    if matches!(outcome, Outcome::Live(_)) && c.store.quarantined(&id).is_some() {
+        let _ = std::fs::remove_dir_all(c.store.quarantine_dir(&id));
+        c.store.journal().append("release.unmarked_bad", json!({ "id": id, "by": operator() })).map_err(store_err)?;
+    }
+    report(outcome, &id, "promoted")
+}
+
+pub async fn pin(args: ConfigArg) -> Result<Exit, CliError> {
+    let c = ctx(&args)?;
+    let lock = lock(&c.store)?;
+    let live = c.store.current().map_err(store_err)?;
+    let at = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
+    let pin = Pin { id: live.clone(), by: operator(), at };
+    c.store.pin(&lock, &pin).map_err(store_err)?;
+    c.store.journal().append("pin", json!({ "id": live, "by": pin.by })).map_err(store_err)?;
+    println!("pinned {}: candidates are still checked and kept, but not promoted until `clamgate unpin`", live.as_deref().unwrap_or("(no live release)"));
+    Ok(Exit::Ok)
+}
+
+pub async fn unpin(args: ConfigArg) -> Result<Exit, CliError> {
+    let c = ctx(&args)?;
+    let lock = lock(&c.store)?;
+    if c.store.unpin(&lock).map_err(store_err)? {
+        c.store.journal().append("unpin", json!({ "by": operator() })).map_err(store_err)?;
+        println!("unpinned: the next candidate that passes will be promoted (held ones: `clamgate promote ID`)");
+    } else {
+        println!("not pinned");
+    }
+    Ok(Exit::Ok)
+}
