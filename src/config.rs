@@ -46,6 +46,8 @@ pub struct ClamdConfig {
 pub struct HealthConfig {
     pub listen: String,
     pub probe_interval: Duration,
+    /// Probe scans slower than this make readiness `warn`.
+    pub latency_budget: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -118,6 +120,7 @@ impl Config {
         let health = f.section("health", |s| HealthConfig {
             listen: s.string("listen", "127.0.0.1:3311"),
             probe_interval: s.duration("probe_interval", "10s"),
+            latency_budget: s.duration("latency_budget", "500ms"),
         });
         let milter = f.section("milter", |s| {
             let mode = s.string("mode", "gate");

@@ -19,7 +19,10 @@ use crate::policy::Policy;
 use crate::promote::{self, Outcome, Production};
 use crate::reason::{Code, Reason};
 use crate::store::{Store, StoreError};
+use crate::health::{Health, ProbeSettings};
+use crate::metrics::Metrics;
 use crate::watch;
+use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -35,6 +38,8 @@ pub enum DaemonError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Journal(#[from] crate::journal::JournalError),
+    #[error("health endpoint: cannot listen on {addr}: {source}")]
+    Listen { addr: String, #[source] source: std::io::Error },
     #[error("cannot watch {dir}: {source}")]
     Watch { dir: PathBuf, #[source] source: notify::Error },
 }
@@ -46,6 +51,7 @@ pub struct Daemon {
     pub policy: Policy,
     pub corpus: Corpus,
     pub production: Production,
+    pub health: Arc<Health>,
 }
 
 const LOCK_WAIT: Duration = Duration::from_secs(30);
@@ -61,12 +67,40 @@ impl Daemon {
             reload_timeout: config.clamd.reload_timeout,
             smoke,
         };
-        Ok(Daemon { config, store, policy, corpus, production })
+        let settings = ProbeSettings {
+            interval: config.health.probe_interval,
+            latency_budget: config.health.latency_budget,
+            max_database_age: policy.max_database_age,
+        };
+        let health = Health::new(settings, Arc::new(Metrics::default()));
+        Ok(Daemon { config, store, policy, corpus, production, health })
     }
 
-    /// Runs until `shutdown` completes.
+    /// Runs until `shutdown` completes: the gate loop, the prober and the
+    /// health endpoint, all stopped by the same signal and awaited.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
         let _daemon = self.store.daemon_lock()?;
+        let addr = self.config.health.listen.clone();
+        let listener = tokio::net::TcpListener::bind(&addr).await.map_err(|source| DaemonError::Listen { addr: addr.clone(), source })?;
+        tracing::info!("health endpoint on http://{}", listener.local_addr().map(|a| a.to_string()).unwrap_or(addr));
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let (first_tx, first_rx) = tokio::sync::oneshot::channel();
+        let mut tasks = tokio::task::JoinSet::new();
+        tasks.spawn(crate::health::http::serve(listener, self.health.clone(), stop_rx.clone()));
+        tasks.spawn(crate::health::run_prober(self.health.clone(), self.production.clone(), self.store.clone(), stop_rx.clone(), first_tx));
+        tasks.spawn(systemd_notify(self.health.clone(), self.store.clone(), first_rx, stop_rx.clone()));
+        self.health.beat();
+        let result = self.gate_loop(shutdown).await;
+        let _ = stop_tx.send(true);
+        let drained = tokio::time::timeout(Duration::from_secs(10), async { while tasks.join_next().await.is_some() {} }).await;
+        if drained.is_err() {
+            tracing::warn!("background tasks did not stop within 10 s; aborting them");
+            tasks.abort_all();
+        }
+        result
+    }
+
+    async fn gate_loop(&self, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
         {
             let lock = self.lock().await?;
             let removed = self.store.recover(&lock)?;
@@ -82,6 +116,7 @@ impl Daemon {
         std::fs::create_dir_all(&dir).map_err(|e| DaemonError::Watch { dir: dir.clone(), source: e.into() })?;
         let mut watcher = watch::watch(&dir).map_err(|source| DaemonError::Watch { dir: dir.clone(), source })?;
         let mut rescan = tokio::time::interval(self.config.rescan_interval);
+        let mut heartbeat = tokio::time::interval(Duration::from_secs(1));
         let mut seen = watch::fingerprint(&dir);
         // What was last turned into a candidate: at start, nothing.
         let mut processed: Option<String> = None;
@@ -101,6 +136,7 @@ impl Daemon {
                     let now = watch::fingerprint(&dir);
                     if now != seen { seen = now; last_change = Instant::now(); }
                 }
+                _ = heartbeat.tick() => self.health.beat(),
                 _ = sleep_until(due.unwrap_or_else(far_future)), if due.is_some() => {
                     let started_on = seen.clone();
                     tracing::info!("incoming {} settled; checking it", dir.display());
@@ -124,6 +160,7 @@ impl Daemon {
                                     break false;
                                 }
                             }
+                            _ = heartbeat.tick() => self.health.beat(),
                             r = &mut run => { r?; break true; }
                         }
                     };
@@ -254,6 +291,16 @@ impl Daemon {
             "canary": report.canary,
             "checks": report.checks,
         }))?;
+        let m = &self.health.metrics;
+        m.candidate(if report.verdict == Verdict::Pass { "pass" } else { "reject" }, report.reasons.first().map(|r| r.reason.as_str()));
+        if let Some(c) = &report.canary {
+            if let Some(ms) = c.load_ms {
+                m.canary_load_seconds.set(ms as f64 / 1000.0);
+            }
+            if let Some(b) = c.peak_rss_bytes {
+                m.canary_peak_bytes.set(b as i64);
+            }
+        }
         let lock = self.lock().await?;
         if report.verdict == Verdict::Reject {
             for r in &report.reasons {
@@ -275,12 +322,16 @@ impl Daemon {
         let outcome = promote::activate(&self.store, &lock, &self.production, id, "promotion").await.map_err(|promote::PromoteError::Store(e)| e)?;
         match &outcome {
             Outcome::Live(_) => {
+                m.promotions.inc();
                 let removed = self.store.prune(&lock, self.policy.keep_releases, live)?;
                 if !removed.is_empty() {
                     journal.append("release.pruned", json!({ "ids": removed }))?;
                 }
             }
-            Outcome::RolledBack { reason, to } => tracing::error!(candidate = id, "rolled back to {to}: {reason}"),
+            Outcome::RolledBack { reason, to } => {
+                m.rollbacks.inc();
+                tracing::error!(candidate = id, "rolled back to {to}: {reason}")
+            }
             Outcome::Broken { reason } => tracing::error!(candidate = id, "production needs attention: {reason}"),
         }
         Ok(())
@@ -289,4 +340,33 @@ impl Daemon {
 
 fn far_future() -> Instant {
     Instant::now() + Duration::from_secs(86400 * 365)
+}
+
+/// Tells systemd (when it started us with Type=notify) that we are ready
+/// once the first probe ran, what is live, and, while the loops run, that
+/// we are alive (WATCHDOG=1 at half the watchdog interval).
+async fn systemd_notify(
+    health: Arc<Health>,
+    store: Store,
+    first_probe: tokio::sync::oneshot::Receiver<()>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    tokio::select! {
+        _ = stop.changed() => return,
+        _ = first_probe => {}
+    }
+    let status = |store: &Store| format!("live release {}", store.current().ok().flatten().unwrap_or_else(|| "none".into()));
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready, sd_notify::NotifyState::Status(&status(&store))]);
+    let every = sd_notify::watchdog_enabled().map(|d| d / 2).unwrap_or(Duration::from_secs(30));
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tokio::select! {
+            _ = stop.changed() => break,
+            _ = tick.tick() => {}
+        }
+        if health.alive() {
+            let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog, sd_notify::NotifyState::Status(&status(&store))]);
+        }
+    }
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
 }

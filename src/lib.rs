@@ -32,3 +32,5 @@ pub mod journal;
 pub mod promote;
 pub mod store;
 pub mod watch;
+pub mod health;
+pub mod metrics;

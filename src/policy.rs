@@ -24,6 +24,7 @@ pub struct Policy {
     pub keep_releases: usize,
     pub max_file_size: u64,
     pub max_files: usize,
+    pub max_database_age: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +62,7 @@ impl Policy {
             keep_releases: f.int("keep_releases", 5, 2..=1000) as usize,
             max_file_size: f.size("max_file_size", "1GiB"),
             max_files: f.int("max_files", 200, 1..=100_000) as usize,
+            max_database_age: f.duration("max_database_age", "3d"),
         };
         f.finish(file)?;
         Ok(policy)

@@ -13,6 +13,8 @@ use super::{Clamd, corpus, set};
 pub struct Env {
     pub root: tempfile::TempDir,
     pub config: PathBuf,
+    /// The health endpoint's address.
+    pub health: std::net::SocketAddr,
 }
 
 impl Env {
@@ -22,11 +24,13 @@ impl Env {
         let r = root.path();
         fs::create_dir_all(r.join("incoming")).unwrap();
         let config = r.join("clamgate.toml");
+        let health = free_port();
         fs::write(
             &config,
             format!(
                 "state_dir = \"{state}\"\nincoming_dir = \"{incoming}\"\ncorpus_dir = \"{corpus}\"\npolicy = \"{policy}\"\n\
-                 settle = \"300ms\"\nrescan_interval = \"1s\"\n{extra}\n[clamd]\nsocket = \"{sock}\"\nreload_timeout = \"30s\"\n{clamd_extra}\n",
+                 settle = \"300ms\"\nrescan_interval = \"1s\"\n{extra}\n[clamd]\nsocket = \"{sock}\"\nreload_timeout = \"30s\"\n{clamd_extra}\n\
+                 [health]\nlisten = \"{health}\"\nprobe_interval = \"200ms\"\n",
                 state = r.join("state").display(),
                 incoming = r.join("incoming").display(),
                 corpus = corpus().display(),
@@ -35,7 +39,7 @@ impl Env {
             ),
         )
         .unwrap();
-        Env { root, config }
+        Env { root, config, health }
     }
 
     pub fn path(&self) -> &Path {
@@ -119,6 +123,11 @@ impl Env {
     pub async fn wait_event(&self, event: &str, id: Option<&str>) -> Entry {
         self.wait_for(event, |e| e.event == event && id.is_none_or(|id| e.get("id") == Some(id))).await
     }
+}
+
+/// A loopback port free right now (bound, then released).
+pub fn free_port() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
 }
 
 /// The id a fixture set gets as a candidate (its manifest digest).

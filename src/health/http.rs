@@ -1,0 +1,107 @@
+//! The HTTP side of health: `/livez`, `/readyz`, `/metrics`. Answers come
+//! from memory; a connection limit and timeouts keep a flood or a slow
+//! client from hurting the daemon.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{ALLOW, CACHE_CONTROL, CONTENT_TYPE};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+
+use super::{Health, Status};
+
+/// Most connections served at once; more are closed on accept.
+pub const MAX_CONNECTIONS: usize = 256;
+/// A connection's whole life, keep-alive included.
+const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
+const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// Request head limit: our requests are a line and a few headers.
+const MAX_HEAD: usize = 16 * 1024;
+
+pub async fn serve(listener: TcpListener, health: Arc<Health>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    let limit = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let mut conns = JoinSet::new();
+    loop {
+        let (stream, _) = tokio::select! {
+            biased;
+            _ = shutdown.changed() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!("health endpoint accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            Some(_) = conns.join_next(), if !conns.is_empty() => continue,
+        };
+        let Ok(permit) = limit.clone().try_acquire_owned() else {
+            drop(stream); // over the limit: close at once rather than queue
+            continue;
+        };
+        let health = health.clone();
+        conns.spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let health = health.clone();
+                async move { Ok::<_, Infallible>(route(&health, &req)) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .max_buf_size(MAX_HEAD)
+                .serve_connection(TokioIo::new(stream), service);
+            let _ = tokio::time::timeout(CONNECTION_TIMEOUT, conn).await;
+            drop(permit);
+        });
+    }
+    // Let in-flight answers finish, briefly.
+    let _ = tokio::time::timeout(Duration::from_secs(2), async { while conns.join_next().await.is_some() {} }).await;
+    conns.abort_all();
+}
+
+fn reply(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(status)
+        .header(CONTENT_TYPE, content_type)
+        .header(CACHE_CONTROL, "no-store")
+        .body(Full::new(body.into()))
+        .expect("static headers are valid")
+}
+
+/// Pure routing on method and path; no I/O.
+pub fn route(health: &Health, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    respond(health, req.method(), req.uri().path())
+}
+
+pub fn respond(health: &Health, method: &Method, path: &str) -> Response<Full<Bytes>> {
+    let known = matches!(path, "/livez" | "/readyz" | "/metrics");
+    if !known {
+        return reply(StatusCode::NOT_FOUND, "text/plain", "not found\n");
+    }
+    if method != Method::GET && method != Method::HEAD {
+        let mut r = reply(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "use GET or HEAD\n");
+        r.headers_mut().insert(ALLOW, "GET, HEAD".parse().expect("valid"));
+        return r;
+    }
+    let mut r = match path {
+        "/livez" if health.alive() => reply(StatusCode::OK, "text/plain", "ok\n"),
+        "/livez" => reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "main loop stalled\n"),
+        "/readyz" => {
+            let (status, body) = health.readiness();
+            let code = if status == Status::Fail { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
+            reply(code, "application/health+json", serde_json::to_vec(&body).expect("serializes"))
+        }
+        _ => reply(StatusCode::OK, "application/openmetrics-text; version=1.0.0; charset=utf-8", health.metrics.encode()),
+    };
+    if method == Method::HEAD {
+        *r.body_mut() = Full::new(Bytes::new());
+    }
+    r
+}

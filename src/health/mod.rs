@@ -1,0 +1,240 @@
+//! Readiness that means "scanning works": a prober scans, through the
+//! production clamd, samples that must be detected and must stay clean, on
+//! an interval, and keeps the last result. The HTTP endpoint ([`http`])
+//! answers from that result only, so requests never reach clamd.
+
+pub mod http;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use crate::metrics::Metrics;
+use crate::promote::Production;
+use crate::store::Store;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Pass,
+    Warn,
+    Fail,
+}
+
+/// One probe's findings.
+#[derive(Debug, Clone, Serialize)]
+pub struct Probe {
+    pub status: Status,
+    /// Why it is not `pass`.
+    pub output: Option<String>,
+    pub at: SystemTime,
+    pub latency: Duration,
+    pub release: Option<String>,
+    pub engine: Option<String>,
+    pub database: Option<u64>,
+    pub database_age: Option<Duration>,
+}
+
+/// What the prober needs beyond production itself.
+pub struct ProbeSettings {
+    pub interval: Duration,
+    /// Scans slower than this make the probe `warn`.
+    pub latency_budget: Duration,
+    /// A live daily database older than this makes the probe `warn`.
+    pub max_database_age: Duration,
+}
+
+/// Shared between the prober, the HTTP endpoint and the daemon's loops.
+pub struct Health {
+    last: RwLock<Option<Probe>>,
+    pub settings: ProbeSettings,
+    pub metrics: Arc<Metrics>,
+    started: Instant,
+    /// Milliseconds since `started` of the main loop's last heartbeat.
+    heartbeat: AtomicU64,
+}
+
+impl Health {
+    pub fn new(settings: ProbeSettings, metrics: Arc<Metrics>) -> Arc<Health> {
+        Arc::new(Health { last: RwLock::new(None), settings, metrics, started: Instant::now(), heartbeat: AtomicU64::new(0) })
+    }
+
+    pub fn last(&self) -> Option<Probe> {
+        self.last.read().expect("probe lock").clone()
+    }
+
+    /// The loops call this each time round; `/livez` fails when they stop.
+    pub fn beat(&self) {
+        self.heartbeat.store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    pub fn alive(&self) -> bool {
+        let last = Duration::from_millis(self.heartbeat.load(Ordering::Relaxed));
+        self.started.elapsed().saturating_sub(last) < self.stale_after()
+    }
+
+    fn stale_after(&self) -> Duration {
+        self.settings.interval * 3 + Duration::from_secs(5)
+    }
+
+    /// The readiness verdict right now: the last probe, failed if missing or stale.
+    pub fn readiness(&self) -> (Status, Value) {
+        let Some(p) = self.last() else {
+            return (Status::Fail, json!({ "status": "fail", "output": "no probe has run yet" }));
+        };
+        let age = SystemTime::now().duration_since(p.at).unwrap_or_default();
+        let (status, output) = if age > self.stale_after() {
+            (Status::Fail, Some(format!("last probe is {}s old: the prober is stuck", age.as_secs())))
+        } else {
+            (p.status, p.output.clone())
+        };
+        let time = humantime::format_rfc3339_millis(p.at).to_string();
+        let body = json!({
+            "status": status,
+            "version": "1",
+            "releaseId": p.release,
+            "description": "clamgate: scans through production clamd",
+            "output": output,
+            "checks": {
+                "clamd:scan": [{
+                    "componentType": "component",
+                    "observedValue": p.latency.as_secs_f64() * 1000.0,
+                    "observedUnit": "ms",
+                    "status": p.status,
+                    "time": time,
+                }],
+                "clamd:database": [{
+                    "componentType": "datastore",
+                    "componentId": p.engine,
+                    "observedValue": p.database,
+                    "status": p.status,
+                    "time": time,
+                }],
+                "clamd:database-age": [{
+                    "observedValue": p.database_age.map(|d| d.as_secs()),
+                    "observedUnit": "s",
+                    "status": if p.database_age.is_some_and(|a| a > self.settings.max_database_age) { "warn" } else { "pass" },
+                    "time": time,
+                }],
+            },
+        });
+        (status, body)
+    }
+
+    fn record(&self, p: Probe) {
+        let m = &self.metrics;
+        let result = match p.status {
+            Status::Pass => "pass",
+            Status::Warn => "warn",
+            Status::Fail => "fail",
+        };
+        m.probes.get_or_create(&vec![("result".to_string(), result.to_string())]).inc();
+        m.probe_latency.observe(p.latency.as_secs_f64());
+        m.probe_up.set(i64::from(p.status != Status::Fail));
+        if let Some(v) = p.database {
+            m.live_database_version.set(v as i64);
+        }
+        if let Some(a) = p.database_age {
+            m.live_database_age_seconds.set(a.as_secs() as i64);
+        }
+        *self.last.write().expect("probe lock") = Some(p);
+    }
+}
+
+/// One probe: VERSION, then every smoke sample through production.
+pub async fn probe_once(prod: &Production, store: &Store, settings: &ProbeSettings) -> Probe {
+    let at = SystemTime::now();
+    let release = store.current().ok().flatten();
+    let manifest = release.as_deref().and_then(|id| store.manifest(id).ok());
+    let started = Instant::now();
+    let mut p = Probe { status: Status::Pass, output: None, at, latency: Duration::ZERO, release, engine: None, database: None, database_age: None };
+    let fail = |mut p: Probe, why: String| {
+        p.status = Status::Fail;
+        p.output = Some(why);
+        p
+    };
+    match prod.client.version().await {
+        Ok(v) => {
+            p.engine = Some(v.engine);
+            p.database = v.database;
+        }
+        Err(e) if e.is_unreachable() => return fail(p, format!("production clamd is down: {e}")),
+        Err(e) => return fail(p, format!("production clamd does not answer VERSION: {e}")),
+    }
+    // PING alone proves nothing: a clamd whose reload failed answers it but cannot scan.
+    if let Err(e) = prod.smoke().await {
+        p.latency = started.elapsed();
+        return fail(p, e);
+    }
+    p.latency = started.elapsed();
+    let mut warnings = Vec::new();
+    if p.latency > settings.latency_budget {
+        warnings.push(format!("scans took {} ms, over the {} ms budget", p.latency.as_millis(), settings.latency_budget.as_millis()));
+    }
+    if let Some(m) = &manifest {
+        let daily = m.files.iter().filter(|f| f.database() == "daily").filter_map(|f| f.header.as_ref()).max_by_key(|h| h.version);
+        if let Some(h) = daily {
+            if let Some(built) = h.build_epoch {
+                let age = Duration::from_secs((SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_secs()).saturating_sub(built));
+                p.database_age = Some(age);
+                if age > settings.max_database_age {
+                    let pinned = if store.pinned().is_some() { " (the release is pinned)" } else { "" };
+                    warnings.push(format!("live daily database is {} h old{pinned}", age.as_secs() / 3600));
+                }
+            }
+            if p.database.is_some_and(|d| d != h.version) {
+                warnings.push(format!("production runs daily {:?}, but the live release has {} (reload pending?)", p.database, h.version));
+            }
+        }
+    }
+    if !warnings.is_empty() {
+        p.status = Status::Warn;
+        p.output = Some(warnings.join("; "));
+    }
+    p
+}
+
+/// Probes every interval until `shutdown` flips.
+pub async fn run_prober(
+    health: Arc<Health>,
+    prod: Production,
+    store: Store,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+    first: tokio::sync::oneshot::Sender<()>,
+) {
+    let mut first = Some(first);
+    let mut tick = tokio::time::interval(health.settings.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.changed() => break,
+            _ = tick.tick() => {}
+        }
+        // Bounded: the client has per-call timeouts; this bounds the sum.
+        let bound = health.settings.interval.max(Duration::from_secs(5)) * 2;
+        let p = match tokio::time::timeout(bound, probe_once(&prod, &store, &health.settings)).await {
+            Ok(p) => p,
+            Err(_) => Probe {
+                status: Status::Fail,
+                output: Some(format!("probe did not finish within {bound:?}")),
+                at: SystemTime::now(),
+                latency: bound,
+                release: None,
+                engine: None,
+                database: None,
+                database_age: None,
+            },
+        };
+        if p.status == Status::Fail {
+            tracing::warn!(release = ?p.release, "health probe failed: {}", p.output.as_deref().unwrap_or(""));
+        }
+        health.record(p);
+        if let Some(tx) = first.take() {
+            let _ = tx.send(());
+        }
+    }
+}
