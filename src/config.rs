@@ -54,7 +54,21 @@ pub struct HealthConfig {
 pub struct MilterConfig {
     pub listen: String,
     pub health_url: String,
+    /// `gate` (tempfail when scanning is unhealthy) or `scan` (also scan).
     pub mode: String,
+    /// `connect` or `rcpt`: where an unhealthy scan tempfails the session.
+    pub stage: String,
+    /// Text of the 451 4.7.1 reply.
+    pub tempfail_text: String,
+    /// How long one /readyz answer is trusted.
+    pub health_ttl: Duration,
+    /// Bound on one /readyz request.
+    pub health_timeout: Duration,
+    /// In scan mode, what to do with infected mail: `reject`, `quarantine`, `header`.
+    pub on_infected: String,
+    /// In scan mode, add `X-Virus-Scanned: clamgate (release ID)`.
+    pub add_header: bool,
+    pub max_connections: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -127,10 +141,25 @@ impl Config {
             if mode != "gate" && mode != "scan" {
                 problems.push(format!("milter.mode: {mode:?} is neither \"gate\" nor \"scan\""));
             }
+            let stage = s.string("stage", "rcpt");
+            if stage != "connect" && stage != "rcpt" {
+                problems.push(format!("milter.stage: {stage:?} is neither \"connect\" nor \"rcpt\""));
+            }
+            let on_infected = s.string("on_infected", "reject");
+            if !["reject", "quarantine", "header"].contains(&on_infected.as_str()) {
+                problems.push(format!("milter.on_infected: {on_infected:?} is not reject, quarantine or header"));
+            }
             MilterConfig {
                 listen: s.string("listen", "unix:/run/clamgate/milter.sock"),
                 health_url: s.string("health_url", "http://127.0.0.1:3311/readyz"),
                 mode,
+                stage,
+                tempfail_text: s.string("tempfail_text", "Virus scanning is temporarily unavailable, please try again later"),
+                health_ttl: s.duration("health_ttl", "2s"),
+                health_timeout: s.duration("health_timeout", "1s"),
+                on_infected,
+                add_header: s.bool("add_header", true),
+                max_connections: s.int("max_connections", 200, 1..=10_000) as usize,
             }
         });
         let finish = f.finish(file);

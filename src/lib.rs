@@ -34,3 +34,4 @@ pub mod store;
 pub mod watch;
 pub mod health;
 pub mod metrics;
+pub mod milter;

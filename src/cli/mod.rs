@@ -40,6 +40,8 @@ pub enum Command {
     Pin(ConfigArg),
     /// Release the hold.
     Unpin(ConfigArg),
+    /// The Postfix milter: tempfail while scanning is unhealthy; in scan mode, scan each message.
+    Milter(ConfigArg),
     /// Print shell completions.
     Completions {
         #[arg(value_enum)]
@@ -126,6 +128,17 @@ pub async fn run(cli: Cli) -> Result<Exit, (CliError, bool)> {
         Command::Releases(args) => {
             let json = args.json;
             show::releases(args).await.map_err(|e| (e, json))
+        }
+        Command::Milter(args) => {
+            let config = args.load().map_err(|e| (e, false))?;
+            crate::milter::run(&config, shutdown_signal()).await.map_err(|e| {
+                let err = match e {
+                    crate::milter::MilterError::BadListen(_) | crate::milter::MilterError::Config(_) => CliError::usage("config.invalid", e),
+                    e => CliError::environment("environment.milter", e),
+                };
+                (err, false)
+            })?;
+            Ok(Exit::Ok)
         }
         Command::Rollback(args) => change::rollback(args).await.map_err(|e| (e, false)),
         Command::Promote(args) => change::promote(args).await.map_err(|e| (e, false)),

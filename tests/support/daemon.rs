@@ -182,3 +182,68 @@ impl Drop for DaemonProc {
         let _ = self.child.wait();
     }
 }
+
+/// A real `clamgate milter` process, configured from an [`Env`]'s config
+/// plus a `[milter]` section.
+pub struct MilterProc {
+    pub child: Child,
+    pub addr: std::net::SocketAddr,
+}
+
+impl Env {
+    /// Starts `clamgate milter` on a free loopback port; `milter` is extra
+    /// `[milter]` lines (mode, health_ttl, …).
+    pub fn spawn_milter(&self, milter: &str) -> MilterProc {
+        let addr = free_port();
+        let config = self.path().join(format!("milter-{}.toml", addr.port()));
+        let base = fs::read_to_string(&self.config).unwrap();
+        fs::write(
+            &config,
+            format!("{base}\n[milter]\nlisten = \"inet:{addr}\"\nhealth_url = \"http://{}/readyz\"\n{milter}\n", self.health),
+        )
+        .unwrap();
+        let log = fs::OpenOptions::new().create(true).append(true).open(self.path().join("milter.log")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_clamgate"))
+            .args(["milter", "--config"])
+            .arg(&config)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("CLAMGATE_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        for _ in 0..400 {
+            if std::net::TcpStream::connect(addr).is_ok() {
+                return MilterProc { child, addr };
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        panic!("milter did not listen on {addr}:\n{}", fs::read_to_string(self.path().join("milter.log")).unwrap_or_default());
+    }
+}
+
+impl Drop for MilterProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits until /readyz answers `code` (bounded).
+pub async fn wait_ready(env: &Env, code: u16) {
+    for _ in 0..1200 {
+        if let Ok(mut s) = std::net::TcpStream::connect(env.health) {
+            use std::io::{Read, Write};
+            let _ = s.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+            let mut out = String::new();
+            let _ = s.read_to_string(&mut out);
+            if out.split_whitespace().nth(1) == Some(&code.to_string()) {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("/readyz never answered {code}\n{}", env.log());
+}

@@ -1,0 +1,151 @@
+//! The milter at the protocol level (indymilter-test plays the MTA), against
+//! a real daemon, health endpoint and production clamd. The end-to-end test
+//! with a real Postfix is in tests/milter_postfix.rs.
+
+mod support;
+
+use indymilter::ProtoOpts;
+use indymilter_test::{Status, TestConnection};
+use support::daemon::{Env, set_id, wait_ready};
+use support::*;
+
+/// A daemon with daily-v1 live and production scanning.
+async fn healthy() -> (Env, support::daemon::DaemonProc, Clamd) {
+    let env = Env::new("", "");
+    env.put("daily-v1");
+    let d = env.spawn();
+    env.wait_event("promotion.done", Some(&set_id("daily-v1"))).await;
+    let prod = env.start_production(&[]).await;
+    wait_ready(&env, 200).await;
+    (env, d, prod)
+}
+
+fn text(s: &Status) -> String {
+    match s {
+        Status::Tempfail { message: Some(m) } | Status::Reject { message: Some(m) } => m.to_string_lossy().into_owned(),
+        other => format!("{other:?}"),
+    }
+}
+
+/// Sends a whole message; returns the RCPT status and, if it continued, EOM's.
+async fn deliver(addr: std::net::SocketAddr, message: &[u8]) -> (Status, Option<(indymilter_test::EomActions, Status)>) {
+    let mut conn = TestConnection::open(addr).await.unwrap();
+    assert_eq!(conn.connect("client.example.org", ([127, 0, 0, 1], 40000)).await.unwrap(), Status::Continue);
+    // Stages the milter did not ask for (no callback) are skipped, as Postfix does.
+    let opts = conn.negotiated_opts();
+    if !opts.contains(ProtoOpts::NO_MAIL) {
+        conn.mail(["<sender@example.org>"]).await.unwrap();
+    }
+    let rcpt = conn.rcpt(["<rcpt@example.net>"]).await.unwrap();
+    if rcpt != Status::Continue {
+        return (rcpt, None);
+    }
+    let (head, body) = split(message);
+    if !opts.contains(ProtoOpts::NO_HEADER) {
+        for line in head.lines() {
+            if let Some((k, v)) = line.split_once(':') {
+                conn.header(k, v.trim_start()).await.unwrap();
+            }
+        }
+    }
+    if !opts.contains(ProtoOpts::NO_EOH) {
+        conn.eoh().await.unwrap();
+    }
+    if !opts.contains(ProtoOpts::NO_BODY) {
+        for chunk in body.chunks(8192) {
+            conn.body(chunk.to_vec()).await.unwrap();
+        }
+    }
+    let eom = conn.eom().await.unwrap();
+    let _ = conn.close().await;
+    (rcpt, Some(eom))
+}
+
+fn split(message: &[u8]) -> (String, Vec<u8>) {
+    let pos = message.windows(2).position(|w| w == b"\n\n").map(|p| (p, 2)).or_else(|| message.windows(4).position(|w| w == b"\r\n\r\n").map(|p| (p, 4)));
+    match pos {
+        Some((p, n)) => (String::from_utf8_lossy(&message[..p]).replace("\n\t", " ").replace("\n ", " "), message[p + n..].to_vec()),
+        None => (String::new(), message.to_vec()),
+    }
+}
+
+fn clean_mail() -> Vec<u8> {
+    std::fs::read(sample("clean/mail/order-confirmation.eml")).unwrap()
+}
+
+fn infected_mail() -> Vec<u8> {
+    std::fs::read(sample("infected/mail/clam.mail")).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn gate_mode_continues_while_healthy_and_tempfails_when_scanning_breaks() {
+    let (env, _d, mut prod) = healthy().await;
+    let m = env.spawn_milter("mode = \"gate\"\nhealth_ttl = \"100ms\"\n");
+    let (rcpt, eom) = deliver(m.addr, &clean_mail()).await;
+    assert_eq!(rcpt, Status::Continue);
+    let (actions, status) = eom.unwrap();
+    assert_eq!(status, Status::Continue);
+    assert!(!format!("{actions:?}").contains("AddHeader"), "gate mode never touches the message: {actions:?}");
+
+    prod.process.kill();
+    wait_ready(&env, 503).await;
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await; // past the TTL
+    let (rcpt, eom) = deliver(m.addr, &clean_mail()).await;
+    assert!(matches!(rcpt, Status::Tempfail { .. }), "{rcpt:?}");
+    assert!(text(&rcpt).starts_with("451 4.7.1 "), "{}", text(&rcpt));
+    assert!(eom.is_none());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unreachable_health_endpoint_tempfails() {
+    let (env, d, _prod) = healthy().await;
+    let m = env.spawn_milter("mode = \"gate\"\nhealth_ttl = \"100ms\"\nhealth_timeout = \"500ms\"\n");
+    d.stop();
+    let (rcpt, _) = deliver(m.addr, &clean_mail()).await;
+    assert!(text(&rcpt).starts_with("451 4.7.1"), "{rcpt:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn connect_stage_tempfails_at_connect() {
+    let (env, _d, mut prod) = healthy().await;
+    let m = env.spawn_milter("mode = \"gate\"\nstage = \"connect\"\nhealth_ttl = \"100ms\"\n");
+    prod.process.kill();
+    wait_ready(&env, 503).await;
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let mut conn = TestConnection::open(m.addr).await.unwrap();
+    let status = conn.connect("client.example.org", ([127, 0, 0, 1], 40000)).await.unwrap();
+    assert!(text(&status).starts_with("451 4.7.1"), "{status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn scan_mode_rejects_infected_marks_clean_and_tempfails_what_it_cannot_scan() {
+    let (env, _d, mut prod) = healthy().await;
+    let m = env.spawn_milter("mode = \"scan\"\nhealth_ttl = \"60s\"\n");
+
+    let (_, eom) = deliver(m.addr, &infected_mail()).await;
+    let (_, status) = eom.unwrap();
+    assert!(text(&status).starts_with("554 5.7.1") && text(&status).contains("Clamgate.Test.ClamExe"), "{status:?}");
+
+    let (_, eom) = deliver(m.addr, &clean_mail()).await;
+    let (actions, status) = eom.unwrap();
+    assert_eq!(status, Status::Continue);
+    let want = format!("AddHeader {{ name: \"X-Virus-Scanned\", value: \"clamgate (release {})\" }}", set_id("daily-v1"));
+    assert!(format!("{actions:?}").contains(&want), "{actions:?}");
+
+    // Health is cached as good, but clamd is gone: the message is not
+    // accepted unscanned, it is tempfailed.
+    prod.process.kill();
+    let (_, eom) = deliver(m.addr, &clean_mail()).await;
+    let (_, status) = eom.unwrap();
+    assert!(text(&status).starts_with("451 4.7.1"), "{status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn scan_mode_can_add_a_header_instead_of_rejecting() {
+    let (env, _d, _prod) = healthy().await;
+    let m = env.spawn_milter("mode = \"scan\"\non_infected = \"header\"\n");
+    let (_, eom) = deliver(m.addr, &infected_mail()).await;
+    let (actions, status) = eom.unwrap();
+    assert_eq!(status, Status::Continue);
+    assert!(format!("{actions:?}").contains("AddHeader { name: \"X-Virus-Found\", value: \"Clamgate.Test.ClamExe.UNOFFICIAL\" }"), "{actions:?}");
+}
