@@ -35,3 +35,4 @@ pub mod watch;
 pub mod health;
 pub mod metrics;
 pub mod milter;
+pub mod demo;

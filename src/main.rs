@@ -8,8 +8,10 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The demo prints its own story; the daemon's warnings would only interleave.
+    let default = if matches!(cli.command, cli::Command::Demo { .. }) { "error" } else { "warn" };
     let filter = tracing_subscriber::EnvFilter::try_from_env("CLAMGATE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     if cli.log_json { logs.json().init() } else { logs.init() }
 

@@ -42,6 +42,12 @@ pub enum Command {
     Unpin(ConfigArg),
     /// The Postfix milter: tempfail while scanning is unhealthy; in scan mode, scan each message.
     Milter(ConfigArg),
+    /// Self-contained run on embedded defaults: promotions, rejections, rollback, health.
+    Demo {
+        /// Leave the temporary directories for inspection.
+        #[arg(long)]
+        keep: bool,
+    },
     /// Print shell completions.
     Completions {
         #[arg(value_enum)]
@@ -140,6 +146,11 @@ pub async fn run(cli: Cli) -> Result<Exit, (CliError, bool)> {
             })?;
             Ok(Exit::Ok)
         }
+        Command::Demo { keep } => match crate::demo::run(keep, shutdown_signal()).await {
+            Ok(true) => Ok(Exit::Ok),
+            Ok(false) => Ok(Exit::Rejected),
+            Err(e) => Err((CliError::environment("environment.demo", e), false)),
+        },
         Command::Rollback(args) => change::rollback(args).await.map_err(|e| (e, false)),
         Command::Promote(args) => change::promote(args).await.map_err(|e| (e, false)),
         Command::Pin(args) => change::pin(args).await.map_err(|e| (e, false)),
