@@ -215,6 +215,7 @@ impl Daemon {
         let stamp = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_millis();
         let work = self.store.work_dir().join(format!("candidate-{stamp}"));
         let live = self.store.current()?;
+        self.store.journal().append("candidate.started", json!({ "live": live }))?;
         let baseline = match &live {
             Some(id) => match self.store.manifest(id) {
                 Ok(manifest) => Some(Baseline {

@@ -85,6 +85,17 @@ pub struct Store {
 impl Store {
     /// Opens (creating if needed) the state dir.
     pub fn open(root: &Path) -> Result<Store, StoreError> {
+        // Whoever can write here decides what production loads: refuse a
+        // state dir others can write to, before touching anything in it.
+        if let Ok(m) = fs::metadata(root) {
+            use std::os::unix::fs::PermissionsExt;
+            if m.permissions().mode() & 0o002 != 0 {
+                return Err(StoreError::Corrupt {
+                    file: root.to_path_buf(),
+                    message: "state dir is writable by others; refusing to use it (chmod o-w)".into(),
+                });
+            }
+        }
         for sub in ["", "releases", "quarantine", "work", "cache"] {
             let d = root.join(sub);
             fs::create_dir_all(&d).map_err(io("cannot create", &d))?;
@@ -375,6 +386,17 @@ fn sync_dir(dir: &Path) -> Result<(), StoreError> {
 mod tests {
     use super::*;
     use crate::candidate::DbFile;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn a_world_writable_state_dir_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o777)).unwrap();
+        let err = Store::open(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("writable by others"), "{err}");
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o750)).unwrap();
+        assert!(Store::open(dir.path()).is_ok());
+    }
 
     fn manifest(tag: &str) -> Manifest {
         Manifest::new(vec![DbFile { name: "x.hdb".into(), size: 3, sha256: tag.into(), signatures: 1, header: None }])
@@ -404,7 +426,9 @@ mod tests {
         assert_eq!(store.resolve(&ids[3][..4]).unwrap(), ids[3]);
 
         fs::create_dir(dir.path().join("releases/.tmp-zzz")).unwrap();
+        drop(lock);
         std::os::unix::fs::symlink("releases/nope", dir.path().join("current.new")).unwrap();
+        let lock = store.lock(Duration::ZERO).unwrap();
         assert_eq!(store.recover(&lock).unwrap().len(), 2);
         assert_eq!(store.current().unwrap().as_deref(), Some(ids[3].as_str()));
     }

@@ -130,3 +130,34 @@ async fn a_second_daemon_on_the_same_state_dir_refuses_to_start() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("another clamgate daemon") && err.contains(&env.state().display().to_string()), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_change_during_a_canary_run_cancels_it_and_checks_the_new_files() {
+    let env = Env::new("", "");
+    env.put("daily-v1");
+    let _d = env.spawn();
+    env.wait_event("promotion.done", Some(&set_id("daily-v1"))).await;
+    let _prod = env.start_production(&[]).await;
+
+    // A candidate heavy enough that its canary is still loading when the
+    // next update lands: daily-v1 plus 500,000 hash signatures.
+    let incoming = env.path().join("incoming");
+    let mut big = String::with_capacity(500_000 * 48);
+    for i in 1..=500_000u64 {
+        big.push_str(&format!("{i:032x}:1000:Clamgate.Big.{i}\n"));
+    }
+    let from = env.journal().len();
+    std::fs::write(incoming.join("big.hdb.tmp"), big).unwrap();
+    std::fs::rename(incoming.join("big.hdb.tmp"), incoming.join("big.hdb")).unwrap();
+    env.wait_after(from, "the heavy candidate's run to start", |e| e.event == "candidate.started").await;
+    env.put("daily-v2");
+
+    let v2 = set_id("daily-v2");
+    env.wait_event("promotion.done", Some(&v2)).await;
+    let after: Vec<_> = env.journal().into_iter().skip(from).collect();
+    assert!(after.iter().any(|e| e.event == "candidate.cancelled"), "{after:#?}");
+    // The heavy candidate was never judged: only the files that settled were.
+    let judged: Vec<_> = after.iter().filter(|e| e.event == "candidate.checked").filter_map(|e| e.get("id")).collect();
+    assert_eq!(judged, [v2.as_str()], "{after:#?}");
+    assert_eq!(env.live(), Some(v2));
+}

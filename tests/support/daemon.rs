@@ -120,6 +120,20 @@ impl Env {
         }
     }
 
+    /// Like [`Env::wait_for`], but only entries after the first `from`.
+    pub async fn wait_after(&self, from: usize, what: &str, pred: impl Fn(&Entry) -> bool) -> Entry {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+        loop {
+            if let Some(e) = self.journal().into_iter().skip(from).find(|e| pred(e)) {
+                return e;
+            }
+            if tokio::time::Instant::now() > deadline {
+                panic!("gave up waiting for {what}\njournal: {:#?}\nlog:\n{}", self.journal(), self.log());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     pub async fn wait_event(&self, event: &str, id: Option<&str>) -> Entry {
         self.wait_for(event, |e| e.event == event && id.is_none_or(|id| e.get("id") == Some(id))).await
     }
