@@ -120,6 +120,8 @@ impl Daemon {
         let mut seen = watch::fingerprint(&dir);
         // What was last turned into a candidate: at start, nothing.
         let mut processed: Option<String> = None;
+        // A run that failed on our side is retried one rescan interval later.
+        let mut retry_at: Option<Instant> = None;
         let mut last_change = Instant::now();
         tokio::pin!(shutdown);
 
@@ -135,6 +137,10 @@ impl Daemon {
                 _ = rescan.tick() => {
                     let now = watch::fingerprint(&dir);
                     if now != seen { seen = now; last_change = Instant::now(); }
+                    if retry_at.is_some_and(|t| Instant::now() >= t) {
+                        retry_at = None;
+                        processed = None;
+                    }
                 }
                 _ = heartbeat.tick() => self.health.beat(),
                 _ = sleep_until(due.unwrap_or_else(far_future)), if due.is_some() => {
@@ -161,7 +167,18 @@ impl Daemon {
                                 }
                             }
                             _ = heartbeat.tick() => self.health.beat(),
-                            r = &mut run => { r?; break true; }
+                            r = &mut run => {
+                                if let Err(e) = r {
+                                    // Our failure (disk full, read-only state dir): production
+                                    // keeps its release; the next change or rescan retries.
+                                    tracing::error!("candidate run failed: {e}; production keeps its live release");
+                                    let _ = self.store.journal().append("candidate.error", json!({ "error": e.to_string() }));
+                                    self.cleanup_work();
+                                    retry_at = Some(Instant::now() + self.config.rescan_interval);
+                                    break true;
+                                }
+                                break true;
+                            }
                         }
                     };
                     if !finished {

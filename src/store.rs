@@ -240,7 +240,16 @@ impl Store {
         }
         let tmp = self.root.join("releases").join(format!(".tmp-{}", manifest.id));
         let _ = fs::remove_dir_all(&tmp);
-        fs::create_dir(&tmp).map_err(io("cannot create", &tmp))?;
+        let written = self.write_release(snapshot, manifest, &tmp, &dest);
+        if written.is_err() {
+            // Disk full or read-only: leave no half release behind.
+            let _ = fs::remove_dir_all(&tmp);
+        }
+        written
+    }
+
+    fn write_release(&self, snapshot: &Path, manifest: &Manifest, tmp: &Path, dest: &Path) -> Result<PathBuf, StoreError> {
+        fs::create_dir(tmp).map_err(io("cannot create", tmp))?;
         for f in &manifest.files {
             let (from, to) = (snapshot.join(&f.name), tmp.join(&f.name));
             fs::copy(&from, &to).map_err(io("cannot copy release file", &from))?;
@@ -249,10 +258,10 @@ impl Store {
         crate::failpoint::hit("release-files-written");
         let mpath = tmp.join("manifest.json");
         write_synced(&mpath, &serde_json::to_vec_pretty(manifest).expect("manifest serializes"))?;
-        sync_dir(&tmp)?;
-        fs::rename(&tmp, &dest).map_err(io("cannot rename release into place", &dest))?;
+        sync_dir(tmp)?;
+        fs::rename(tmp, dest).map_err(io("cannot rename release into place", dest))?;
         sync_dir(&self.root.join("releases"))?;
-        Ok(dest)
+        Ok(dest.to_path_buf())
     }
 
     /// Points `current` at a kept release: a new symlink, renamed over the

@@ -48,22 +48,31 @@ pub async fn serve(listener: TcpListener, health: Arc<Health>, mut shutdown: tok
         };
         let health = health.clone();
         conns.spawn(async move {
-            let service = hyper::service::service_fn(move |req| {
-                let health = health.clone();
-                async move { Ok::<_, Infallible>(route(&health, &req)) }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
-                .max_buf_size(MAX_HEAD)
-                .serve_connection(TokioIo::new(stream), service);
-            let _ = tokio::time::timeout(CONNECTION_TIMEOUT, conn).await;
+            serve_connection(stream, health).await;
             drop(permit);
         });
     }
     // Let in-flight answers finish, briefly.
     let _ = tokio::time::timeout(Duration::from_secs(2), async { while conns.join_next().await.is_some() {} }).await;
     conns.abort_all();
+}
+
+/// Serves one connection, bounded in time and request size. Public so the
+/// fuzz target drives exactly this code with arbitrary bytes.
+pub async fn serve_connection<I>(io: I, health: Arc<Health>)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |req| {
+        let health = health.clone();
+        async move { Ok::<_, Infallible>(route(&health, &req)) }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .max_buf_size(MAX_HEAD)
+        .serve_connection(TokioIo::new(io), service);
+    let _ = tokio::time::timeout(CONNECTION_TIMEOUT, conn).await;
 }
 
 fn reply(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {

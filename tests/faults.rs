@@ -1,0 +1,173 @@
+//! Faults, each with real processes: the expectation of DESIGN.md holds
+//! every time: production keeps the last good release and scans, the journal
+//! stays readable, no process or temporary file is left behind.
+
+mod support;
+
+use std::path::Path;
+use std::time::Duration;
+
+use clamgate::clamd::ScanVerdict;
+use rustix::process::{Pid, Signal};
+use support::daemon::{DaemonProc, Env, set_id};
+use support::*;
+
+/// pids of clamd processes whose config lives under `dir`.
+fn clamd_pids(dir: &Path) -> Vec<i32> {
+    let needle = dir.to_string_lossy().into_owned();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse::<i32>().ok())
+        .filter(|pid| {
+            let c = String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default()).into_owned();
+            c.contains("clamd") && c.contains(&needle)
+        })
+        .collect()
+}
+
+async fn canary_pid(env: &Env) -> i32 {
+    let work = env.state().join("work");
+    for _ in 0..2000 {
+        if let Some(p) = clamd_pids(&work).first() {
+            return *p;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("no canary clamd appeared\n{}", env.log());
+}
+
+/// daily-v1 live, production scanning.
+async fn live_v1(extra: &str) -> (Env, DaemonProc, Clamd) {
+    let env = Env::new(extra, "");
+    env.put("daily-v1");
+    let d = env.spawn();
+    env.wait_event("promotion.done", Some(&set_id("daily-v1"))).await;
+    let prod = env.start_production(&[]).await;
+    (env, d, prod)
+}
+
+async fn still_on_v1(env: &Env, prod: &Clamd) {
+    assert_eq!(env.live(), Some(set_id("daily-v1")));
+    let c = prod.client();
+    assert_eq!(c.version().await.unwrap().database, Some(1));
+    assert!(c.scan_file(&sample("infected/clam.exe")).await.unwrap().is_infected());
+    assert_eq!(c.scan_file(&sample("clean/letter.txt")).await.unwrap(), ScanVerdict::Clean);
+    assert!(clamd_pids(&env.state().join("work")).is_empty(), "a canary clamd was left running");
+    let leftovers: Vec<_> = std::fs::read_dir(env.state().join("releases")).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().starts_with(".tmp-")).collect();
+    assert!(leftovers.is_empty(), "half-written release left: {leftovers:?}");
+}
+
+/// A heavy candidate (daily-v1 plus 500,000 hash signatures) whose canary
+/// takes long enough to load for a test to interfere.
+fn put_heavy(env: &Env) {
+    let incoming = env.path().join("incoming");
+    let mut big = String::with_capacity(500_000 * 48);
+    for i in 1..=500_000u64 {
+        big.push_str(&format!("{i:032x}:1000:Clamgate.Big.{i}\n"));
+    }
+    std::fs::write(incoming.join("big.hdb.tmp"), big).unwrap();
+    std::fs::rename(incoming.join("big.hdb.tmp"), incoming.join("big.hdb")).unwrap();
+}
+
+fn signal(pid: i32, sig: Signal) {
+    rustix::process::kill_process(Pid::from_raw(pid).unwrap(), sig).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn canary_killed_mid_load_rejects_the_candidate() {
+    let (env, _d, prod) = live_v1("").await;
+    let from = env.journal().len();
+    put_heavy(&env);
+    let pid = canary_pid(&env).await;
+    signal(pid, Signal::KILL);
+    let q = env.wait_after(from, "quarantine", |e| e.event == "candidate.checked").await;
+    assert_eq!(q.fields["reasons"][0]["reason"], "canary.load_failed", "{q:?}");
+    still_on_v1(&env, &prod).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn canary_hung_during_load_is_killed_at_its_load_timeout() {
+    let (env, _d, prod) = live_v1("").await;
+    std::fs::write(env.path().join("policy.toml"), "load_timeout = \"2s\"\n").unwrap();
+    // The policy is read at start: restart the daemon with it.
+    drop(_d);
+    let _d = env.spawn();
+    env.wait_event("daemon.started", None).await;
+    let from = env.journal().len();
+    put_heavy(&env);
+    let pid = canary_pid(&env).await;
+    signal(pid, Signal::STOP);
+    let q = env.wait_after(from, "canary verdict", |e| e.event == "candidate.checked").await;
+    assert_eq!(q.fields["reasons"][0]["reason"], "canary.load_timeout", "{q:?}");
+    assert!(!Path::new(&format!("/proc/{pid}")).exists(), "stopped canary {pid} was not reaped");
+    still_on_v1(&env, &prod).await;
+}
+
+#[tokio::test]
+async fn a_clamd_hung_during_scans_gives_scan_timeouts_not_verdicts() {
+    let clamd = Clamd::start(&set("good")).await.unwrap();
+    let corpus = clamgate::corpus::Corpus::load(&corpus()).unwrap();
+    clamd.process.signal(Signal::STOP);
+    let verdicts = clamgate::corpus::scan(&clamd.client(), &corpus, 4, Duration::from_millis(300)).await;
+    assert_eq!(verdicts.len(), corpus.samples.len());
+    assert!(verdicts.values().all(|v| *v == clamgate::corpus::Outcome::Timeout), "{verdicts:?}");
+    let j = clamgate::corpus::judge(&corpus, &verdicts, None, &clamgate::policy::Policy::default());
+    assert!(j.reasons.iter().all(|r| r.reason == clamgate::reason::Code::CanaryScanTimeout));
+    assert!(!j.reasons.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn disk_full_while_writing_a_release_leaves_production_alone() {
+    // The state dir on a tmpfs just big enough for the snapshot, not for the
+    // release copy beside it.
+    let env = Env::new("", "");
+    let state = env.state();
+    std::fs::create_dir_all(&state).unwrap();
+    let mounted = std::process::Command::new("mount").args(["-t", "tmpfs", "-o", "size=2m,mode=0750", "tmpfs"]).arg(&state).status().unwrap();
+    assert!(mounted.success(), "mount tmpfs (tests run as root)");
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(state.clone());
+
+    env.put("daily-v1");
+    let d = env.spawn();
+    env.wait_event("promotion.done", Some(&set_id("daily-v1"))).await;
+    let prod = env.start_production(&[]).await;
+    // ~1.2 MiB of signatures: the snapshot fits in what is left, the release does not.
+    let mut sigs = String::new();
+    for i in 1..=26_000u64 {
+        sigs.push_str(&format!("{i:032x}:1000:Clamgate.Disk.{i}\n"));
+    }
+    std::fs::write(env.path().join("incoming/disk.hdb"), sigs).unwrap();
+    let e = env.wait_event("candidate.error", None).await;
+    assert!(e.get("error").unwrap().contains("No space left"), "{e:?}");
+    still_on_v1(&env, &prod).await;
+    // Our failure is retried later (not in a tight loop), and fails cleanly again.
+    let first = env.journal().iter().position(|x| x.event == "candidate.error").unwrap();
+    env.wait_after(first + 1, "a retry", |x| x.event == "candidate.error").await;
+    still_on_v1(&env, &prod).await;
+    // The daemon lives on.
+    assert!(d.child.id() > 0 && Path::new(&format!("/proc/{}", d.pid())).exists(), "daemon died\n{}", env.log());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_flood_of_updates_settles_to_the_last_one() {
+    let (env, _d, prod) = live_v1("").await;
+    let from = env.journal().len();
+    let sets = ["good", "daily-v3-drop", "good-ndb", "fp", "miss", "daily-v1-zip"];
+    for i in 0..30 {
+        env.put(sets[i % sets.len()]);
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    env.put("daily-v2");
+    let v2 = set_id("daily-v2");
+    env.wait_after(from, "the last update promoted", |e| e.event == "promotion.done" && e.get("id") == Some(&v2)).await;
+    let promoted: Vec<String> = env.journal().into_iter().skip(from).filter(|e| e.event == "promotion.done").filter_map(|e| e.get("id").map(str::to_string)).collect();
+    assert_eq!(promoted, [v2.clone()], "only the last update may be promoted");
+    assert_eq!(prod.client().version().await.unwrap().database, Some(2));
+}
