@@ -149,3 +149,32 @@ async fn scan_mode_can_add_a_header_instead_of_rejecting() {
     assert_eq!(status, Status::Continue);
     assert!(format!("{actions:?}").contains("AddHeader { name: \"X-Virus-Found\", value: \"Clamgate.Test.ClamExe.UNOFFICIAL\" }"), "{actions:?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unix_socket_is_private_replaces_a_stale_one_and_is_removed_at_exit() {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let env = Env::new("", "");
+    let sock = env.path().join("milter.sock");
+    // A stale socket from a crash: bind must not fail because of it.
+    drop(std::os::unix::net::UnixListener::bind(&sock).unwrap());
+    let config = env.path().join("milter-unix.toml");
+    let base = std::fs::read_to_string(&env.config).unwrap();
+    std::fs::write(&config, format!("{base}\n[milter]\nlisten = \"unix:{}\"\nhealth_url = \"http://{}/readyz\"\n", sock.display(), env.health)).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_clamgate")).args(["milter", "--config"]).arg(&config).spawn().unwrap();
+    let mut up = false;
+    for _ in 0..400 {
+        if std::os::unix::net::UnixStream::connect(&sock).is_ok() {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    assert!(up, "milter did not listen on {}", sock.display());
+    let meta = std::fs::metadata(&sock).unwrap();
+    assert!(meta.file_type().is_socket());
+    assert_eq!(meta.permissions().mode() & 0o777, 0o660, "socket must not be world-accessible");
+    rustix::process::kill_process(rustix::process::Pid::from_raw(child.id() as i32).unwrap(), rustix::process::Signal::TERM).unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "graceful exit: {status:?}");
+    assert!(!sock.exists(), "socket left behind after exit");
+}
