@@ -1,0 +1,104 @@
+#!/usr/bin/env bash
+# Benchmark (not a test): time from the last write of a 1,000,000-signature
+# update into incoming until production clamd's VERSION shows it, against the
+# sum of a bare canary load, the corpus scan and a bare RELOAD, all measured
+# in the same run on the same files. Target: ratio <= 1.3 plus the settle time.
+# Usage: benches/promote-1m.sh        (env SIGS=1000000 SETTLE=1s)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SIGS=${SIGS:-1000000}
+SETTLE=${SETTLE:-1s}
+settle_s=${SETTLE%s}
+
+work=$(mktemp -d /tmp/cg-bench-XXXXXX)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
+  rm -rf "$work"
+}
+trap cleanup EXIT INT TERM
+
+now() { date +%s.%N; }
+ping_ok() { [[ $(printf 'zPING\0' | socat -t 2 - "UNIX-CONNECT:$1" 2>/dev/null | tr -d '\0') == PONG ]]; }
+version_db() { printf 'zVERSION\0' | socat -t 2 - "UNIX-CONNECT:$1" 2>/dev/null | tr -d '\0' | cut -d/ -f2; }
+start_clamd() { # dir socket conf -> pid
+  printf 'Foreground yes\nLocalSocket %s\nDatabaseDirectory %s\nTemporaryDirectory %s\nSelfCheck 0\nConcurrentDatabaseReload yes\n' "$2" "$1" "$work" > "$3"
+  /usr/sbin/clamd --config-file="$3" > "$3.log" 2>&1 &
+  echo $!
+}
+
+echo "building (release) and fixtures..." >&2
+cargo build --release --locked -q
+testdata/make-fixtures "$work/fx" >/dev/null
+bin=$PWD/target/release/clamgate
+
+echo "building a $SIGS-signature daily.cud (version 2)..." >&2
+b=$work/build; mkdir -p "$b/empty"
+cp testdata/sets/good/clamgate.hdb "$b/daily.hdb"
+python3 - "$SIGS" >> "$b/daily.hdb" <<'PY'
+import sys, hashlib
+n = int(sys.argv[1])
+out = sys.stdout
+for i in range(1, n):
+    out.write("%s:%d:Clamgate.Filler.%d\n" % (hashlib.md5(b"bench-%d" % i).hexdigest(), 1000 + i % 5000, i))
+PY
+echo "bench fixture" > "$b/COPYING"
+(cd "$b" && echo clamgate | sigtool --build=daily.cud --unsigned --cvd-version=2 --no-cdiff --datadir="$b/empty" >/dev/null 2>&1)
+mkdir -p "$work/big"; mv "$b/daily.cud" "$work/big/daily.cud"
+corpus_files=$(find "$work/fx/corpus" -type f ! -name expect.toml)
+
+# --- baseline a: bare clamd start to PONG on the update -------------------
+t=$(now); pid=$(start_clamd "$work/big" "$work/a.sock" "$work/a.conf"); pids+=("$pid")
+until ping_ok "$work/a.sock"; do sleep 0.01; done
+load=$(echo "$(now) - $t" | bc)
+# --- baseline b: the corpus scanned through it ------------------------------
+printf 'LocalSocket %s\n' "$work/a.sock" > "$work/a.client"
+t=$(now); clamdscan --config-file="$work/a.client" --stream --no-summary $corpus_files >/dev/null 2>&1 || true
+scan=$(echo "$(now) - $t" | bc)
+kill -9 "$pid"; wait "$pid" 2>/dev/null || true
+# --- baseline c: bare RELOAD of a clamd from v1 to the update ---------------
+ln -s "$work/fx/sets/daily-v1" "$work/link"
+pid=$(start_clamd "$work/link" "$work/c.sock" "$work/c.conf"); pids+=("$pid")
+until ping_ok "$work/c.sock"; do sleep 0.01; done
+ln -sfn "$work/big" "$work/link.new" && mv -T "$work/link.new" "$work/link"
+t=$(now); printf 'zRELOAD\0' | socat -t 2 - "UNIX-CONNECT:$work/c.sock" >/dev/null
+until [[ $(version_db "$work/c.sock") == 2 ]]; do sleep 0.01; done
+reload=$(echo "$(now) - $t" | bc)
+kill -9 "$pid"; wait "$pid" 2>/dev/null || true
+
+# --- clamgate: the daemon with v1 live and production running ---------------
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+mkdir -p "$work/incoming" "$work/prod"
+cp "$work/fx/sets/daily-v1/daily.cud" "$work/incoming/"
+cat > "$work/clamgate.toml" <<EOT
+state_dir = "$work/state"
+incoming_dir = "$work/incoming"
+corpus_dir = "$work/fx/corpus"
+policy = "$work/none.toml"
+settle = "$SETTLE"
+[clamd]
+socket = "$work/prod/clamd.sock"
+[health]
+listen = "127.0.0.1:$port"
+probe_interval = "10s"
+EOT
+CLAMGATE_LOG=warn "$bin" run --config "$work/clamgate.toml" > "$work/daemon.log" 2>&1 &
+pids+=("$!")
+until grep -q '"promotion.done"' "$work/state/journal.jsonl" 2>/dev/null; do sleep 0.05; done
+pid=$(start_clamd "$work/state/current" "$work/prod/clamd.sock" "$work/prod.conf"); pids+=("$pid")
+until ping_ok "$work/prod/clamd.sock"; do sleep 0.01; done
+
+cp "$work/big/daily.cud" "$work/incoming/daily.cud.tmp"
+mv "$work/incoming/daily.cud.tmp" "$work/incoming/daily.cud"
+t=$(now)
+until [[ $(version_db "$work/prod/clamd.sock") == 2 ]]; do sleep 0.02; done
+gate=$(echo "$(now) - $t" | bc)
+peak=$(grep VmHWM "/proc/${pids[-2]}/status" | awk '{print $2}')
+
+bare=$(echo "$load + $scan + $reload" | bc)
+ratio=$(echo "scale=2; ($gate - $settle_s) / $bare" | bc)
+printf '\n%-46s %10s\n' "measure ($SIGS signatures)" "seconds"
+printf '%-46s %10.3f\n' "bare canary load (clamd start to PONG)" "$load" "corpus scan (20 samples)" "$scan" "bare RELOAD until VERSION shows it" "$reload" "sum of the bare steps" "$bare" "clamgate: last write -> production VERSION" "$gate" "settle" "$settle_s"
+printf '%-46s %10s\n' "ratio (clamgate - settle) / bare sum" "$ratio"
+printf '%-46s %10s\n' "clamgate daemon peak RSS (KiB)" "$peak"
+if (( $(echo "$ratio <= 1.3" | bc) )); then echo "target ratio <= 1.3: PASS"; else echo "target ratio <= 1.3: MISS"; fi
