@@ -211,19 +211,15 @@ impl Daemon {
         tokio::task::spawn_blocking(move || store.lock(LOCK_WAIT)).await.expect("lock task does not panic")
     }
 
-    /// A promotion or rollback that a crash interrupted is finished now:
-    /// production is made to run `current`, verified, and rolled back if it
-    /// does not scan.
+    /// A promotion or rollback that a crash interrupted is finished now
+    /// (see [`promote::resume`]).
     async fn resume_interrupted(&self) -> Result<(), DaemonError> {
         let entries = self.store.journal().read()?;
-        let last = entries.iter().rev().find(|e| e.event.ends_with(".begin") || e.event.ends_with(".done") || e.event.ends_with(".failed"));
-        let Some(last) = last.filter(|e| e.event.ends_with(".begin")) else { return Ok(()) };
-        let Some(current) = self.store.current()? else { return Ok(()) };
-        tracing::warn!(release = current, "the last {} was interrupted; verifying production on {current}", last.event);
+        let last = entries.iter().rev().find(|e| [".begin", ".done", ".failed", ".interrupted"].iter().any(|s| e.event.ends_with(s)));
+        let Some(begin) = last.filter(|e| e.event.ends_with(".begin")) else { return Ok(()) };
         let lock = self.lock().await?;
-        let kind = last.event.trim_end_matches(".begin").to_string();
-        let outcome = promote::activate(&self.store, &lock, &self.production, &current, &kind).await.map_err(|promote::PromoteError::Store(e)| e)?;
-        tracing::info!("resumed {kind}: {outcome:?}");
+        let outcome = promote::resume(&self.store, &lock, &self.production, begin).await.map_err(|promote::PromoteError::Store(e)| e)?;
+        tracing::info!("resumed {}: {outcome:?}", begin.event);
         Ok(())
     }
 

@@ -12,6 +12,7 @@ use crate::candidate::Manifest;
 use crate::clamd::{Client, ScanVerdict};
 use crate::corpus::{Corpus, Expect};
 use crate::failpoint;
+use crate::journal::Entry;
 use crate::reason::{Code, Reason};
 use crate::store::{StateLock, Store, StoreError};
 
@@ -150,9 +151,45 @@ pub async fn activate(
     id: &str,
     kind: &str,
 ) -> Result<Outcome, PromoteError> {
+    let previous = store.current()?;
+    let fallback = previous.clone();
+    switch(store, lock, prod, id, kind, previous, fallback).await
+}
+
+/// Finishes a promotion or rollback that a crash interrupted, from its
+/// `.begin` journal entry: if `current` already moved, production is
+/// verified on it, with the release it came from as the way back (a
+/// rollback has none: where it came from is quarantined); if it had not
+/// moved, a promotion is dropped (production never heard of it; the
+/// candidate is checked again from incoming) and a rollback is done again.
+pub async fn resume(store: &Store, lock: &StateLock, prod: &Production, begin: &Entry) -> Result<Option<Outcome>, PromoteError> {
+    let kind = begin.event.trim_end_matches(".begin");
+    let target = begin.get("id").unwrap_or_default().to_string();
+    let from = begin.get("from").map(str::to_string);
+    let current = store.current()?;
+    tracing::warn!(release = target, "the last {kind} of {target} was interrupted (live: {current:?}); finishing it");
+    if current.as_deref() == Some(target.as_str()) {
+        let fallback = if kind == "rollback" { None } else { from.clone().filter(|f| f != &target) };
+        return switch(store, lock, prod, &target, kind, from, fallback).await.map(Some);
+    }
+    if kind == "rollback" {
+        return switch(store, lock, prod, &target, kind, current.clone(), None).await.map(Some);
+    }
+    store.journal().append(&format!("{kind}.interrupted"), json!({ "id": target, "live": current }))?;
+    Ok(None)
+}
+
+async fn switch(
+    store: &Store,
+    lock: &StateLock,
+    prod: &Production,
+    id: &str,
+    kind: &str,
+    previous: Option<String>,
+    fallback: Option<String>,
+) -> Result<Outcome, PromoteError> {
     let journal = store.journal();
     let manifest = store.manifest(id)?;
-    let previous = store.current()?;
     journal.append(&format!("{kind}.begin"), json!({ "id": id, "from": previous }))?;
     tracing::info!(release = id, from = ?previous, "{kind}: making {id} live");
     store.set_current(lock, id)?;
@@ -176,7 +213,7 @@ pub async fn activate(
     tracing::error!(release = id, "{kind}: {id} failed in production: {why}");
     let reason = Reason::new(Code::ProductionFailed, None, why.clone());
     store.quarantine(lock, &manifest, std::slice::from_ref(&reason), "production", None, None)?;
-    let Some(prev) = previous.filter(|p| p != id) else {
+    let Some(prev) = fallback.filter(|p| p != id) else {
         journal.append(&format!("{kind}.failed"), json!({ "id": id, "reason": why, "rolled_back": false }))?;
         return Ok(Outcome::Broken { reason: format!("{why}; there is no previous release to go back to") });
     };
