@@ -75,8 +75,13 @@ impl Production {
         let database = match expected_version(m) {
             Some(want) => loop {
                 let seen = self.client.version().await.map(|v| v.database);
-                if matches!(seen, Ok(Some(v)) if v == want) {
-                    break Some(want);
+                match &seen {
+                    Ok(Some(v)) if *v == want => break Some(want),
+                    // It took the RELOAD and died (OOM while holding two
+                    // engines, or the database killed it): not a promotion
+                    // that stands.
+                    Err(e) if e.is_unreachable() => return Err(format!("production clamd went away after RELOAD: {e}")),
+                    _ => {}
                 }
                 if Instant::now() >= deadline {
                     return Err(format!(
@@ -97,6 +102,7 @@ impl Production {
                 None
             }
         };
+        failpoint::hit("smoke-scan");
         self.smoke().await?;
         Ok(Verified::Scanning { database })
     }

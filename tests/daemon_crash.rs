@@ -145,6 +145,16 @@ async fn crash_after_production_reload() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn crash_before_the_smoke_scan() {
+    crash_at("smoke-scan", Story::Promoted).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn crash_before_the_smoke_scan_of_a_release_that_fails_production() {
+    crash_at("smoke-scan", Story::RolledBack).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn crash_after_swapping_to_a_release_that_fails_production() {
     crash_at("promotion-swapped", Story::RolledBack).await;
 }

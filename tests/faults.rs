@@ -171,3 +171,103 @@ async fn a_flood_of_updates_settles_to_the_last_one() {
     assert_eq!(promoted, [v2.clone()], "only the last update may be promoted");
     assert_eq!(prod.client().version().await.unwrap().database, Some(2));
 }
+
+/// Waits (bounded) until `pid` is stopped by a `name:stop` failpoint.
+async fn stopped_at_failpoint(env: &Env, pid: u32) {
+    for _ in 0..6000 {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        if stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('T')) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("the daemon never stopped at its failpoint\n{}", env.log());
+}
+
+
+#[tokio::test(flavor = "multi_thread")]
+async fn production_killed_during_reload_is_rolled_back() {
+    // clamd starts a RELOAD at its next connection (the daemon's VERSION
+    // poll) and loads in a thread; a heavy update keeps it loading while
+    // the test kills it.
+    let (env, d, mut prod) = live_v1("").await;
+    let loads = || prod.log().matches("Reading databases from").count();
+    let before = loads();
+    env.put("daily-v2");
+    put_heavy(&env);
+    eventually("production to start reloading", || async { loads() > before }).await;
+    signal(prod.process.pid() as i32, Signal::KILL);
+    let log = prod.log();
+    assert!(!log.contains("correctly reloaded"), "the kill must land during the reload\n{log}");
+    let rb = env.wait_event("rollback.done", Some(&set_id("daily-v1"))).await;
+    assert!(rb.get("reason").unwrap().contains("went away after RELOAD"), "{rb:?}");
+    let q = std::fs::read_to_string(env.state().join("quarantine").join(rb.get("from").unwrap()).join("reasons.json")).unwrap();
+    assert!(q.contains("production.verify_failed"), "{q}");
+    prod.process.kill();
+    drop(prod);
+    let prod = env.start_production(&[]).await;
+    still_on_v1(&env, &prod).await;
+    support::daemon::wait_ready(&env, 200).await;
+    assert!(Path::new(&format!("/proc/{}", d.pid())).exists(), "daemon died\n{}", env.log());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn production_killed_during_the_smoke_scan_is_rolled_back() {
+    // The daemon stops itself (failpoint `smoke-scan:stop`) once production
+    // shows v2; production is killed; the daemon goes on into its smoke scan.
+    let (env, d, mut prod) = live_v1("").await;
+    assert!(d.stop().success());
+    let d = env.spawn_with(&[("CLAMGATE_FAILPOINT", "smoke-scan:stop")]);
+    env.put("daily-v2");
+    stopped_at_failpoint(&env, d.pid()).await;
+    assert!(prod.log().contains("correctly reloaded"), "production took the update before its smoke scan");
+    signal(prod.process.pid() as i32, Signal::KILL);
+    signal(d.pid() as i32, Signal::CONT);
+    let rb = env.wait_event("rollback.done", Some(&set_id("daily-v1"))).await;
+    assert!(rb.get("reason").unwrap().contains("smoke scan of"), "{rb:?}");
+    assert_eq!(rb.get("from"), Some(set_id("daily-v2").as_str()));
+    let q = std::fs::read_to_string(env.state().join("quarantine").join(set_id("daily-v2")).join("reasons.json")).unwrap();
+    assert!(q.contains("production.verify_failed"), "{q}");
+    // Production, once restarted (systemd's job), runs the last good release.
+    prod.process.kill();
+    drop(prod);
+    let prod = env.start_production(&[]).await;
+    still_on_v1(&env, &prod).await;
+    support::daemon::wait_ready(&env, 200).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_read_only_state_dir_stops_promotions_not_scanning() {
+    let (env, d, prod) = live_v1("").await;
+    let state = env.state();
+    let ro = |opts: &str| {
+        let ok = std::process::Command::new("mount").args(["-o", opts]).arg(&state).status().unwrap();
+        assert!(ok.success(), "mount -o {opts} (tests run as root)");
+    };
+    let bind = std::process::Command::new("mount").args(["--bind"]).arg(&state).arg(&state).status().unwrap();
+    assert!(bind.success(), "bind mount (tests run as root)");
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+    let unmount = Unmount(state.clone());
+    ro("remount,bind,ro");
+    let before = env.journal().len();
+
+    env.put("daily-v2");
+    let log_has_error = || env.log().matches("Read-only file system").count();
+    eventually("the daemon to report the read-only state dir", || async { log_has_error() >= 1 }).await;
+    eventually("a retry, not a crash", || async { log_has_error() >= 2 }).await;
+    assert_eq!(env.journal().len(), before, "nothing can be journaled on a read-only state dir");
+    still_on_v1(&env, &prod).await;
+    assert!(Path::new(&format!("/proc/{}", d.pid())).exists(), "daemon died\n{}", env.log());
+
+    // Writable again: the update goes through on the next retry.
+    ro("remount,bind,rw");
+    drop(unmount);
+    let done = env.wait_after(before, "promotion after the state dir is writable", |e| e.event == "promotion.done").await;
+    assert_eq!(done.get("id"), Some(set_id("daily-v2").as_str()));
+    assert_eq!(prod.client().version().await.unwrap().database, Some(2));
+}
