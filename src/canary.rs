@@ -64,6 +64,7 @@ impl Canary<'_> {
         stats.load_ms = Some(load.as_millis() as u64);
         tracing::debug!(load_ms = stats.load_ms, "canary loaded {}", db_dir.display());
 
+        crate::failpoint::hit("corpus-scan");
         let started = std::time::Instant::now();
         let client = clamd.client(self.policy.scan_timeout);
         let verdicts = corpus::scan(&client, corpus, self.policy.scan_parallelism, self.policy.scan_timeout).await;

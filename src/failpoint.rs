@@ -27,6 +27,7 @@ pub fn hit(name: &str) {
 
 /// Every crash point, in the order a promotion and a rollback reach them.
 pub const ALL: &[&str] = &[
+    "corpus-scan",
     "release-files-written",
     "release-written",
     "current-link-created",

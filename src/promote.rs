@@ -16,6 +16,9 @@ use crate::journal::Entry;
 use crate::reason::{Code, Reason};
 use crate::store::{StateLock, Store, StoreError};
 
+/// How long to wait for VERSION to change before sending RELOAD again.
+const RELOAD_AGAIN: Duration = Duration::from_secs(2);
+
 /// A corpus sample scanned through production to prove it really scans.
 #[derive(Debug, Clone)]
 pub struct SmokeSample {
@@ -72,8 +75,18 @@ impl Production {
         }
         failpoint::hit(after_reload);
         let deadline = Instant::now() + self.reload_timeout;
+        let mut asked = Instant::now();
         let database = match expected_version(m) {
             Some(want) => loop {
+                // clamd drops a RELOAD that arrives while it is reloading (a
+                // crashed daemon's, or the promotion's just before a
+                // rollback): ask again now and then until it shows `want`.
+                if asked.elapsed() >= RELOAD_AGAIN {
+                    asked = Instant::now();
+                    if let Err(e) = self.client.reload().await {
+                        tracing::debug!("RELOAD again: {e}");
+                    }
+                }
                 let seen = self.client.version().await.map(|v| v.database);
                 match &seen {
                     Ok(Some(v)) if *v == want => break Some(want),

@@ -120,6 +120,13 @@ fn entries(dir: &Path) -> Vec<String> {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn crash_while_the_canary_runs() {
+    // The canary clamd dies with the daemon (parent-death signal), or the
+    // final check that only production's clamd runs fails.
+    crash_at("corpus-scan", Story::Promoted).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn crash_after_release_files_are_written() {
     crash_at("release-files-written", Story::Promoted).await;
 }

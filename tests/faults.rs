@@ -104,6 +104,26 @@ async fn canary_hung_during_load_is_killed_at_its_load_timeout() {
     still_on_v1(&env, &prod).await;
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn canary_hung_during_its_corpus_scan_is_rejected_and_reaped() {
+    let (env, d, prod) = live_v1("").await;
+    std::fs::write(env.path().join("policy.toml"), "scan_timeout = \"1s\"\n").unwrap();
+    assert!(d.stop().success());
+    // The daemon stops itself just before the corpus scan; the test hangs
+    // the loaded canary, then lets the daemon scan through it.
+    let d = env.spawn_with(&[("CLAMGATE_FAILPOINT", "corpus-scan:stop")]);
+    let from = env.journal().len();
+    env.put("daily-v2");
+    stopped_at_failpoint(&env, d.pid()).await;
+    let pid = canary_pid(&env).await;
+    signal(pid, Signal::STOP);
+    signal(d.pid() as i32, Signal::CONT);
+    let q = env.wait_after(from, "canary verdict", |e| e.event == "candidate.checked").await;
+    assert_eq!(q.fields["reasons"][0]["reason"], "canary.scan_timeout", "{q:?}");
+    assert!(!Path::new(&format!("/proc/{pid}")).exists(), "stopped canary {pid} was not reaped");
+    still_on_v1(&env, &prod).await;
+}
+
 #[tokio::test]
 async fn a_clamd_hung_during_scans_gives_scan_timeouts_not_verdicts() {
     let clamd = Clamd::start(&set("good")).await.unwrap();

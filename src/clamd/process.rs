@@ -117,7 +117,16 @@ impl ClamdProcess {
         fs::write(&conf, text).map_err(setup(&conf))?;
         let out = fs::File::create(&log).map_err(setup(&log))?;
         let err = out.try_clone().map_err(setup(&log))?;
-        let child = Command::new(&opts.binary)
+        let mut cmd = Command::new(&opts.binary);
+        // SAFETY: between fork and exec only prctl(PR_SET_PDEATHSIG), which
+        // is async-signal-safe, runs. A clamd must not outlive whoever
+        // started it (a SIGKILLed daemon would leave a canary holding
+        // hundreds of MiB); the spawning thread is a runtime worker, which
+        // lives as long as the process.
+        unsafe {
+            cmd.pre_exec(|| rustix::process::set_parent_process_death_signal(Some(Signal::KILL)).map_err(Into::into));
+        }
+        let child = cmd
             .arg("--config-file")
             .arg(&conf)
             .stdin(Stdio::null())
