@@ -1,0 +1,240 @@
+//! `clamgate milter` end to end: a real Postfix (tests/support/postfix.rs)
+//! with the shipped milter lines, a real SMTP client (swaks or a raw
+//! socket), real delivery to smtp-sink, against a real daemon, health
+//! endpoint and production clamd. What the sender sees is asserted on the
+//! SMTP codes it got; what was delivered, on smtp-sink's dump files.
+
+mod support;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use support::daemon::{DaemonProc, Env, MilterProc, set_id, wait_ready};
+use support::postfix::{Postfix, Transcript, parse_swaks};
+use support::*;
+
+const TEMPFAIL_TEXT: &str = "4.7.1 Virus scanning is temporarily unavailable, please try again later";
+
+/// A daemon with daily-v1 live and production scanning.
+async fn healthy() -> (Env, DaemonProc, Clamd) {
+    let env = Env::new("", "");
+    env.put("daily-v1");
+    let d = env.spawn();
+    env.wait_event("promotion.done", Some(&set_id("daily-v1"))).await;
+    let prod = env.start_production(&[]).await;
+    wait_ready(&env, 200).await;
+    (env, d, prod)
+}
+
+/// Postfix whose smtpd_milters is `m`.
+fn postfix_with(m: &MilterProc) -> Postfix {
+    Postfix::start(Some(&format!("inet:{}", m.addr)))
+}
+
+fn subject(s: &str) -> String {
+    format!("Subject: {s}")
+}
+
+/// How many delivered messages carry `Subject: s`.
+fn count_subject(delivered: &[String], s: &str) -> usize {
+    let want = subject(s);
+    delivered.iter().filter(|m| m.lines().any(|l| l == want)).count()
+}
+
+fn code_at(t: &Transcript, stage: &str) -> u16 {
+    t.at(stage).unwrap_or_else(|| panic!("no reply at {stage}:\n{}", t.raw)).code
+}
+
+/// Sleeps past the milter's `health_ttl` of 100ms so its next answer is fresh.
+async fn past_ttl() {
+    tokio::time::sleep(Duration::from_millis(250)).await;
+}
+
+#[test]
+fn swaks_transcripts_parse_into_stages() {
+    let t = parse_swaks(
+        "=== Trying 127.0.0.1:25...\n<-  220 mx ESMTP\n -> EHLO x\n<-  250-mx\n<-  250 CHUNKING\n -> MAIL FROM:<a@b>\n<-  250 2.1.0 Ok\n\
+         \x20-> RCPT TO:<c@d>\n<** 451 4.7.1 <c@d>: later\n -> QUIT\n<-  221 2.0.0 Bye\n",
+    );
+    assert_eq!(code_at(&t, "EHLO"), 250);
+    assert_eq!(code_at(&t, "MAIL"), 250);
+    let o = t.outcome().unwrap();
+    assert_eq!((o.stage.as_str(), o.code), ("RCPT", 451));
+    assert!(o.text.starts_with("4.7.1"));
+    // Lines of the message are not commands; the reply after the dot is EOM's.
+    let t = parse_swaks(" -> DATA\n<-  354 go\n -> RCPT TO:<x> in the body\n -> .\n<-  250 2.0.0 Ok: queued as ABC123\n");
+    assert_eq!(t.queue_id().as_deref(), Some("ABC123"));
+    assert!(t.at("RCPT").is_none());
+}
+
+/// Gate mode: mail flows while scanning is healthy; with production clamd
+/// dead the sender gets 451 4.7.1 at RCPT and keeps its message, mail
+/// Postfix had already queued is still delivered, and the sender's retry
+/// after clamd is back is delivered. Each message arrives exactly once.
+#[tokio::test(flavor = "multi_thread")]
+async fn gate_mode_tempfails_at_rcpt_while_clamd_is_down_and_loses_nothing() {
+    let (env, _d, mut prod) = healthy().await;
+    let m = env.spawn_milter("mode = \"gate\"\nhealth_ttl = \"100ms\"\n");
+    let mut pf = postfix_with(&m);
+
+    let t = pf.swaks(&["--header", &subject("gate-healthy")]).await;
+    assert_eq!(code_at(&t, "RCPT"), 250, "{}", t.raw);
+    assert_eq!(code_at(&t, "EOM"), 250, "{}", t.raw);
+    let got = pf.wait_delivered(1).await;
+    assert_eq!(count_subject(&got, "gate-healthy"), 1, "{got:#?}");
+    assert!(!got[0].contains("X-Virus-Scanned"), "gate mode never touches the message: {}", got[0]);
+
+    // A message accepted while the next hop is down sits in Postfix's queue.
+    pf.stop_sink();
+    let t = pf.swaks(&["--header", &subject("gate-queued")]).await;
+    let id = t.queue_id().unwrap_or_else(|| panic!("not queued:\n{}", t.raw));
+    pf.wait_log("the queued message deferred", |l| l.contains(&format!("{id}: ")) && l.contains("status=deferred")).await;
+
+    // Scanning breaks: new mail is tempfailed at RCPT, before any data.
+    prod.process.kill();
+    wait_ready(&env, 503).await;
+    past_ttl().await;
+    let t = pf.swaks(&["--header", &subject("gate-retried")]).await;
+    let o = t.outcome().unwrap_or_else(|| panic!("no reply:\n{}", t.raw));
+    assert_eq!((o.stage.as_str(), o.code), ("RCPT", 451), "{}", t.raw);
+    assert!(o.text.starts_with(TEMPFAIL_TEXT), "{}", t.raw);
+    assert!(t.at("DATA").is_none(), "the message was never sent:\n{}", t.raw);
+    assert_eq!(pf.queued(), 1, "only the earlier message is in Postfix's queue");
+
+    // The queued message is not lost while scanning is down: the milter
+    // gates what Postfix accepts, not what it has.
+    pf.start_sink();
+    let got = pf.wait_delivered(2).await;
+    assert_eq!(count_subject(&got, "gate-queued"), 1, "{got:#?}");
+
+    // clamd is back: the sender's retry goes through.
+    let _prod = env.start_production(&[]).await;
+    wait_ready(&env, 200).await;
+    past_ttl().await;
+    let t = pf.swaks(&["--header", &subject("gate-retried")]).await;
+    assert_eq!(code_at(&t, "EOM"), 250, "{}", t.raw);
+    let got = pf.wait_delivered(3).await;
+    assert_eq!(got.len(), 3, "{got:#?}");
+    for s in ["gate-healthy", "gate-queued", "gate-retried"] {
+        assert_eq!(count_subject(&got, s), 1, "{s}: {got:#?}");
+    }
+    pf.wait_queue_empty().await;
+    assert_eq!(pf.sent(), 3);
+}
+
+/// Scan mode through Postfix: the infected test mail is refused at the end
+/// of DATA with 554 5.7.1 naming the signature, and never delivered; a
+/// clean one is delivered with the X-Virus-Scanned header naming the live
+/// release.
+#[tokio::test(flavor = "multi_thread")]
+async fn scan_mode_rejects_infected_mail_with_554_and_marks_clean_mail() {
+    let (env, _d, _prod) = healthy().await;
+    let m = env.spawn_milter("mode = \"scan\"\nhealth_ttl = \"60s\"\n");
+    let pf = postfix_with(&m);
+
+    let infected = sample("infected/mail/clam.mail");
+    let t = pf.swaks(&["--data", &format!("@{}", infected.display())]).await;
+    assert_eq!(code_at(&t, "RCPT"), 250, "{}", t.raw);
+    let eom = t.at("EOM").unwrap_or_else(|| panic!("no reply to the message:\n{}", t.raw));
+    assert_eq!(eom.code, 554, "{}", t.raw);
+    assert!(eom.text.starts_with("5.7.1 ") && eom.text.contains("Clamgate.Test.ClamExe"), "{}", t.raw);
+    // Logged by cleanup, to which smtpd hands the milter for the content.
+    pf.wait_log("the milter's reject", |l| l.contains("/cleanup[") && l.contains("milter-reject: END-OF-MESSAGE") && l.contains("5.7.1 Message rejected: virus found (Clamgate.Test.ClamExe")).await;
+
+    let clean = sample("clean/mail/order-confirmation.eml");
+    let t = pf.swaks(&["--data", &format!("@{}", clean.display())]).await;
+    assert_eq!(code_at(&t, "EOM"), 250, "{}", t.raw);
+    let got = pf.wait_delivered(1).await;
+    assert_eq!(got.len(), 1, "only the clean message is delivered: {got:#?}");
+    let header = format!("X-Virus-Scanned: clamgate (release {})", set_id("daily-v1"));
+    assert!(got[0].lines().any(|l| l == header), "no `{header}` in:\n{}", got[0]);
+    let clean_subject = std::fs::read_to_string(&clean).unwrap().lines().find(|l| l.starts_with("Subject:")).unwrap().to_string();
+    assert!(got[0].lines().any(|l| l == clean_subject), "{}", got[0]);
+    assert!(!got.iter().any(|m| m.contains("ClamAV Test File")), "the infected mail was delivered");
+    pf.wait_queue_empty().await;
+    assert_eq!(pf.sent(), 1);
+}
+
+/// With the milter process gone, `milter_default_action = tempfail` (from
+/// the shipped main.cf) makes Postfix tempfail instead of accepting mail
+/// unchecked.
+#[tokio::test(flavor = "multi_thread")]
+async fn postfix_tempfails_when_the_milter_is_down() {
+    let (env, _d, _prod) = healthy().await;
+    let m = env.spawn_milter("mode = \"gate\"\nhealth_ttl = \"100ms\"\n");
+    let pf = postfix_with(&m);
+    let t = pf.swaks(&["--header", &subject("milter-up")]).await;
+    assert_eq!(code_at(&t, "EOM"), 250, "{}", t.raw);
+    pf.wait_delivered(1).await;
+
+    let addr = m.addr;
+    drop(m);
+    assert!(TcpStream::connect(addr).is_err(), "the milter is gone");
+    let t = pf.swaks(&["--header", &subject("milter-down")]).await;
+    // Postfix's own reply: the milter failure at CONNECT is held back
+    // until MAIL (smtpd_delay_reject), EHLO still gets 250.
+    let o = t.outcome().unwrap_or_else(|| panic!("no reply:\n{}", t.raw));
+    assert_eq!((o.stage.as_str(), o.code), ("MAIL", 451), "a temporary failure, not acceptance or rejection:\n{}", t.raw);
+    assert!(o.text.starts_with("4.7.1 "), "{}", t.raw);
+    assert!(t.at("DATA").is_none(), "{}", t.raw);
+    let refused = format!("warning: connect to Milter service inet:{addr}: Connection refused");
+    pf.wait_log("Postfix's milter connect failure", |l| l.contains(&refused)).await;
+    // Nothing new was queued or delivered.
+    pf.wait_queue_empty().await;
+    assert_eq!(pf.sent(), 1);
+    assert_eq!(count_subject(&pf.delivered(), "milter-down"), 0);
+}
+
+/// One SMTP reply (last line), read from a raw client socket; None on EOF
+/// or a reset.
+fn read_reply(r: &mut BufReader<TcpStream>) -> Option<String> {
+    loop {
+        let mut line = String::new();
+        match r.read_line(&mut line) {
+            Ok(0) | Err(_) => return None,
+            Ok(_) if line.as_bytes().get(3) == Some(&b'-') => continue,
+            Ok(_) => return Some(line.trim_end().to_string()),
+        }
+    }
+}
+
+/// Postfix stopped while a client is in the middle of DATA: the client sees
+/// the connection close without a reply to its message, so (like any MTA)
+/// it keeps the message and retries; the retry is delivered once, whole,
+/// and no part of the interrupted transaction is ever delivered.
+#[tokio::test(flavor = "multi_thread")]
+async fn postfix_stopped_mid_data_delivers_nothing_half_and_the_retry_once() {
+    let (env, _d, _prod) = healthy().await;
+    let m = env.spawn_milter("mode = \"gate\"\nhealth_ttl = \"100ms\"\n");
+    let pf = postfix_with(&m);
+
+    let s = TcpStream::connect(pf.smtpd).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut w = s.try_clone().unwrap();
+    let mut r = BufReader::new(s);
+    assert!(read_reply(&mut r).unwrap().starts_with("220 "));
+    for (cmd, want) in [("EHLO client.example.org", "250 "), ("MAIL FROM:<sender@example.org>", "250 "), ("RCPT TO:<rcpt@example.net>", "250 "), ("DATA", "354 ")] {
+        w.write_all(format!("{cmd}\r\n").as_bytes()).unwrap();
+        let reply = read_reply(&mut r).unwrap_or_else(|| panic!("no reply to {cmd}"));
+        assert!(reply.starts_with(want), "{cmd}: {reply}");
+    }
+    w.write_all(b"Subject: interrupted\r\n\r\nfirst half\r\n").unwrap();
+
+    pf.stop();
+    // The rest of the message, if the socket still takes it: there must be
+    // no reply (certainly no 250) to it.
+    let _ = w.write_all(b"second half\r\n.\r\n");
+    let after = read_reply(&mut r);
+    assert_eq!(after, None, "the client must see the connection drop, not a reply");
+
+    pf.start_again();
+    let t = pf.swaks(&["--header", &subject("interrupted"), "--body", "first half\nsecond half"]).await;
+    assert_eq!(code_at(&t, "EOM"), 250, "{}", t.raw);
+    let got = pf.wait_delivered(1).await;
+    assert_eq!(got.len(), 1, "{got:#?}");
+    assert_eq!(count_subject(&got, "interrupted"), 1, "{got:#?}");
+    assert!(got[0].contains("first half") && got[0].contains("second half"), "delivered whole: {}", got[0]);
+    pf.wait_queue_empty().await;
+    assert_eq!(pf.sent(), 1, "{}", pf.maillog());
+}
