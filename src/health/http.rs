@@ -19,7 +19,8 @@ use super::{Health, Status};
 
 /// Most connections served at once; more are closed on accept.
 pub const MAX_CONNECTIONS: usize = 256;
-/// A connection's whole life, keep-alive included.
+/// A connection's life, keep-alive included; then it is closed between
+/// requests.
 const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
 const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 /// Request head limit: our requests are a line and a few headers.
@@ -72,7 +73,14 @@ where
         .header_read_timeout(HEADER_TIMEOUT)
         .max_buf_size(MAX_HEAD)
         .serve_connection(TokioIo::new(io), service);
-    let _ = tokio::time::timeout(CONNECTION_TIMEOUT, conn).await;
+    let mut conn = std::pin::pin!(conn);
+    if tokio::time::timeout(CONNECTION_TIMEOUT, conn.as_mut()).await.is_ok() {
+        return;
+    }
+    // Time is up: finish the request in flight (a keep-alive client such as
+    // the milter must not lose an answer mid-request), then close.
+    conn.as_mut().graceful_shutdown();
+    let _ = tokio::time::timeout(HEADER_TIMEOUT, conn).await;
 }
 
 fn reply(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
@@ -103,9 +111,9 @@ pub fn respond(health: &Health, method: &Method, path: &str) -> Response<Full<By
         "/livez" if health.alive() => reply(StatusCode::OK, "text/plain", "ok\n"),
         "/livez" => reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "main loop stalled\n"),
         "/readyz" => {
-            let (status, body) = health.readiness();
+            let (status, body) = health.readiness_body();
             let code = if status == Status::Fail { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
-            reply(code, "application/health+json", serde_json::to_vec(&body).expect("serializes"))
+            reply(code, "application/health+json", body)
         }
         _ => reply(StatusCode::OK, "application/openmetrics-text; version=1.0.0; charset=utf-8", health.metrics.encode()),
     };

@@ -50,6 +50,9 @@ pub struct ProbeSettings {
 /// Shared between the prober, the HTTP endpoint and the daemon's loops.
 pub struct Health {
     last: RwLock<Option<Probe>>,
+    /// `/readyz`'s body, rendered once per probe result (and per second of
+    /// staleness), so a flood of requests costs a clone, not a render.
+    rendered: RwLock<Option<Rendered>>,
     pub settings: ProbeSettings,
     pub metrics: Arc<Metrics>,
     started: Instant,
@@ -59,7 +62,7 @@ pub struct Health {
 
 impl Health {
     pub fn new(settings: ProbeSettings, metrics: Arc<Metrics>) -> Arc<Health> {
-        Arc::new(Health { last: RwLock::new(None), settings, metrics, started: Instant::now(), heartbeat: AtomicU64::new(0) })
+        Arc::new(Health { last: RwLock::new(None), rendered: RwLock::new(None), settings, metrics, started: Instant::now(), heartbeat: AtomicU64::new(0) })
     }
 
     pub fn last(&self) -> Option<Probe> {
@@ -81,6 +84,24 @@ impl Health {
     }
 
     /// The readiness verdict right now: the last probe, failed if missing or stale.
+    /// [`Health::readiness`] serialized, from the cache when the probe
+    /// result it was rendered from is still the last one.
+    pub fn readiness_body(&self) -> (Status, bytes::Bytes) {
+        let key = self.last.read().expect("probe lock").as_ref().map(|p| {
+            let age = SystemTime::now().duration_since(p.at).unwrap_or_default();
+            (p.at, (age > self.stale_after()).then(|| age.as_secs()))
+        });
+        if let Some(r) = self.rendered.read().expect("render lock").as_ref().filter(|r| Some(r.key) == key) {
+            return (r.status, r.body.clone());
+        }
+        let (status, value) = self.readiness();
+        let body = bytes::Bytes::from(serde_json::to_vec(&value).expect("readiness serializes"));
+        if let Some(key) = key {
+            *self.rendered.write().expect("render lock") = Some(Rendered { key, status, body: body.clone() });
+        }
+        (status, body)
+    }
+
     pub fn readiness(&self) -> (Status, Value) {
         let Some(p) = self.last() else {
             return (Status::Fail, json!({ "status": "fail", "output": "no probe has run yet" }));
@@ -142,6 +163,13 @@ impl Health {
         }
         *self.last.write().expect("probe lock") = Some(p);
     }
+}
+
+struct Rendered {
+    /// The probe's time, and the staleness in whole seconds if stale.
+    key: (SystemTime, Option<u64>),
+    status: Status,
+    body: bytes::Bytes,
 }
 
 /// One probe: VERSION, then every smoke sample through production.
