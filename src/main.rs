@@ -12,7 +12,9 @@ fn main() -> ExitCode {
     let default = if matches!(cli.command, cli::Command::Demo { .. }) { "error" } else { "warn" };
     let filter = tracing_subscriber::EnvFilter::try_from_env("CLAMGATE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // No colour codes in journald or a log file; NO_COLOR is honoured too.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr()) && std::env::var_os("NO_COLOR").is_none();
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     if cli.log_json { logs.json().init() } else { logs.init() }
 
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
