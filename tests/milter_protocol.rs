@@ -90,10 +90,24 @@ async fn gate_mode_continues_while_healthy_and_tempfails_when_scanning_breaks() 
     prod.process.kill();
     wait_ready(&env, 503).await;
     tokio::time::sleep(std::time::Duration::from_millis(200)).await; // past the TTL
-    let (rcpt, eom) = deliver(m.addr, &clean_mail()).await;
-    assert!(matches!(rcpt, Status::Tempfail { .. }), "{rcpt:?}");
-    assert!(text(&rcpt).starts_with("451 4.7.1 "), "{}", text(&rcpt));
-    assert!(eom.is_none());
+    for _ in 0..5 {
+        let (rcpt, eom) = deliver(m.addr, &clean_mail()).await;
+        assert!(matches!(rcpt, Status::Tempfail { .. }), "{rcpt:?}");
+        assert!(text(&rcpt).starts_with("451 4.7.1 "), "{}", text(&rcpt));
+        assert!(eom.is_none());
+    }
+
+    // Healthy again; the outage is logged once when it starts and once when
+    // it ends, not once per message.
+    let prod = env.start_production(&[]).await;
+    wait_ready(&env, 200).await;
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let (rcpt, _) = deliver(m.addr, &clean_mail()).await;
+    assert_eq!(rcpt, Status::Continue);
+    let log = std::fs::read_to_string(env.path().join("milter.log")).unwrap();
+    assert_eq!(log.matches("scanning is not healthy").count(), 1, "{log}");
+    assert!(log.contains("healthy again") && log.contains("5 messages were tempfailed"), "{log}");
+    drop(prod);
 }
 
 #[tokio::test(flavor = "multi_thread")]

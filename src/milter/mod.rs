@@ -10,7 +10,7 @@ use std::ffi::CString;
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use indymilter::{Actions, Callbacks, ContextActions, SetErrorReply, SmtpReply, Status};
@@ -37,7 +37,19 @@ struct Shared {
     scan: bool,
     readiness: ReadinessCache,
     clamd: Client,
+    outage: std::sync::Mutex<Option<Outage>>,
 }
+
+/// An unhealthy spell, logged when it starts and ends and once a minute in
+/// between: a busy server would otherwise log a line per message.
+struct Outage {
+    since: Instant,
+    logged: Instant,
+    tempfailed: u64,
+    total: u64,
+}
+
+const OUTAGE_LOG_EVERY: Duration = Duration::from_secs(60);
 
 /// Per-message scan state.
 #[derive(Default)]
@@ -59,11 +71,44 @@ impl Shared {
     async fn gate(&self, reply: &mut SmtpReply, session: &mut Session) -> Status {
         let r = self.readiness.get().await;
         if r.healthy {
+            self.outage_ends();
             session.release = r.release;
             Status::Continue
         } else {
-            tracing::warn!("tempfailing: scanning is not healthy ({})", r.detail);
+            self.outage_goes_on(&r.detail);
             tempfail(reply, &self.cfg.tempfail_text)
+        }
+    }
+
+    fn outage_goes_on(&self, detail: &str) {
+        let mut outage = self.outage.lock().expect("outage lock");
+        let now = Instant::now();
+        match outage.as_mut() {
+            None => {
+                tracing::warn!("scanning is not healthy ({detail}); tempfailing mail until it is");
+                *outage = Some(Outage { since: now, logged: now, tempfailed: 1, total: 1 });
+            }
+            Some(o) => {
+                o.tempfailed += 1;
+                o.total += 1;
+                if now.duration_since(o.logged) >= OUTAGE_LOG_EVERY {
+                    tracing::warn!(
+                        "scanning still not healthy after {}s ({detail}); tempfailed {} messages in the last {}s",
+                        now.duration_since(o.since).as_secs(),
+                        o.tempfailed,
+                        now.duration_since(o.logged).as_secs()
+                    );
+                    o.logged = now;
+                    o.tempfailed = 0;
+                }
+            }
+        }
+    }
+
+    fn outage_ends(&self) {
+        let mut outage = self.outage.lock().expect("outage lock");
+        if let Some(o) = outage.take() {
+            tracing::warn!("scanning is healthy again after {:.1}s; {} messages were tempfailed", o.since.elapsed().as_secs_f64(), o.total);
         }
     }
 
@@ -96,6 +141,7 @@ pub async fn run(config: &Config, shutdown: impl Future<Output = ()> + Send + 's
         clamd: Client::new(config.clamd.endpoint.clone(), config.clamd.timeout),
         readiness,
         cfg: cfg.clone(),
+        outage: std::sync::Mutex::new(None),
     });
     let callbacks = callbacks(shared);
     let mut mcfg = indymilter::Config { max_connections: cfg.max_connections, ..Default::default() };
