@@ -30,7 +30,7 @@ start_clamd() { # dir socket conf -> pid
 echo "building (release) and fixtures..." >&2
 cargo build --release --locked -q
 testdata/make-fixtures "$work/fx" >/dev/null
-bin=$PWD/target/release/clamgate
+bin=${CARGO_TARGET_DIR:-$PWD/target}/release/clamgate
 
 echo "building a $SIGS-signature daily.cud (version 2)..." >&2
 b=$work/build; mkdir -p "$b/empty"
