@@ -52,6 +52,10 @@ pub struct Daemon {
     pub corpus: Corpus,
     pub production: Production,
     pub health: Arc<Health>,
+    /// Set while a checked candidate is being quarantined or promoted: a
+    /// change in incoming then waits for the next run instead of cancelling
+    /// a promotion halfway through its verification.
+    deciding: std::sync::atomic::AtomicBool,
 }
 
 const LOCK_WAIT: Duration = Duration::from_secs(30);
@@ -73,7 +77,7 @@ impl Daemon {
             max_database_age: policy.max_database_age,
         };
         let health = Health::new(settings, Arc::new(Metrics::default()));
-        Ok(Daemon { config, store, policy, corpus, production, health })
+        Ok(Daemon { config, store, policy, corpus, production, health, deciding: Default::default() })
     }
 
     /// Runs until `shutdown` completes: the gate loop, the prober and the
@@ -110,7 +114,23 @@ impl Daemon {
         }
         self.store.journal().append("daemon.started", json!({ "pid": std::process::id(), "incoming": self.config.incoming_dir }))?;
         tracing::info!(state_dir = %self.config.state_dir.display(), incoming = %self.config.incoming_dir.display(), "clamgate daemon started");
-        self.resume_interrupted().await?;
+        {
+            // Verifying production can take up to reload_timeout: keep
+            // /livez and the systemd watchdog fed meanwhile.
+            let mut beat = tokio::time::interval(Duration::from_secs(1));
+            let resume = self.resume_interrupted();
+            tokio::pin!(resume);
+            let resumed = loop {
+                tokio::select! {
+                    r = &mut resume => break r,
+                    _ = beat.tick() => self.health.beat(),
+                }
+            };
+            if let Err(e) = resumed {
+                // Production keeps whatever it runs; the health endpoint tells.
+                tracing::error!("could not finish the interrupted promotion or rollback: {e}");
+            }
+        }
 
         let dir = self.config.incoming_dir.clone();
         std::fs::create_dir_all(&dir).map_err(|e| DaemonError::Watch { dir: dir.clone(), source: e.into() })?;
@@ -158,7 +178,10 @@ impl Daemon {
                             }
                             Some(()) = watcher.changes.recv() => {
                                 let now = watch::fingerprint(&dir);
-                                if now != started_on {
+                                if now != started_on && self.deciding.load(std::sync::atomic::Ordering::SeqCst) {
+                                    // Too late to cancel: checked on the next run.
+                                    if now != seen { seen = now; last_change = Instant::now(); }
+                                } else if now != started_on {
                                     tracing::info!("incoming changed during the run; cancelling and starting over");
                                     self.store.journal().append("candidate.cancelled", json!({ "why": "incoming changed during the run" }))?;
                                     seen = now;
@@ -269,7 +292,9 @@ impl Daemon {
                 return Ok(());
             }
         };
+        self.deciding.store(true, std::sync::atomic::Ordering::SeqCst);
         let result = self.decide(&report, live.as_deref(), baseline.as_ref()).await;
+        self.deciding.store(false, std::sync::atomic::Ordering::SeqCst);
         let _ = std::fs::remove_dir_all(&work);
         result
     }

@@ -34,6 +34,7 @@ pub const ALL: &[&str] = &[
     "promotion-swapped",
     "promotion-reloaded",
     "smoke-scan",
+    "rollback-begun",
     "rollback-swapped",
     "rollback-reloaded",
 ];

@@ -81,12 +81,6 @@ impl Production {
                 // clamd drops a RELOAD that arrives while it is reloading (a
                 // crashed daemon's, or the promotion's just before a
                 // rollback): ask again now and then until it shows `want`.
-                if asked.elapsed() >= RELOAD_AGAIN {
-                    asked = Instant::now();
-                    if let Err(e) = self.client.reload().await {
-                        tracing::debug!("RELOAD again: {e}");
-                    }
-                }
                 let seen = self.client.version().await.map(|v| v.database);
                 match &seen {
                     Ok(Some(v)) if *v == want => break Some(want),
@@ -95,6 +89,12 @@ impl Production {
                     // that stands.
                     Err(e) if e.is_unreachable() => return Err(format!("production clamd went away after RELOAD: {e}")),
                     _ => {}
+                }
+                if asked.elapsed() >= RELOAD_AGAIN {
+                    asked = Instant::now();
+                    if let Err(e) = self.client.reload().await {
+                        tracing::debug!("RELOAD again: {e}");
+                    }
                 }
                 if Instant::now() >= deadline {
                     return Err(format!(
@@ -170,9 +170,23 @@ pub async fn activate(
     id: &str,
     kind: &str,
 ) -> Result<Outcome, PromoteError> {
+    activate_marking(store, lock, prod, id, kind, None).await
+}
+
+/// [`activate`], recording in the `.begin` entry a release to mark bad
+/// once `id` is live, so that a crash halfway still marks it (an operator's
+/// rollback must not be undone by the daemon promoting the release again).
+pub async fn activate_marking(
+    store: &Store,
+    lock: &StateLock,
+    prod: &Production,
+    id: &str,
+    kind: &str,
+    mark_bad: Option<&str>,
+) -> Result<Outcome, PromoteError> {
     let previous = store.current()?;
     let fallback = previous.clone();
-    switch(store, lock, prod, id, kind, previous, fallback).await
+    switch(store, lock, prod, id, kind, previous, fallback, mark_bad).await
 }
 
 /// Finishes a promotion or rollback that a crash interrupted, from its
@@ -187,15 +201,34 @@ pub async fn resume(store: &Store, lock: &StateLock, prod: &Production, begin: &
     let from = begin.get("from").map(str::to_string);
     let current = store.current()?;
     tracing::warn!(release = target, "the last {kind} of {target} was interrupted (live: {current:?}); finishing it");
+    if let Some(bad) = begin.get("mark_bad").filter(|b| store.quarantined(b).is_none()) {
+        let why = begin.get("reason").unwrap_or("rolled back; interrupted").to_string();
+        let source = if begin.fields.get("automatic").and_then(|v| v.as_bool()) == Some(true) { "production" } else { "operator" };
+        let code = if source == "production" { Code::ProductionFailed } else { Code::OperatorRollback };
+        if let Ok(m) = store.manifest(bad) {
+            if let Err(e) = store.quarantine(lock, &m, &[Reason::new(code, None, why)], source, None, None) {
+                tracing::error!(release = bad, "cannot mark {bad} bad: {e}");
+            }
+        }
+    }
     if current.as_deref() == Some(target.as_str()) {
         let fallback = if kind == "rollback" { None } else { from.clone().filter(|f| f != &target) };
-        return switch(store, lock, prod, &target, kind, from, fallback).await.map(Some);
+        return switch(store, lock, prod, &target, kind, from, fallback, None).await.map(Some);
     }
     if kind == "rollback" {
-        return switch(store, lock, prod, &target, kind, current.clone(), None).await.map(Some);
+        return switch(store, lock, prod, &target, kind, current.clone(), None, None).await.map(Some);
     }
     store.journal().append(&format!("{kind}.interrupted"), json!({ "id": target, "live": current }))?;
     Ok(None)
+}
+
+/// Quarantines a release that failed in production. Best effort: a full or
+/// read-only disk must not keep production on it; going back matters more.
+fn mark_failed(store: &Store, lock: &StateLock, manifest: &Manifest, why: &str) {
+    let reason = Reason::new(Code::ProductionFailed, None, why.to_string());
+    if let Err(e) = store.quarantine(lock, manifest, std::slice::from_ref(&reason), "production", None, None) {
+        tracing::error!(release = manifest.id, "cannot quarantine {}: {e}", manifest.id);
+    }
 }
 
 async fn switch(
@@ -206,10 +239,15 @@ async fn switch(
     kind: &str,
     previous: Option<String>,
     fallback: Option<String>,
+    mark_bad: Option<&str>,
 ) -> Result<Outcome, PromoteError> {
     let journal = store.journal();
     let manifest = store.manifest(id)?;
-    journal.append(&format!("{kind}.begin"), json!({ "id": id, "from": previous }))?;
+    let mut begin = json!({ "id": id, "from": previous });
+    if let Some(bad) = mark_bad {
+        begin["mark_bad"] = json!(bad);
+    }
+    journal.append(&format!("{kind}.begin"), begin)?;
     tracing::info!(release = id, from = ?previous, "{kind}: making {id} live");
     store.set_current(lock, id)?;
     failpoint::hit(&format!("{kind}-swapped"));
@@ -230,13 +268,16 @@ async fn switch(
         Err(why) => why,
     };
     tracing::error!(release = id, "{kind}: {id} failed in production: {why}");
-    let reason = Reason::new(Code::ProductionFailed, None, why.clone());
-    store.quarantine(lock, &manifest, std::slice::from_ref(&reason), "production", None, None)?;
     let Some(prev) = fallback.filter(|p| p != id) else {
+        mark_failed(store, lock, &manifest, &why);
         journal.append(&format!("{kind}.failed"), json!({ "id": id, "reason": why, "rolled_back": false }))?;
         return Ok(Outcome::Broken { reason: format!("{why}; there is no previous release to go back to") });
     };
-    journal.append("rollback.begin", json!({ "id": prev, "from": id, "reason": why, "automatic": true }))?;
+    // Journaled before anything else, so a crash from here on is resumed as
+    // this rollback (which marks `id` bad), never as the promotion again.
+    journal.append("rollback.begin", json!({ "id": prev, "from": id, "reason": why, "automatic": true, "mark_bad": id }))?;
+    failpoint::hit("rollback-begun");
+    mark_failed(store, lock, &manifest, &why);
     store.set_current(lock, &prev)?;
     failpoint::hit("rollback-swapped");
     let prev_manifest = store.manifest(&prev)?;

@@ -172,6 +172,11 @@ async fn crash_after_reloading_a_release_that_fails_production() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn crash_after_the_rollback_is_journaled_before_anything_is_marked() {
+    crash_at("rollback-begun", Story::RolledBack).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn crash_after_the_rollback_swap() {
     crash_at("rollback-swapped", Story::RolledBack).await;
 }
@@ -187,5 +192,21 @@ fn every_failpoint_has_a_crash_test() {
     let me = include_str!("daemon_crash.rs");
     for p in failpoint::ALL {
         assert!(me.contains(&format!("crash_at(\"{p}\"")), "no crash test for failpoint {p}");
+    }
+    // And every literal failpoint in the code is listed in ALL.
+    let mut stack = vec![repo().join("src")];
+    while let Some(dir) = stack.pop() {
+        for e in fs::read_dir(&dir).unwrap().flatten() {
+            let path = e.path();
+            if path.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            let text = fs::read_to_string(&path).unwrap();
+            for (_, rest) in text.match_indices("failpoint::hit(\"").map(|(i, m)| ((), &text[i + m.len()..])) {
+                let name = &rest[..rest.find('"').unwrap()];
+                assert!(failpoint::ALL.contains(&name), "failpoint {name} in {} is not in failpoint::ALL", path.display());
+            }
+        }
     }
 }

@@ -62,12 +62,21 @@ async fn still_on_v1(env: &Env, prod: &Clamd) {
 /// takes long enough to load for a test to interfere.
 fn put_heavy(env: &Env) {
     let incoming = env.path().join("incoming");
-    let mut big = String::with_capacity(500_000 * 48);
-    for i in 1..=500_000u64 {
-        big.push_str(&format!("{i:032x}:1000:Clamgate.Big.{i}\n"));
-    }
-    std::fs::write(incoming.join("big.hdb.tmp"), big).unwrap();
+    std::fs::write(incoming.join("big.hdb.tmp"), heavy_sigs()).unwrap();
     std::fs::rename(incoming.join("big.hdb.tmp"), incoming.join("big.hdb")).unwrap();
+}
+
+/// Built once: a debug build takes a while, and a test that writes it right
+/// after another file must not leave the daemon time to settle in between.
+fn heavy_sigs() -> &'static str {
+    static BIG: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BIG.get_or_init(|| {
+        let mut big = String::with_capacity(500_000 * 48);
+        for i in 1..=500_000u64 {
+            big.push_str(&format!("{i:032x}:1000:Clamgate.Big.{i}\n"));
+        }
+        big
+    })
 }
 
 fn signal(pid: i32, sig: Signal) {
@@ -243,6 +252,7 @@ async fn production_killed_during_reload_is_rolled_back() {
     let (env, d, mut prod) = live_v1("").await;
     let loads = || prod.log().matches("Reading databases from").count();
     let before = loads();
+    heavy_sigs();
     env.put("daily-v2");
     put_heavy(&env);
     eventually("production to start reloading", || async { loads() > before }).await;

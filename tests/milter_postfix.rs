@@ -192,6 +192,8 @@ fn read_reply(r: &mut BufReader<TcpStream>) -> Option<String> {
     loop {
         let mut line = String::new();
         match r.read_line(&mut line) {
+            // A silent server (read timeout) is not a dropped connection.
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => panic!("no reply and no close: {e}"),
             Ok(0) | Err(_) => return None,
             Ok(_) if line.as_bytes().get(3) == Some(&b'-') => continue,
             Ok(_) => return Some(line.trim_end().to_string()),

@@ -79,7 +79,7 @@ fn infected_mail() -> Vec<u8> {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn gate_mode_continues_while_healthy_and_tempfails_when_scanning_breaks() {
+async fn gate_mode_accepts_while_healthy_and_tempfails_when_scanning_breaks() {
     let (env, _d, mut prod) = healthy().await;
     let m = env.spawn_milter("mode = \"gate\"\nhealth_ttl = \"100ms\"\n");
     // Healthy: gate mode accepts at RCPT, so Postfix leaves the milter out

@@ -110,7 +110,7 @@ pub async fn rollback(args: RollbackArgs) -> Result<Exit, CliError> {
         return Err(CliError::refused("rollback.already_live", format!("{target} is already live")));
     }
     let live_manifest = c.store.manifest(&live).map_err(store_err)?;
-    let outcome = promote::activate(&c.store, &lock, &c.prod, &target, "rollback").await.map_err(store_err)?;
+    let outcome = promote::activate_marking(&c.store, &lock, &c.prod, &target, "rollback", Some(&live)).await.map_err(store_err)?;
     if matches!(outcome, Outcome::Live(_)) {
         // The release we left must not come back through the daemon.
         let reason = Reason::new(Code::OperatorRollback, None, format!("rolled back by {} to {target}", operator()));

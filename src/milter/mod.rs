@@ -60,6 +60,14 @@ struct Session {
     release: Option<String>,
 }
 
+impl Session {
+    /// Per-message state that went missing mid-message: the message is
+    /// tempfailed at its end, never accepted half-scanned.
+    fn lost() -> Session {
+        Session { failed: Some("scan state lost mid-message".into()), ..Session::default() }
+    }
+}
+
 fn tempfail(reply: &mut SmtpReply, text: &str) -> Status {
     // 451 4.7.1: the sender's MTA keeps the message and retries.
     let _ = reply.set_error_reply("451", Some("4.7.1"), [text]);
@@ -231,7 +239,7 @@ fn callbacks(shared: Arc<Shared>) -> Callbacks<Session> {
     cb = cb.on_header(move |ctx, name, value| {
         let s = s.clone();
         Box::pin(async move {
-            let mut session = ctx.data.take().unwrap_or_default();
+            let mut session = ctx.data.take().unwrap_or_else(Session::lost);
             let mut line = name.into_bytes();
             line.extend_from_slice(b": ");
             line.extend_from_slice(value.as_bytes());
@@ -245,7 +253,7 @@ fn callbacks(shared: Arc<Shared>) -> Callbacks<Session> {
     cb = cb.on_eoh(move |ctx| {
         let s = s.clone();
         Box::pin(async move {
-            let mut session = ctx.data.take().unwrap_or_default();
+            let mut session = ctx.data.take().unwrap_or_else(Session::lost);
             s.send(&mut session, b"\r\n").await;
             ctx.data = Some(session);
             Status::Continue
@@ -255,7 +263,7 @@ fn callbacks(shared: Arc<Shared>) -> Callbacks<Session> {
     cb = cb.on_body(move |ctx, chunk: Bytes| {
         let s = s.clone();
         Box::pin(async move {
-            let mut session = ctx.data.take().unwrap_or_default();
+            let mut session = ctx.data.take().unwrap_or_else(Session::lost);
             s.send(&mut session, &chunk).await;
             ctx.data = Some(session);
             Status::Continue
@@ -265,7 +273,7 @@ fn callbacks(shared: Arc<Shared>) -> Callbacks<Session> {
     cb.on_eom(move |ctx| {
         let s = s.clone();
         Box::pin(async move {
-            let mut session = ctx.data.take().unwrap_or_default();
+            let mut session = ctx.data.take().unwrap_or_else(Session::lost);
             let release = session.release.clone();
             // Even an empty message must be scanned before it is accepted.
             if session.stream.is_none() && session.failed.is_none() {

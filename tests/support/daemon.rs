@@ -173,9 +173,7 @@ impl DaemonProc {
     /// SIGTERM and wait: the graceful path.
     pub fn stop(mut self) -> std::process::ExitStatus {
         let _ = rustix::process::kill_process(rustix::process::Pid::from_raw(self.child.id() as i32).unwrap(), rustix::process::Signal::TERM);
-        let status = self.child.wait().unwrap();
-        std::mem::forget(self);
-        status
+        self.wait_exit()
     }
 
     /// Waits (bounded) for the process to exit on its own.
@@ -213,7 +211,12 @@ impl Env {
         let base = fs::read_to_string(&self.config).unwrap();
         fs::write(
             &config,
-            format!("{base}\n[milter]\nlisten = \"inet:{addr}\"\nhealth_url = \"http://{}/readyz\"\n{milter}\n", self.health),
+            format!(
+                "{base}\n[milter]\nlisten = \"inet:{addr}\"\nhealth_url = \"http://{}/readyz\"\n{}{milter}\n",
+                self.health,
+                // A loaded machine must not turn a slow answer into a tempfail.
+                if milter.contains("health_timeout") { "" } else { "health_timeout = \"30s\"\n" },
+            ),
         )
         .unwrap();
         let log = fs::OpenOptions::new().create(true).append(true).open(self.path().join("milter.log")).unwrap();
