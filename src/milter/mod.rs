@@ -186,9 +186,8 @@ pub async fn run(config: &Config, shutdown: impl Future<Output = ()> + Send + 's
     }
 }
 
-fn callbacks(shared: Arc<Shared>) -> Callbacks<Session> {
-    let s = shared.clone();
-    let mut cb = Callbacks::new().on_connect(move |ctx, _host: CString, _addr| {
+fn connect_callback(cb: Callbacks<Session>, s: Arc<Shared>) -> Callbacks<Session> {
+    cb.on_connect(move |ctx, _host: CString, _addr| {
         let s = s.clone();
         Box::pin(async move {
             ctx.data = Some(Session::default());
@@ -200,7 +199,16 @@ fn callbacks(shared: Arc<Shared>) -> Callbacks<Session> {
             }
             Status::Continue
         })
-    });
+    })
+}
+
+fn callbacks(shared: Arc<Shared>) -> Callbacks<Session> {
+    let mut cb = Callbacks::new();
+    // Without a connect callback Postfix skips that stage (one round trip
+    // less per SMTP session): gate mode at RCPT has no use for it.
+    if shared.cfg.stage == "connect" || shared.scan {
+        cb = connect_callback(cb, shared.clone());
+    }
     let s = shared.clone();
     cb = cb.on_rcpt(move |ctx, _args| {
         let s = s.clone();
