@@ -29,10 +29,10 @@ trap 'exit 143' TERM
 now() { date +%s.%N; }
 die() { echo "check-1m: $*" >&2; exit 1; }
 ping_ok() { [[ $(printf 'zPING\0' | socat -t 2 - "UNIX-CONNECT:$1" 2>/dev/null | tr -d '\0') == PONG ]]; }
-start_clamd() { # dir socket conf -> pid
+start_clamd() { # dir socket conf -> $pid (a child of this shell, so `wait` reaps it)
   printf 'Foreground yes\nLocalSocket %s\nDatabaseDirectory %s\nTemporaryDirectory %s\nSelfCheck 0\nConcurrentDatabaseReload yes\n' "$2" "$1" "$work" > "$3"
   /usr/sbin/clamd --config-file="$3" > "$3.log" 2>&1 &
-  echo $!
+  pid=$!
 }
 min() { printf '%s\n' "$@" | sort -g | head -1; }
 
@@ -64,7 +64,7 @@ loads=(); scans=(); sums=()
 for r in $(seq "$RUNS"); do
   echo "bare run $r/$RUNS..." >&2
   rm -f "$work/a.sock"
-  SECONDS=0; t=$(now); pid=$(start_clamd "$work/big" "$work/a.sock" "$work/a.conf"); pids+=("$pid")
+  SECONDS=0; t=$(now); start_clamd "$work/big" "$work/a.sock" "$work/a.conf"; pids+=("$pid")
   until ping_ok "$work/a.sock"; do
     kill -0 "$pid" 2>/dev/null || die "bare clamd exited: $(tail -3 "$work/a.conf.log")"
     (( SECONDS > TIMEOUT )) && die "bare clamd: no PONG within ${TIMEOUT}s"
@@ -72,9 +72,10 @@ for r in $(seq "$RUNS"); do
   done
   load=$(echo "$(now) - $t" | bc)
   t=$(now)
-  timeout "$TIMEOUT" clamdscan --config-file="$work/a.client" --stream --no-summary "${corpus_files[@]}" >/dev/null 2>&1 || true
+  rc=0; timeout "$TIMEOUT" clamdscan --config-file="$work/a.client" --stream --no-summary "${corpus_files[@]}" >/dev/null 2>&1 || rc=$?
+  (( rc <= 1 )) || die "bare corpus scan failed (clamdscan exit $rc)" # 1 = something found, as expected
   scan=$(echo "$(now) - $t" | bc)
-  kill -9 "$pid"; wait "$pid" 2>/dev/null || true
+  kill -9 "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true
   loads+=("$load"); scans+=("$scan"); sums+=("$(echo "$load + $scan" | bc)")
 done
 

@@ -31,7 +31,9 @@ cleanup() {
   for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
   rm -rf "$work"
 }
-trap cleanup EXIT INT TERM
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
 
 now() { date +%s.%N; }
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -46,7 +48,7 @@ until_ok() {
 }
 listening() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 ping_ok() { [[ $(printf 'zPING\0' | socat -t 2 - "UNIX-CONNECT:$1" 2>/dev/null | tr -d '\0') == PONG ]]; }
-ready() { [[ $(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$1/readyz") == 200 ]]; }
+ready() { [[ $(curl -s -m 2 -o /dev/null -w '%{http_code}' "http://127.0.0.1:$1/readyz") == 200 ]]; }
 sent() { local n; n=$(grep -c ' status=sent ' "$1/maillog" 2>/dev/null) || true; echo "${n:-0}"; }
 at_least_sent() { (( $(sent "$1") >= $2 )); }
 
@@ -168,7 +170,7 @@ EOT
   until_ok 30 "smtp-sink" listening "$sink"
   instances+=("$d")
   # postfix prints its errors only to a terminal: script(1) provides one.
-  script -qec "postfix -c $d/etc start" /dev/null > "$d/start.log" 2>&1 || { cat "$d/start.log" "$d/maillog" >&2; exit 1; }
+  timeout 60 script -qec "postfix -c $d/etc start" /dev/null > "$d/start.log" 2>&1 || { cat "$d/start.log" "$d/maillog" >&2; exit 1; }
   until_ok 30 "Postfix smtpd" listening "$smtpd"
   REPLY=$smtpd
 }
@@ -177,7 +179,7 @@ EOT
 send() {
   local d=$1 port=$2 n=$3 base
   base=$(sent "$d")
-  smtp-source -s "$SESSIONS" -m "$n" -l "$SIZE" -M client.example.org -f sender@example.org -t rcpt@example.net \
+  timeout 600 smtp-source -s "$SESSIONS" -m "$n" -l "$SIZE" -M client.example.org -f sender@example.org -t rcpt@example.net \
     "127.0.0.1:$port" > "$d/source.log" 2>&1 || { echo "smtp-source failed:" >&2; cat "$d/source.log" >&2; exit 1; }
   until_ok 600 "$n deliveries in $d" at_least_sent "$d" $(( base + n ))
 }

@@ -118,11 +118,12 @@ impl ClamdProcess {
         let out = fs::File::create(&log).map_err(setup(&log))?;
         let err = out.try_clone().map_err(setup(&log))?;
         let mut cmd = Command::new(&opts.binary);
-        // SAFETY: between fork and exec only prctl(PR_SET_PDEATHSIG), which
-        // is async-signal-safe, runs. A clamd must not outlive whoever
-        // started it (a SIGKILLed daemon would leave a canary holding
-        // hundreds of MiB); the spawning thread is a runtime worker, which
-        // lives as long as the process.
+        // SAFETY: between fork and exec only prctl(PR_SET_PDEATHSIG) runs: one
+        // async-signal-safe syscall, no allocation. A clamd must not outlive
+        // whoever started it (a SIGKILLed daemon would leave a canary holding
+        // hundreds of MiB). The signal fires when the spawning *thread*
+        // exits: call this from the main thread or a runtime worker, never
+        // from `spawn_blocking` (its threads exit when idle).
         unsafe {
             cmd.pre_exec(|| rustix::process::set_parent_process_death_signal(Some(Signal::KILL)).map_err(Into::into));
         }

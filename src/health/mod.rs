@@ -83,7 +83,6 @@ impl Health {
         self.settings.interval * 3 + Duration::from_secs(5)
     }
 
-    /// The readiness verdict right now: the last probe, failed if missing or stale.
     /// [`Health::readiness`] serialized, from the cache when the probe
     /// result it was rendered from is still the last one.
     pub fn readiness_body(&self) -> (Status, bytes::Bytes) {
@@ -102,6 +101,7 @@ impl Health {
         (status, body)
     }
 
+    /// The readiness verdict right now: the last probe, failed if missing or stale.
     pub fn readiness(&self) -> (Status, Value) {
         let Some(p) = self.last() else {
             return (Status::Fail, json!({ "status": "fail", "output": "no probe has run yet" }));

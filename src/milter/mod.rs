@@ -108,7 +108,7 @@ impl Shared {
                 o.total += 1;
                 if now.duration_since(o.logged) >= OUTAGE_LOG_EVERY {
                     tracing::warn!(
-                        "scanning still not healthy after {}s ({detail}); tempfailed {} messages in the last {}s",
+                        "scanning still not healthy after {}s ({detail}); tempfailed {} times in the last {}s",
                         now.duration_since(o.since).as_secs(),
                         o.tempfailed,
                         now.duration_since(o.logged).as_secs()
@@ -123,7 +123,7 @@ impl Shared {
     fn outage_ends(&self) {
         let mut outage = self.outage.lock().expect("outage lock");
         if let Some(o) = outage.take() {
-            tracing::warn!("scanning is healthy again after {:.1}s; {} messages were tempfailed", o.since.elapsed().as_secs_f64(), o.total);
+            tracing::warn!("scanning is healthy again after {:.1}s; tempfailed {} times meanwhile", o.since.elapsed().as_secs_f64(), o.total);
         }
     }
 
