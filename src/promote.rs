@@ -162,7 +162,8 @@ impl From<crate::journal::JournalError> for PromoteError {
 }
 
 /// Makes `id` live. `kind` names the journal events (`promotion`,
-/// `rollback`); on failure the release it tried is quarantined with `source`.
+/// `rollback`); if production does not scan it, it is quarantined (source
+/// `production`) and the previous release made live again.
 pub async fn activate(
     store: &Store,
     lock: &StateLock,
