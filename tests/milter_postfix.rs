@@ -240,3 +240,40 @@ async fn postfix_stopped_mid_data_delivers_nothing_half_and_the_retry_once() {
     pf.wait_queue_empty().await;
     assert_eq!(pf.sent(), 1, "{}", pf.maillog());
 }
+
+/// Gate mode answers Accept at RCPT; Postfix scopes that to the message, so
+/// the next transaction on the same SMTP connection asks the milter again
+/// and is tempfailed once scanning broke in between.
+#[tokio::test(flavor = "multi_thread")]
+async fn accept_covers_one_message_the_next_one_on_the_connection_is_gated_again() {
+    let (env, _d, mut prod) = healthy().await;
+    let m = env.spawn_milter("mode = \"gate\"\nhealth_ttl = \"100ms\"\n");
+    let pf = postfix_with(&m);
+
+    let s = TcpStream::connect(pf.smtpd).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut w = s.try_clone().unwrap();
+    let mut r = BufReader::new(s);
+    assert!(read_reply(&mut r).unwrap().starts_with("220 "));
+    let mut say = |cmd: &str| -> String {
+        w.write_all(format!("{cmd}\r\n").as_bytes()).unwrap();
+        read_reply(&mut r).unwrap_or_else(|| panic!("no reply to {cmd}"))
+    };
+    for (cmd, want) in [("EHLO client.example.org", "250 "), ("MAIL FROM:<sender@example.org>", "250 "), ("RCPT TO:<rcpt@example.net>", "250 "), ("DATA", "354 ")] {
+        let reply = say(cmd);
+        assert!(reply.starts_with(want), "{cmd}: {reply}");
+    }
+    let reply = say("Subject: first\r\n\r\nhello\r\n.");
+    assert!(reply.starts_with("250 "), "first message: {reply}");
+
+    prod.process.kill();
+    wait_ready(&env, 503).await;
+    past_ttl().await;
+    assert!(say("MAIL FROM:<sender@example.org>").starts_with("250 "));
+    let reply = say("RCPT TO:<rcpt@example.net>");
+    assert!(reply.starts_with("451 ") && reply.contains("4.7.1"), "second message on the same connection: {reply}");
+    let _ = say("QUIT");
+
+    let got = pf.wait_delivered(1).await;
+    assert_eq!(count_subject(&got, "first"), 1, "{got:#?}");
+}
