@@ -154,6 +154,10 @@ async fn a_change_during_a_canary_run_cancels_it_and_checks_the_new_files() {
     std::fs::write(incoming.join("big.hdb.tmp"), big).unwrap();
     std::fs::rename(incoming.join("big.hdb.tmp"), incoming.join("big.hdb")).unwrap();
     env.wait_after(from, "the heavy candidate's run to start", |e| e.event == "candidate.started").await;
+    // Its canary loading (not still snapshotting, which could see the next
+    // update half-written and judge that quickly instead).
+    let work = env.state().join("work");
+    eventually("the heavy candidate's canary to run", || async { clamds_under(&work) > 0 }).await;
     env.put("daily-v2");
 
     let v2 = set_id("daily-v2");
