@@ -17,7 +17,14 @@ fn main() -> ExitCode {
     let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     if cli.log_json { logs.json().init() } else { logs.init() }
 
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    // The milter's work per message is a few small reads and writes: one
+    // thread, no cross-thread wakeups, leaves the CPUs to Postfix.
+    let mut builder = if matches!(cli.command, cli::Command::Milter(_)) {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("clamgate: cannot start the async runtime: {e}");
