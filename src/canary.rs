@@ -100,10 +100,9 @@ impl Canary<'_> {
     fn load_failure(&self, e: StartError, stats: CanaryStats) -> CanaryError {
         let (code, message) = match &e {
             StartError::Exited { reason, .. } => (Code::CanaryLoadFailed, format!("canary clamd refused the databases: {reason}")),
-            StartError::Timeout { after, .. } => (
-                Code::CanaryLoadTimeout,
-                format!("canary clamd did not finish loading within the policy's load_timeout of {after:?}; it was killed"),
-            ),
+            StartError::Timeout { after, .. } => {
+                (Code::CanaryLoadTimeout, format!("canary clamd did not finish loading within the policy's load_timeout of {after:?}; it was killed"))
+            }
             StartError::Aborted { reason, .. } => (Code::CanaryMemoryBudget, format!("canary clamd was killed while loading: {reason}")),
             _ => return CanaryError::Environment(e),
         };

@@ -100,9 +100,17 @@ pub struct Snapshot {
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
     #[error("cannot read candidate directory {dir}: {source}")]
-    ReadDir { dir: PathBuf, #[source] source: std::io::Error },
+    ReadDir {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot write snapshot {file}: {source}")]
-    Write { file: PathBuf, #[source] source: std::io::Error },
+    Write {
+        file: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// How a directory entry is treated, from its name alone.
@@ -127,9 +135,7 @@ pub fn classify_name(name: &std::ffi::OsStr) -> NameClass {
     if n.len() > 128 {
         return NameClass::Bad("name is longer than 128 bytes".into());
     }
-    if !n.starts_with(|c: char| c.is_ascii_alphanumeric())
-        || !n.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
-    {
+    if !n.starts_with(|c: char| c.is_ascii_alphanumeric()) || !n.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')) {
         return NameClass::Bad("name is not a plain database file name (letters, digits, . _ -)".into());
     }
     let ext = n.rsplit_once('.').map_or("", |(_, e)| e);
@@ -155,9 +161,12 @@ pub fn snapshot(src: &Path, dst: &Path, policy: &Policy) -> Result<Snapshot, Sna
     let mut snap = Snapshot { dir: dst.to_path_buf(), files: Vec::new(), rejected: Vec::new(), ignored: Vec::new() };
     for entry in entries {
         let os_name = entry.file_name();
-        let shown = os_name.to_str().map_or_else(|| format!("{os_name:?}"), |n| {
-            if n.contains(char::is_control) { format!("{n:?}") } else { n.to_string() }
-        });
+        let shown = os_name.to_str().map_or_else(
+            || format!("{os_name:?}"),
+            |n| {
+                if n.contains(char::is_control) { format!("{n:?}") } else { n.to_string() }
+            },
+        );
         let reject = |code, msg: String| Reason::file(code, &shown, msg);
         let class = classify_name(&os_name);
         if class == NameClass::Housekeeping {
@@ -205,9 +214,7 @@ pub fn snapshot(src: &Path, dst: &Path, policy: &Policy) -> Result<Snapshot, Sna
         }
         let to = dst.join(&os_name);
         match copy_file(&entry.path(), &to, policy.max_file_size) {
-            Ok(Copied::File { size, sha256 }) => {
-                snap.files.push(DbFile { name: shown, size, sha256, signatures: 0, header: None })
-            }
+            Ok(Copied::File { size, sha256 }) => snap.files.push(DbFile { name: shown, size, sha256, signatures: 0, header: None }),
             Ok(Copied::NotRegular) => {
                 snap.rejected.push(reject(Code::FileNotRegular, "changed into something that is not a regular file while being read".into()))
             }
@@ -220,11 +227,7 @@ pub fn snapshot(src: &Path, dst: &Path, policy: &Policy) -> Result<Snapshot, Sna
 }
 
 fn too_large(size: u64, policy: &Policy) -> String {
-    format!(
-        "is {}, larger than the policy's max_file_size of {}",
-        crate::settings::human_size(size),
-        crate::settings::human_size(policy.max_file_size)
-    )
+    format!("is {}, larger than the policy's max_file_size of {}", crate::settings::human_size(size), crate::settings::human_size(policy.max_file_size))
 }
 
 enum Copied {
@@ -241,11 +244,7 @@ enum CopyError {
 fn copy_file(from: &Path, to: &Path, limit: u64) -> Result<Copied, CopyError> {
     // O_NOFOLLOW: a symlink swapped in after our lstat fails to open;
     // O_NONBLOCK: a FIFO swapped in opens at once instead of waiting for a writer.
-    let src = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc_flags::O_NOFOLLOW | libc_flags::O_NONBLOCK)
-        .open(from)
-        .map_err(CopyError::Read)?;
+    let src = OpenOptions::new().read(true).custom_flags(libc_flags::O_NOFOLLOW | libc_flags::O_NONBLOCK).open(from).map_err(CopyError::Read)?;
     if !src.metadata().map_err(CopyError::Read)?.is_file() {
         return Ok(Copied::NotRegular);
     }

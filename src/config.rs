@@ -74,7 +74,11 @@ pub struct MilterConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config {file}: {source}")]
-    Read { file: PathBuf, #[source] source: std::io::Error },
+    Read {
+        file: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("config {0}")]
     Invalid(#[from] SettingsError),
 }
@@ -209,7 +213,8 @@ mod tests {
 
     #[test]
     fn bad_keys_are_named() {
-        let text = "settle = \"soon\"\nstate_dri = \"/x\"\n[clamd]\ntcp = \"127.0.0.1:3310\"\nsocket = \"/s\"\n[milter]\nmode = \"block\"\n[health]\nlisten = 5\n";
+        let text =
+            "settle = \"soon\"\nstate_dri = \"/x\"\n[clamd]\ntcp = \"127.0.0.1:3310\"\nsocket = \"/s\"\n[milter]\nmode = \"block\"\n[health]\nlisten = 5\n";
         let err = Config::parse(Path::new("/etc/c.toml"), text).unwrap_err().to_string();
         for want in ["settle: invalid duration", "state_dri: unknown key", "clamd: set socket or tcp", "milter.mode", "health.listen: expected a string"] {
             assert!(err.contains(want), "{want:?} missing: {err}");

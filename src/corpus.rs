@@ -12,7 +12,7 @@ use regex::Regex;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::clamd::{Client, ClamdError, ScanVerdict};
+use crate::clamd::{ClamdError, Client, ScanVerdict};
 use crate::policy::Policy;
 use crate::reason::{Code, Reason};
 use crate::settings::Fields;
@@ -47,7 +47,11 @@ pub enum CorpusError {
     #[error("corpus {dir}: {problem}")]
     Layout { dir: PathBuf, problem: String },
     #[error("corpus {file}: {source}")]
-    Read { file: PathBuf, #[source] source: std::io::Error },
+    Read {
+        file: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("corpus {0}")]
     Expect(#[from] crate::settings::SettingsError),
 }
@@ -113,10 +117,7 @@ impl Corpus {
 }
 
 fn walk(dir: &Path, f: &mut impl FnMut(&Path)) -> Result<(), (PathBuf, std::io::Error)> {
-    let mut entries: Vec<_> = fs::read_dir(dir)
-        .map_err(|e| (dir.to_path_buf(), e))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| (dir.to_path_buf(), e))?;
+    let mut entries: Vec<_> = fs::read_dir(dir).map_err(|e| (dir.to_path_buf(), e))?.collect::<Result<_, _>>().map_err(|e| (dir.to_path_buf(), e))?;
     entries.sort_by_key(|e| e.file_name());
     for e in entries {
         let ft = e.file_type().map_err(|err| (e.path(), err))?;
@@ -220,7 +221,11 @@ pub fn judge(corpus: &Corpus, verdicts: &Verdicts, baseline: Option<&Verdicts>, 
         match (&outcome, s.expect) {
             (Outcome::Timeout, _) => {
                 ok = false;
-                j.reasons.push(Reason::new(Code::CanaryScanTimeout, file, format!("scan took longer than the policy's scan_timeout of {:?}", policy.scan_timeout)));
+                j.reasons.push(Reason::new(
+                    Code::CanaryScanTimeout,
+                    file,
+                    format!("scan took longer than the policy's scan_timeout of {:?}", policy.scan_timeout),
+                ));
             }
             (Outcome::Error(e), _) => {
                 ok = false;
@@ -238,11 +243,9 @@ pub fn judge(corpus: &Corpus, verdicts: &Verdicts, baseline: Option<&Verdicts>, 
             (Outcome::Clean, Expect::Infected) => {
                 ok = false;
                 match &before {
-                    Some(Outcome::Infected(old)) => losses.push(Reason::new(
-                        Code::CorpusRegression,
-                        file,
-                        format!("no longer detected (the live release detects it as {old})"),
-                    )),
+                    Some(Outcome::Infected(old)) => {
+                        losses.push(Reason::new(Code::CorpusRegression, file, format!("no longer detected (the live release detects it as {old})")))
+                    }
                     _ => losses.push(Reason::new(Code::CorpusMissed, file, "infected sample not detected")),
                 }
             }
@@ -286,11 +289,7 @@ mod tests {
         };
         Corpus {
             dir: PathBuf::new(),
-            samples: vec![
-                s("infected/a", Expect::Infected, Some("^Good\\.")),
-                s("infected/b", Expect::Infected, None),
-                s("clean/c", Expect::Clean, None),
-            ],
+            samples: vec![s("infected/a", Expect::Infected, Some("^Good\\.")), s("infected/b", Expect::Infected, None), s("clean/c", Expect::Clean, None)],
             digest: String::new(),
         }
     }

@@ -15,12 +15,12 @@ use crate::config::Config;
 use crate::corpus::Corpus;
 use crate::failpoint;
 use crate::gate::{Baseline, Gate, Report, Verdict};
+use crate::health::{Health, ProbeSettings};
+use crate::metrics::Metrics;
 use crate::policy::Policy;
 use crate::promote::{self, Outcome, Production};
 use crate::reason::{Code, Reason};
 use crate::store::{Store, StoreError};
-use crate::health::{Health, ProbeSettings};
-use crate::metrics::Metrics;
 use crate::watch;
 use std::sync::Arc;
 
@@ -39,9 +39,17 @@ pub enum DaemonError {
     #[error(transparent)]
     Journal(#[from] crate::journal::JournalError),
     #[error("health endpoint: cannot listen on {addr}: {source}")]
-    Listen { addr: String, #[source] source: std::io::Error },
+    Listen {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot watch {dir}: {source}")]
-    Watch { dir: PathBuf, #[source] source: notify::Error },
+    Watch {
+        dir: PathBuf,
+        #[source]
+        source: notify::Error,
+    },
 }
 
 /// Everything the daemon decides with, built once at start.
@@ -71,11 +79,8 @@ impl Daemon {
             reload_timeout: config.clamd.reload_timeout,
             smoke,
         };
-        let settings = ProbeSettings {
-            interval: config.health.probe_interval,
-            latency_budget: config.health.latency_budget,
-            max_database_age: policy.max_database_age,
-        };
+        let settings =
+            ProbeSettings { interval: config.health.probe_interval, latency_budget: config.health.latency_budget, max_database_age: policy.max_database_age };
         let health = Health::new(settings, Arc::new(Metrics::default()));
         Ok(Daemon { config, store, policy, corpus, production, health, deciding: Default::default() })
     }
@@ -254,11 +259,7 @@ impl Daemon {
         self.store.journal().append("candidate.started", json!({ "live": live }))?;
         let baseline = match &live {
             Some(id) => match self.store.manifest(id) {
-                Ok(manifest) => Some(Baseline {
-                    dir: self.store.release_dir(id),
-                    verdicts: self.store.cached_verdicts(id, &self.corpus.digest),
-                    manifest,
-                }),
+                Ok(manifest) => Some(Baseline { dir: self.store.release_dir(id), verdicts: self.store.cached_verdicts(id, &self.corpus.digest), manifest }),
                 Err(e) => {
                     tracing::error!("live release {id} is unreadable, checking without a baseline: {e}");
                     None
@@ -272,16 +273,9 @@ impl Daemon {
             if live_id.as_deref() == Some(m.id.as_str()) {
                 return Some(Reason::new(Code::KnownBad, None, "identical to the live release"));
             }
-            store.quarantined(&m.id).map(|q| {
-                Reason::new(Code::KnownBad, None, format!("quarantined at {} ({}); not checked again", q.at, q.source))
-            })
+            store.quarantined(&m.id).map(|q| Reason::new(Code::KnownBad, None, format!("quarantined at {} ({}); not checked again", q.at, q.source)))
         };
-        let gate = Gate {
-            policy: &self.policy,
-            clamd_binary: &self.config.clamd.binary,
-            corpus: &self.corpus,
-            known: Some(&known),
-        };
+        let gate = Gate { policy: &self.policy, clamd_binary: &self.config.clamd.binary, corpus: &self.corpus, known: Some(&known) };
         let report = match gate.check(&self.config.incoming_dir, &work, baseline.as_ref()).await {
             Ok(r) => r,
             Err(e) => {
@@ -321,15 +315,18 @@ impl Daemon {
                 tracing::warn!("cannot cache the live release's verdicts: {e}");
             }
         }
-        journal.append("candidate.checked", json!({
-            "id": id,
-            "verdict": report.verdict,
-            "reasons": report.reasons,
-            "warnings": report.warnings,
-            "baseline": report.baseline,
-            "canary": report.canary,
-            "checks": report.checks,
-        }))?;
+        journal.append(
+            "candidate.checked",
+            json!({
+                "id": id,
+                "verdict": report.verdict,
+                "reasons": report.reasons,
+                "warnings": report.warnings,
+                "baseline": report.baseline,
+                "canary": report.canary,
+                "checks": report.checks,
+            }),
+        )?;
         let m = &self.health.metrics;
         m.candidate(if report.verdict == Verdict::Pass { "pass" } else { "reject" }, report.reasons.first().map(|r| r.reason.as_str()));
         if let Some(c) = &report.canary {
@@ -384,12 +381,7 @@ fn far_future() -> Instant {
 /// Tells systemd (when it started us with Type=notify) that we are ready
 /// once the first probe ran, what is live, and, while the loops run, that
 /// we are alive (WATCHDOG=1 at half the watchdog interval).
-async fn systemd_notify(
-    health: Arc<Health>,
-    store: Store,
-    first_probe: tokio::sync::oneshot::Receiver<()>,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-) {
+async fn systemd_notify(health: Arc<Health>, store: Store, first_probe: tokio::sync::oneshot::Receiver<()>, mut stop: tokio::sync::watch::Receiver<bool>) {
     tokio::select! {
         _ = stop.changed() => return,
         _ = first_probe => {}

@@ -28,7 +28,11 @@ pub enum DemoError {
     #[error("demo needs Debian's clamav-testfiles in {TESTFILES} (run scripts/install-deps)")]
     NoTestfiles,
     #[error("demo: {what}: {source}")]
-    Io { what: String, #[source] source: std::io::Error },
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("demo: {0}")]
     Setup(String),
 }
@@ -166,9 +170,7 @@ impl Demo {
         let from = self.journal().len();
         let before = self.live();
         self.put(files)?;
-        let entry = self
-            .wait(from, |e| matches!(e.event.as_str(), "promotion.done" | "candidate.quarantined" | "rollback.done" | "promotion.failed"))
-            .await;
+        let entry = self.wait(from, |e| matches!(e.event.as_str(), "promotion.done" | "candidate.quarantined" | "rollback.done" | "promotion.failed")).await;
         let checked = self.journal().into_iter().skip(from).find(|e| e.event == "candidate.checked");
         let codes: Vec<String> = checked
             .as_ref()
@@ -216,26 +218,37 @@ impl Demo {
         let mut prod = self.production().await?;
         let health = self.wait_health(true).await;
         let ok = first.is_some() && health == "pass";
-        let observed = format!("promoted {}; production clamd started on it; health {health}", first.and_then(|e| e.get("id").map(str::to_string)).unwrap_or_default());
+        let observed =
+            format!("promoted {}; production clamd started on it; health {health}", first.and_then(|e| e.get("id").map(str::to_string)).unwrap_or_default());
         self.record("first database", "promoted", observed, ok);
 
         self.candidate("good update", "promoted", &v2, None).await?;
-        self.candidate("corrupt update", "held back, production keeps scanning", &with(("broken.ndb", "Demo.Broken:0:*:zz41zz4243\n".into())), Some("db.malformed_line")).await?;
-        self.candidate("update that crashes clamd on load", "held back", &with(("offset.ndb", "Demo.Bad.Offset:1:EP+abc:434c414d657373616765\n".into())), Some("canary.load_failed")).await?;
+        self.candidate(
+            "corrupt update",
+            "held back, production keeps scanning",
+            &with(("broken.ndb", "Demo.Broken:0:*:zz41zz4243\n".into())),
+            Some("db.malformed_line"),
+        )
+        .await?;
+        self.candidate(
+            "update that crashes clamd on load",
+            "held back",
+            &with(("offset.ndb", "Demo.Bad.Offset:1:EP+abc:434c414d657373616765\n".into())),
+            Some("canary.load_failed"),
+        )
+        .await?;
         self.candidate("false-positive update", "held back", &with(("fp.hdb", fp)), Some("corpus.false_positive")).await?;
 
         // Manual rollback through the real CLI, as an operator would at 3 a.m.
         let before = self.live();
         let exe = std::env::current_exe().map_err(io("find own binary"))?;
-        let out = tokio::process::Command::new(exe)
-            .args(["rollback", "--config"])
-            .arg(&self.config_file)
-            .output()
-            .await
-            .map_err(io("run clamgate rollback"))?;
+        let out =
+            tokio::process::Command::new(exe).args(["rollback", "--config"]).arg(&self.config_file).output().await.map_err(io("run clamgate rollback"))?;
         let after = self.live();
         let text = String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or_default().to_string();
-        let ok = out.status.success() && after != before && prod.client(Duration::from_secs(5)).scan_file(&self.root.join("corpus/infected/clam.exe")).await.is_ok_and(|v| v.is_infected());
+        let ok = out.status.success()
+            && after != before
+            && prod.client(Duration::from_secs(5)).scan_file(&self.root.join("corpus/infected/clam.exe")).await.is_ok_and(|v| v.is_infected());
         self.record("manual rollback", "previous release live, scanning", format!("`clamgate rollback`: {text}"), ok);
 
         prod.kill();

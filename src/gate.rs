@@ -97,8 +97,7 @@ impl Gate<'_> {
     /// Checks the database files in `src`. `work` must not exist; it is
     /// created and holds the snapshot and the canary's files.
     pub async fn check(&self, src: &Path, work: &Path, baseline: Option<&Baseline>) -> Result<Report, GateError> {
-        std::fs::create_dir_all(work)
-            .map_err(|source| SnapshotError::Write { file: work.to_path_buf(), source })?;
+        std::fs::create_dir_all(work).map_err(|source| SnapshotError::Write { file: work.to_path_buf(), source })?;
         let mut r = Report {
             verdict: Verdict::Reject,
             candidate: None,
@@ -140,11 +139,7 @@ impl Gate<'_> {
         let manifest = Manifest::new(files);
         r.candidate = (!manifest.files.is_empty()).then(|| manifest.id.clone());
         let format_ok = r.reasons.len() == before;
-        let detail = if format_ok {
-            format!("{} signatures", manifest.total_signatures())
-        } else {
-            format!("{} files malformed", r.reasons.len() - before)
-        };
+        let detail = if format_ok { format!("{} signatures", manifest.total_signatures()) } else { format!("{} files malformed", r.reasons.len() - before) };
         check(&mut r, "format", if format_ok { Status::Pass } else { Status::Fail }, detail);
 
         if let Some(reason) = self.known.and_then(|known| known(&manifest)) {

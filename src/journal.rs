@@ -13,7 +13,11 @@ use serde_json::{Map, Value};
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
     #[error("journal {file}: {source}")]
-    Io { file: PathBuf, #[source] source: std::io::Error },
+    Io {
+        file: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// One journal line: when, what, and the event's own fields.

@@ -15,24 +15,24 @@
 //! - [`settings`]: reading TOML settings with every bad key named.
 //! - [`cli`]: the `clamgate` commands.
 
-pub mod candidate;
 pub mod canary;
+pub mod candidate;
 pub mod clamd;
 pub mod cli;
-pub mod corpus;
-pub mod gate;
-pub mod policy;
-pub mod reason;
-pub mod settings;
-pub mod validate;
 pub mod config;
+pub mod corpus;
 pub mod daemon;
+pub mod demo;
 pub mod failpoint;
-pub mod journal;
-pub mod promote;
-pub mod store;
-pub mod watch;
+pub mod gate;
 pub mod health;
+pub mod journal;
 pub mod metrics;
 pub mod milter;
-pub mod demo;
+pub mod policy;
+pub mod promote;
+pub mod reason;
+pub mod settings;
+pub mod store;
+pub mod validate;
+pub mod watch;

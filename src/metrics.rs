@@ -51,11 +51,7 @@ impl Default for Metrics {
         registry.register("canary_peak_bytes", "Peak resident memory of the last canary clamd", m.canary_peak_bytes.clone());
         registry.register("live_database_version", "daily database version production reports", m.live_database_version.clone());
         registry.register("live_database_age_seconds", "Age of the live daily database (build time)", m.live_database_age_seconds.clone());
-        registry.register(
-            "build",
-            "clamgate build information",
-            Info::new(vec![("version".to_string(), env!("CARGO_PKG_VERSION").to_string())]),
-        );
+        registry.register("build", "clamgate build information", Info::new(vec![("version".to_string(), env!("CARGO_PKG_VERSION").to_string())]));
         Metrics { registry, ..m }
     }
 }
@@ -69,8 +65,6 @@ impl Metrics {
 
     /// Counts a gate result: `outcome` is `pass` or `reject`.
     pub fn candidate(&self, outcome: &str, reason: Option<&str>) {
-        self.candidates
-            .get_or_create(&vec![("outcome".into(), outcome.into()), ("reason".into(), reason.unwrap_or("none").into())])
-            .inc();
+        self.candidates.get_or_create(&vec![("outcome".into(), outcome.into()), ("reason".into(), reason.unwrap_or("none").into())]).inc();
     }
 }

@@ -30,7 +30,11 @@ pub struct Policy {
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
     #[error("cannot read policy {file}: {source}")]
-    Read { file: std::path::PathBuf, #[source] source: std::io::Error },
+    Read {
+        file: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("policy {0}")]
     Invalid(#[from] SettingsError),
 }
@@ -43,8 +47,7 @@ impl Default for Policy {
 
 impl Policy {
     pub fn load(file: &Path) -> Result<Policy, PolicyError> {
-        let text = std::fs::read_to_string(file)
-            .map_err(|source| PolicyError::Read { file: file.to_path_buf(), source })?;
+        let text = std::fs::read_to_string(file).map_err(|source| PolicyError::Read { file: file.to_path_buf(), source })?;
         Ok(Policy::parse(file, &text)?)
     }
 

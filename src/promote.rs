@@ -164,13 +164,7 @@ impl From<crate::journal::JournalError> for PromoteError {
 /// Makes `id` live. `kind` names the journal events (`promotion`,
 /// `rollback`); if production does not scan it, it is quarantined (source
 /// `production`) and the previous release made live again.
-pub async fn activate(
-    store: &Store,
-    lock: &StateLock,
-    prod: &Production,
-    id: &str,
-    kind: &str,
-) -> Result<Outcome, PromoteError> {
+pub async fn activate(store: &Store, lock: &StateLock, prod: &Production, id: &str, kind: &str) -> Result<Outcome, PromoteError> {
     activate_marking(store, lock, prod, id, kind, None).await
 }
 

@@ -119,7 +119,9 @@ impl Code {
             SanitySignatureDrop => "check the update source; raise max_signature_drop_percent if the drop is expected",
             SanityMissingDatabase => "check freshclam's configuration; a database should not vanish between updates",
             CanaryLoadFailed | CanaryCrashed => "the update breaks clamd: wait for the vendor's next update; production keeps the live release",
-            CanaryLoadTimeout | CanaryMemoryBudget => "the update is too heavy for this host's budget: raise load_timeout/memory_budget only if the host can afford it",
+            CanaryLoadTimeout | CanaryMemoryBudget => {
+                "the update is too heavy for this host's budget: raise load_timeout/memory_budget only if the host can afford it"
+            }
             CanaryScanTimeout | CanaryScanError => "the update makes scanning fail or stall: wait for the vendor's next update",
             CorpusMissed | CorpusRegression => "the update loses detections: report it to the vendor, or update the corpus if the sample is obsolete",
             CorpusFalsePositive => "the update flags clean mail: report the false positive to the vendor, or add the signature to an .ign2 file",

@@ -24,10 +24,9 @@ pub struct Fields {
 
 impl Fields {
     pub fn parse(file: &Path, text: &str) -> Result<Fields, SettingsError> {
-        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| SettingsError {
-            file: file.to_path_buf(),
-            problems: vec![format!("not valid TOML: {}", e.message())],
-        })?;
+        let table: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| SettingsError { file: file.to_path_buf(), problems: vec![format!("not valid TOML: {}", e.message())] })?;
         Ok(Fields { prefix: String::new(), table, problems: Vec::new() })
     }
 
@@ -199,8 +198,7 @@ impl Fields {
 }
 
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text.trim())
-        .map_err(|e| format!("invalid duration {text:?} ({e}; write it like \"500ms\", \"10s\", \"5m\")"))
+    humantime::parse_duration(text.trim()).map_err(|e| format!("invalid duration {text:?} ({e}; write it like \"500ms\", \"10s\", \"5m\")"))
 }
 
 pub fn parse_size(text: &str) -> Result<u64, String> {

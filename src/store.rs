@@ -18,7 +18,12 @@ use crate::reason::Reason;
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("{what} {path}: {source}")]
-    Io { what: &'static str, path: PathBuf, #[source] source: std::io::Error },
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("state dir {0} is locked by another clamgate command or the daemon; retry, or stop it")]
     Locked(PathBuf),
     #[error("another clamgate daemon (pid {pid}) already runs on {dir}")]
@@ -147,10 +152,9 @@ impl Store {
                 writeln!(file, "{}", std::process::id()).map_err(io("cannot write", &path))?;
                 Ok(DaemonLock { _file: file })
             }
-            Err(fs::TryLockError::WouldBlock) => Err(StoreError::DaemonRunning {
-                dir: self.root.clone(),
-                pid: fs::read_to_string(&path).unwrap_or_default().trim().to_string(),
-            }),
+            Err(fs::TryLockError::WouldBlock) => {
+                Err(StoreError::DaemonRunning { dir: self.root.clone(), pid: fs::read_to_string(&path).unwrap_or_default().trim().to_string() })
+            }
             Err(fs::TryLockError::Error(e)) => Err(io("cannot lock", &path)(e)),
         }
     }
@@ -210,12 +214,15 @@ impl Store {
             }
             let Ok(manifest) = self.manifest(&id) else { continue };
             let created = fs::metadata(e.path().join("manifest.json")).and_then(|m| m.modified()).ok();
-            out.push((created, ReleaseInfo {
-                live: live.as_deref() == Some(id.as_str()),
-                created: created.map(|t| humantime::format_rfc3339_seconds(t).to_string()),
-                id,
-                manifest,
-            }));
+            out.push((
+                created,
+                ReleaseInfo {
+                    live: live.as_deref() == Some(id.as_str()),
+                    created: created.map(|t| humantime::format_rfc3339_seconds(t).to_string()),
+                    id,
+                    manifest,
+                },
+            ));
         }
         out.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.id.cmp(&b.1.id)));
         Ok(out.into_iter().map(|(_, r)| r).collect())

@@ -20,7 +20,9 @@ pub fn watch(dir: &Path) -> Result<Watcher, notify::Error> {
     // Capacity 1: a pending signal already says "look again"; more add nothing.
     let (tx, changes) = mpsc::channel(1);
     let mut inner = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-        if res.is_ok_and(|e| !e.kind.is_access() || matches!(e.kind, notify::EventKind::Access(notify::event::AccessKind::Close(notify::event::AccessMode::Write)))) {
+        if res.is_ok_and(|e| {
+            !e.kind.is_access() || matches!(e.kind, notify::EventKind::Access(notify::event::AccessKind::Close(notify::event::AccessMode::Write)))
+        }) {
             let _ = tx.try_send(());
         }
     })?;

@@ -55,10 +55,7 @@ fn every_bad_set_is_rejected_with_its_reason_code() {
         assert_eq!(exit, 1, "{name}: {r:#}");
         assert_eq!(r["verdict"], "reject", "{name}");
         let reasons = r["reasons"].as_array().unwrap();
-        assert!(
-            reasons.iter().any(|x| x["reason"] == code && x["file"] == file),
-            "{name}: want {code} on {file}, got {reasons:#?}"
-        );
+        assert!(reasons.iter().any(|x| x["reason"] == code && x["file"] == file), "{name}: want {code} on {file}, got {reasons:#?}");
     }
 }
 
@@ -122,19 +119,10 @@ fn symlinks_and_fifos_are_rejected_without_hanging() {
 
     let (code, r) = check(&cmd, &dir, &[]);
     assert_eq!(code, 1, "{r:#}");
-    let mut got: Vec<(String, String)> = r["reasons"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|x| (x["file"].as_str().unwrap().to_string(), x["reason"].as_str().unwrap().to_string()))
-        .collect();
+    let mut got: Vec<(String, String)> =
+        r["reasons"].as_array().unwrap().iter().map(|x| (x["file"].as_str().unwrap().to_string(), x["reason"].as_str().unwrap().to_string())).collect();
     got.sort();
-    let want = [
-        ("etc.ndb", "file.symlink"),
-        ("notes.txt", "file.bad_name"),
-        ("passwd.hdb", "file.symlink"),
-        ("pipe.hdb", "file.not_regular"),
-    ];
+    let want = [("etc.ndb", "file.symlink"), ("notes.txt", "file.bad_name"), ("passwd.hdb", "file.symlink"), ("pipe.hdb", "file.not_regular")];
     assert_eq!(got, want.map(|(a, b)| (a.to_string(), b.to_string())));
     assert_eq!(r["ignored"], serde_json::json!(["freshclam.dat", "tmp.4c1d2a"]));
     assert_eq!(r["checks"][3]["status"], "skipped", "no canary for a rejected candidate");

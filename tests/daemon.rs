@@ -125,11 +125,7 @@ async fn a_second_daemon_on_the_same_state_dir_refuses_to_start() {
     let env = Env::new("", "");
     let _first = env.spawn();
     env.wait_event("daemon.started", None).await;
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_clamgate"))
-        .args(["run", "--config"])
-        .arg(&env.config)
-        .output()
-        .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_clamgate")).args(["run", "--config"]).arg(&env.config).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("another clamgate daemon") && err.contains(&env.state().display().to_string()), "{err}");

@@ -8,7 +8,16 @@ fn demo_plays_every_step_and_cleans_up() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "demo failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("demo: every step behaved"), "{stdout}");
-    for step in ["first database", "good update", "corrupt update", "crashes clamd on load", "false-positive update", "manual rollback", "production clamd killed", "production clamd back"] {
+    for step in [
+        "first database",
+        "good update",
+        "corrupt update",
+        "crashes clamd on load",
+        "false-positive update",
+        "manual rollback",
+        "production clamd killed",
+        "production clamd back",
+    ] {
         let line = stdout.lines().find(|l| l.starts_with("[") && l.contains(step)).unwrap_or_else(|| panic!("no line for {step}:\n{stdout}"));
         assert!(line.starts_with("[ ok ]"), "{line}");
     }

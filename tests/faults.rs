@@ -54,7 +54,8 @@ async fn still_on_v1(env: &Env, prod: &Clamd) {
     assert!(c.scan_file(&sample("infected/clam.exe")).await.unwrap().is_infected());
     assert_eq!(c.scan_file(&sample("clean/letter.txt")).await.unwrap(), ScanVerdict::Clean);
     assert!(clamd_pids(&env.state().join("work")).is_empty(), "a canary clamd was left running");
-    let leftovers: Vec<_> = std::fs::read_dir(env.state().join("releases")).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().starts_with(".tmp-")).collect();
+    let leftovers: Vec<_> =
+        std::fs::read_dir(env.state().join("releases")).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().starts_with(".tmp-")).collect();
     assert!(leftovers.is_empty(), "half-written release left: {leftovers:?}");
 }
 
@@ -213,7 +214,8 @@ async fn a_flood_of_updates_settles_to_the_last_one() {
     env.put("daily-v2");
     let v2 = set_id("daily-v2");
     env.wait_after(from, "the last update promoted", |e| e.event == "promotion.done" && e.get("id") == Some(&v2)).await;
-    let promoted: Vec<String> = env.journal().into_iter().skip(from).filter(|e| e.event == "promotion.done").filter_map(|e| e.get("id").map(str::to_string)).collect();
+    let promoted: Vec<String> =
+        env.journal().into_iter().skip(from).filter(|e| e.event == "promotion.done").filter_map(|e| e.get("id").map(str::to_string)).collect();
     assert_eq!(promoted, [v2.clone()], "only the last update may be promoted");
     assert_eq!(prod.client().version().await.unwrap().database, Some(2));
 }
@@ -242,7 +244,6 @@ async fn stopped_at_failpoint(env: &Env, pid: u32) {
     }
     panic!("the daemon never stopped at its failpoint\n{}", env.log());
 }
-
 
 #[tokio::test(flavor = "multi_thread")]
 async fn production_killed_during_reload_is_rolled_back() {

@@ -140,7 +140,10 @@ async fn scan_mode_rejects_infected_mail_with_554_and_marks_clean_mail() {
     assert_eq!(eom.code, 554, "{}", t.raw);
     assert!(eom.text.starts_with("5.7.1 ") && eom.text.contains("Clamgate.Test.ClamExe"), "{}", t.raw);
     // Logged by cleanup, to which smtpd hands the milter for the content.
-    pf.wait_log("the milter's reject", |l| l.contains("/cleanup[") && l.contains("milter-reject: END-OF-MESSAGE") && l.contains("5.7.1 Message rejected: virus found (Clamgate.Test.ClamExe")).await;
+    pf.wait_log("the milter's reject", |l| {
+        l.contains("/cleanup[") && l.contains("milter-reject: END-OF-MESSAGE") && l.contains("5.7.1 Message rejected: virus found (Clamgate.Test.ClamExe")
+    })
+    .await;
 
     let clean = sample("clean/mail/order-confirmation.eml");
     let t = pf.swaks(&["--data", &format!("@{}", clean.display())]).await;
@@ -216,7 +219,9 @@ async fn postfix_stopped_mid_data_delivers_nothing_half_and_the_retry_once() {
     let mut w = s.try_clone().unwrap();
     let mut r = BufReader::new(s);
     assert!(read_reply(&mut r).unwrap().starts_with("220 "));
-    for (cmd, want) in [("EHLO client.example.org", "250 "), ("MAIL FROM:<sender@example.org>", "250 "), ("RCPT TO:<rcpt@example.net>", "250 "), ("DATA", "354 ")] {
+    for (cmd, want) in
+        [("EHLO client.example.org", "250 "), ("MAIL FROM:<sender@example.org>", "250 "), ("RCPT TO:<rcpt@example.net>", "250 "), ("DATA", "354 ")]
+    {
         w.write_all(format!("{cmd}\r\n").as_bytes()).unwrap();
         let reply = read_reply(&mut r).unwrap_or_else(|| panic!("no reply to {cmd}"));
         assert!(reply.starts_with(want), "{cmd}: {reply}");
@@ -259,7 +264,9 @@ async fn accept_covers_one_message_the_next_one_on_the_connection_is_gated_again
         w.write_all(format!("{cmd}\r\n").as_bytes()).unwrap();
         read_reply(&mut r).unwrap_or_else(|| panic!("no reply to {cmd}"))
     };
-    for (cmd, want) in [("EHLO client.example.org", "250 "), ("MAIL FROM:<sender@example.org>", "250 "), ("RCPT TO:<rcpt@example.net>", "250 "), ("DATA", "354 ")] {
+    for (cmd, want) in
+        [("EHLO client.example.org", "250 "), ("MAIL FROM:<sender@example.org>", "250 "), ("RCPT TO:<rcpt@example.net>", "250 "), ("DATA", "354 ")]
+    {
         let reply = say(cmd);
         assert!(reply.starts_with(want), "{cmd}: {reply}");
     }

@@ -9,13 +9,7 @@ use support::daemon::{Env, set_id};
 use support::*;
 
 fn clamgate(env: &Env, args: &[&str]) -> Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_clamgate"))
-        .args(args)
-        .arg("--config")
-        .arg(&env.config)
-        .env("CLAMGATE_LOCK_WAIT", "2s")
-        .output()
-        .unwrap()
+    std::process::Command::new(env!("CARGO_BIN_EXE_clamgate")).args(args).arg("--config").arg(&env.config).env("CLAMGATE_LOCK_WAIT", "2s").output().unwrap()
 }
 
 fn ok(out: &Output) -> String {

@@ -62,7 +62,13 @@ fn hardening_exposure_stays_low() {
         let path = dir.path().join(unit).display().to_string();
         let (_, out) = analyze(&["security", "--offline=true", &path], None);
         let line = out.lines().find(|l| l.contains("Overall exposure level")).unwrap_or_else(|| panic!("{out}"));
-        let level: f64 = line.split("level for").nth(1).and_then(|r| r.split(':').nth(1)).and_then(|r| r.split_whitespace().next()).and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("{line}"));
+        let level: f64 = line
+            .split("level for")
+            .nth(1)
+            .and_then(|r| r.split(':').nth(1))
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{line}"));
         assert!(level <= 2.0, "{unit}: exposure {level} ({line})");
         let text = fs::read_to_string(&path).unwrap();
         for key in ["ProtectSystem=strict", "PrivateTmp=yes", "NoNewPrivileges=yes", "RestrictAddressFamilies=", "SystemCallFilter=@system-service"] {
@@ -80,7 +86,11 @@ async fn shipped_clamd_config_is_accepted_by_clamd() {
     let lines: Vec<String> = text
         .lines()
         .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-        .filter(|l| !["LocalSocket ", "DatabaseDirectory ", "User ", "LogSyslog ", "Foreground ", "LocalSocketGroup ", "LocalSocketMode "].iter().any(|k| l.starts_with(k)))
+        .filter(|l| {
+            !["LocalSocket ", "DatabaseDirectory ", "User ", "LogSyslog ", "Foreground ", "LocalSocketGroup ", "LocalSocketMode "]
+                .iter()
+                .any(|k| l.starts_with(k))
+        })
         .map(str::to_string)
         .collect();
     assert!(lines.iter().any(|l| l == "SelfCheck 0") && lines.iter().any(|l| l == "ConcurrentDatabaseReload yes"));

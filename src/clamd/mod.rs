@@ -47,11 +47,26 @@ pub enum ClamdError {
     #[error("clamd at {endpoint}: {command} timed out after {after:?}")]
     Timeout { endpoint: Endpoint, command: &'static str, after: Duration },
     #[error("clamd at {endpoint}: {command} failed: {source}")]
-    Io { endpoint: Endpoint, command: &'static str, #[source] source: std::io::Error },
+    Io {
+        endpoint: Endpoint,
+        command: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("clamd at {endpoint}: {command}: {source}")]
-    Reply { endpoint: Endpoint, command: &'static str, #[source] source: ReplyError },
+    Reply {
+        endpoint: Endpoint,
+        command: &'static str,
+        #[source]
+        source: ReplyError,
+    },
     #[error("clamd at {endpoint}: cannot read {file}: {source}")]
-    File { endpoint: Endpoint, file: PathBuf, #[source] source: std::io::Error },
+    File {
+        endpoint: Endpoint,
+        file: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl ClamdError {
@@ -141,11 +156,7 @@ impl Client {
     }
 
     pub async fn scan_bytes(&self, data: &[u8]) -> Result<ScanVerdict, ClamdError> {
-        let raw = self
-            .call("INSTREAM", async |c| cc::scan_buffer(data, c, Some(CHUNK)).await, async |c| {
-                cc::scan_buffer(data, c, Some(CHUNK)).await
-            })
-            .await?;
+        let raw = self.call("INSTREAM", async |c| cc::scan_buffer(data, c, Some(CHUNK)).await, async |c| cc::scan_buffer(data, c, Some(CHUNK)).await).await?;
         self.parsed("INSTREAM", reply::parse_scan(&raw))
     }
 
@@ -153,16 +164,8 @@ impl Client {
     /// to our files: the canary and production may run as other users.
     pub async fn scan_file(&self, path: &Path) -> Result<ScanVerdict, ClamdError> {
         // Open first so a missing sample is a file error, not a clamd error.
-        tokio::fs::metadata(path).await.map_err(|source| ClamdError::File {
-            endpoint: self.endpoint.clone(),
-            file: path.to_path_buf(),
-            source,
-        })?;
-        let raw = self
-            .call("INSTREAM", async |c| cc::scan_file(path, c, Some(CHUNK)).await, async |c| {
-                cc::scan_file(path, c, Some(CHUNK)).await
-            })
-            .await?;
+        tokio::fs::metadata(path).await.map_err(|source| ClamdError::File { endpoint: self.endpoint.clone(), file: path.to_path_buf(), source })?;
+        let raw = self.call("INSTREAM", async |c| cc::scan_file(path, c, Some(CHUNK)).await, async |c| cc::scan_file(path, c, Some(CHUNK)).await).await?;
         self.parsed("INSTREAM", reply::parse_scan(&raw))
     }
 

@@ -43,11 +43,19 @@ impl Options {
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("writing clamd config {file}: {source}")]
-    Setup { file: PathBuf, #[source] source: std::io::Error },
+    Setup {
+        file: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("socket path {0} is too long for a Unix socket (max 107 bytes)")]
     SocketPathTooLong(PathBuf),
     #[error("cannot start {binary}: {source}")]
-    Spawn { binary: PathBuf, #[source] source: std::io::Error },
+    Spawn {
+        binary: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("clamd exited ({status}) while loading {database_dir}: {reason}")]
     Exited { status: ExitStatus, database_dir: PathBuf, reason: String, log: String },
     #[error("clamd did not answer PING within {after:?} while loading {database_dir}")]
@@ -60,9 +68,7 @@ impl StartError {
     /// clamd's whole output, for the error report or journal.
     pub fn log(&self) -> Option<&str> {
         match self {
-            StartError::Exited { log, .. } | StartError::Timeout { log, .. } | StartError::Aborted { log, .. } => {
-                Some(log)
-            }
+            StartError::Exited { log, .. } | StartError::Timeout { log, .. } | StartError::Aborted { log, .. } => Some(log),
             _ => None,
         }
     }
@@ -145,23 +151,14 @@ impl ClamdProcess {
     /// Waits until clamd answers PING, it exits, `timeout` passes, or `check`
     /// (called every tick, e.g. a memory budget) returns a reason to stop.
     /// On every failure the process is killed and reaped before returning.
-    pub async fn wait_ready(
-        &mut self,
-        timeout: Duration,
-        mut check: impl FnMut(&Self) -> Option<String>,
-    ) -> Result<Duration, StartError> {
+    pub async fn wait_ready(&mut self, timeout: Duration, mut check: impl FnMut(&Self) -> Option<String>) -> Result<Duration, StartError> {
         let client = self.client(Duration::from_millis(500));
         let deadline = Instant::now() + timeout;
         let mut tick = Duration::from_millis(5);
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
                 let log = self.log_text();
-                return Err(StartError::Exited {
-                    status,
-                    database_dir: self.opts.database_dir.clone(),
-                    reason: explain(&log),
-                    log,
-                });
+                return Err(StartError::Exited { status, database_dir: self.opts.database_dir.clone(), reason: explain(&log), log });
             }
             if let Some(reason) = check(self) {
                 self.kill();
@@ -178,11 +175,7 @@ impl ClamdProcess {
             }
             if Instant::now() >= deadline {
                 self.kill();
-                return Err(StartError::Timeout {
-                    after: timeout,
-                    database_dir: self.opts.database_dir.clone(),
-                    log: self.log_text(),
-                });
+                return Err(StartError::Timeout { after: timeout, database_dir: self.opts.database_dir.clone(), log: self.log_text() });
             }
             tokio::time::sleep(tick).await;
             tick = (tick * 2).min(Duration::from_millis(50));
@@ -297,7 +290,6 @@ pub fn explain(log: &str) -> String {
     out.join("; ")
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -308,10 +300,7 @@ mod tests {
                    LibClamAV Error: cli_loadhash: Empty database file\n\
                    LibClamAV Error: Can't load /x/a.hdb: Malformed database\n\
                    ERROR: Malformed database\n";
-        assert_eq!(
-            explain(log),
-            "cli_loadhash: Empty database file; Can't load /x/a.hdb: Malformed database; ERROR: Malformed database"
-        );
+        assert_eq!(explain(log), "cli_loadhash: Empty database file; Can't load /x/a.hdb: Malformed database; ERROR: Malformed database");
         assert_eq!(explain("a\nlast words\n\n"), "last words");
         assert_eq!(explain(""), "no output");
     }

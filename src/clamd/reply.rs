@@ -101,9 +101,7 @@ pub fn text(raw: &[u8]) -> Result<&str, ReplyError> {
     if text.is_empty() {
         return Err(bad("empty reply (clamd closed the connection)", text));
     }
-    text.strip_suffix('\0')
-        .or_else(|| text.strip_suffix('\n'))
-        .ok_or_else(|| bad("truncated reply (no terminator)", text))
+    text.strip_suffix('\0').or_else(|| text.strip_suffix('\n')).ok_or_else(|| bad("truncated reply (no terminator)", text))
 }
 
 pub fn parse_ping(raw: &[u8]) -> Result<(), ReplyError> {
@@ -166,9 +164,7 @@ pub fn parse_stats(raw: &[u8]) -> Result<Stats, ReplyError> {
         return Err(bad("STATS reply does not end with END", t));
     }
     let field = |name: &str| body.lines().find_map(|l| l.strip_prefix(name)).map(str::trim);
-    let num = |s: Option<&str>, what: &'static str| -> Result<u32, ReplyError> {
-        s.and_then(|s| s.parse().ok()).ok_or_else(|| bad(what, t))
-    };
+    let num = |s: Option<&str>, what: &'static str| -> Result<u32, ReplyError> { s.and_then(|s| s.parse().ok()).ok_or_else(|| bad(what, t)) };
     let pools = num(field("POOLS:"), "STATS reply has no POOLS")?;
     let state = field("STATE:").ok_or_else(|| bad("STATS reply has no STATE", t))?.to_string();
     // THREADS: live 1  idle 0 max 10 idle-timeout 30
@@ -206,8 +202,18 @@ mod tests {
         }
         // The substring trap: a clean file whose *name* contains "OK" must not
         // pass, and an "OK" that is not the whole verdict is not clean.
-        let bad: &[&[u8]] = &[b"", b"\0", b"stream: OK", b"stream: FOUND\0", b"stream:  FOUND\0", b"OK\0",
-            b"stream: OKAY\0", b"stream: Foo FOUNDX\0", b"\xff\xfe\0", b"PONG\0"];
+        let bad: &[&[u8]] = &[
+            b"",
+            b"\0",
+            b"stream: OK",
+            b"stream: FOUND\0",
+            b"stream:  FOUND\0",
+            b"OK\0",
+            b"stream: OKAY\0",
+            b"stream: Foo FOUNDX\0",
+            b"\xff\xfe\0",
+            b"PONG\0",
+        ];
         for raw in bad {
             assert!(parse_scan(raw).is_err(), "{:?} must be an error", String::from_utf8_lossy(raw));
         }
@@ -222,8 +228,15 @@ mod tests {
         let v = parse_version(b"ClamAV 1.4.6\0").unwrap();
         assert_eq!((v.engine.as_str(), v.database, v.database_date), ("1.4.6", None, None));
         for raw in [
-            &b""[..], b"ClamAV 1.4.6/27000/Mon", b"ClamAV \0", b"ClamAV /1/x\0", b"Clam 1.4\0",
-            b"ClamAV 1.4.6/abc/Mon Nov\0", b"ClamAV 1.4.6/27000\0", b"ClamAV 1.4.6/27000/\0", b"UNKNOWN COMMAND\0",
+            &b""[..],
+            b"ClamAV 1.4.6/27000/Mon",
+            b"ClamAV \0",
+            b"ClamAV /1/x\0",
+            b"Clam 1.4\0",
+            b"ClamAV 1.4.6/abc/Mon Nov\0",
+            b"ClamAV 1.4.6/27000\0",
+            b"ClamAV 1.4.6/27000/\0",
+            b"UNKNOWN COMMAND\0",
         ] {
             assert!(parse_version(raw).is_err(), "{:?} must be an error", String::from_utf8_lossy(raw));
         }
@@ -245,8 +258,7 @@ mod tests {
     fn stats_reply() {
         let raw = b"POOLS: 1\n\nSTATE: VALID PRIMARY\nTHREADS: live 1  idle 0 max 10 idle-timeout 30\nQUEUE: 0 items\n\tSTATS 0.000002 \n\nMEMSTATS: heap N/A mmap N/A used N/A free N/A releasable N/A pools 1 pools_used 5.899M pools_total 5.980M\nEND\0";
         let s = parse_stats(raw).unwrap();
-        assert_eq!((s.pools, s.state.as_str(), s.threads_live, s.threads_idle, s.threads_max, s.queue_items),
-            (1, "VALID PRIMARY", 1, 0, 10, 0));
+        assert_eq!((s.pools, s.state.as_str(), s.threads_live, s.threads_idle, s.threads_max, s.queue_items), (1, "VALID PRIMARY", 1, 0, 10, 0));
         for raw in [&b""[..], b"POOLS: 1\nEND", b"POOLS: 1\nEND\0", b"POOLS: x\nSTATE: V\nTHREADS: live 1 idle 0 max 1\nQUEUE: 0 items\nEND\0"] {
             assert!(parse_stats(raw).is_err(), "{:?}", String::from_utf8_lossy(raw));
         }

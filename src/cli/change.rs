@@ -16,10 +16,7 @@ use crate::store::{Pin, StateLock, Store, StoreError};
 /// How long a command waits for the lock before giving up; the daemon
 /// holds it while it promotes. `CLAMGATE_LOCK_WAIT` overrides (e.g. "1s").
 fn lock_wait() -> Duration {
-    std::env::var("CLAMGATE_LOCK_WAIT")
-        .ok()
-        .and_then(|v| crate::settings::parse_duration(&v).ok())
-        .unwrap_or(Duration::from_secs(10))
+    std::env::var("CLAMGATE_LOCK_WAIT").ok().and_then(|v| crate::settings::parse_duration(&v).ok()).unwrap_or(Duration::from_secs(10))
 }
 
 #[derive(Debug, Args)]
@@ -72,9 +69,7 @@ fn store_err(e: impl std::fmt::Display) -> CliError {
 }
 
 fn operator() -> String {
-    std::env::var("SUDO_USER")
-        .or_else(|_| std::env::var("USER"))
-        .unwrap_or_else(|_| format!("uid {}", rustix::process::getuid().as_raw()))
+    std::env::var("SUDO_USER").or_else(|_| std::env::var("USER")).unwrap_or_else(|_| format!("uid {}", rustix::process::getuid().as_raw()))
 }
 
 /// Reports an activation; 0 only when the target is live and verified or
@@ -90,10 +85,9 @@ fn report(outcome: Outcome, id: &str, verb: &str) -> Result<Exit, CliError> {
             println!("{verb} {id}: current points at it; production clamd is down ({e}) and will load it when it starts");
             Ok(Exit::Ok)
         }
-        Outcome::RolledBack { reason, to } => Err(CliError::refused(
-            "production.verify_failed",
-            format!("{id} failed in production ({reason}); went back to {to} and marked {id} bad"),
-        )),
+        Outcome::RolledBack { reason, to } => {
+            Err(CliError::refused("production.verify_failed", format!("{id} failed in production ({reason}); went back to {to} and marked {id} bad")))
+        }
         Outcome::Broken { reason } => Err(CliError::refused("production.broken", format!("production needs attention: {reason}"))),
     }
 }

@@ -13,9 +13,7 @@ pub async fn run(args: ConfigArg) -> Result<Exit, CliError> {
 
 fn classify(e: DaemonError) -> CliError {
     match e {
-        DaemonError::Config(_) | DaemonError::Policy(_) | DaemonError::Corpus(_) | DaemonError::Smoke(_) => {
-            CliError::usage("config.invalid", e)
-        }
+        DaemonError::Config(_) | DaemonError::Policy(_) | DaemonError::Corpus(_) | DaemonError::Smoke(_) => CliError::usage("config.invalid", e),
         DaemonError::Store(StoreError::DaemonRunning { .. }) => CliError::usage("state.daemon_running", e),
         e => CliError::environment("environment.daemon", e),
     }

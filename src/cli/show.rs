@@ -42,10 +42,7 @@ fn open(args: &ConfigArg) -> Result<(crate::config::Config, Store), CliError> {
 }
 
 fn databases(m: &crate::candidate::Manifest) -> Vec<Value> {
-    m.files
-        .iter()
-        .map(|f| json!({ "name": f.name, "version": f.header.as_ref().map(|h| h.version), "signatures": f.signatures }))
-        .collect()
+    m.files.iter().map(|f| json!({ "name": f.name, "version": f.header.as_ref().map(|h| h.version), "signatures": f.signatures })).collect()
 }
 
 fn journal(store: &Store) -> Result<Vec<Entry>, CliError> {
@@ -77,11 +74,7 @@ pub async fn status(args: ShowArgs) -> Result<Exit, CliError> {
     let waiting: Vec<&str> = match &pin {
         Some(p) => {
             let since = humantime::parse_rfc3339(&p.at).ok();
-            entries
-                .iter()
-                .filter(|e| e.event == "candidate.held" && e.time() >= since)
-                .filter_map(|e| e.get("id"))
-                .collect()
+            entries.iter().filter(|e| e.event == "candidate.held" && e.time() >= since).filter_map(|e| e.get("id")).collect()
         }
         None => Vec::new(),
     };
@@ -220,11 +213,18 @@ pub async fn releases(args: ShowArgs) -> Result<Exit, CliError> {
     }
     let _ = writeln!(o, "  {:<12}  {:<34}  {:>10}  {:<24}  STATUS", "ID", "CREATED", "SIGS", "DATABASES");
     for (r, row) in list.iter().zip(&rows) {
-        let dbs: Vec<String> = r.manifest.files.iter().map(|f| match &f.header {
-            Some(h) => format!("{} v{}", f.database(), h.version),
-            None => f.name.clone(),
-        }).collect();
-        let status = if r.live { "live".to_string() } else if let Some(q) = row["bad"].as_object() {
+        let dbs: Vec<String> = r
+            .manifest
+            .files
+            .iter()
+            .map(|f| match &f.header {
+                Some(h) => format!("{} v{}", f.database(), h.version),
+                None => f.name.clone(),
+            })
+            .collect();
+        let status = if r.live {
+            "live".to_string()
+        } else if let Some(q) = row["bad"].as_object() {
             format!("bad ({})", q["source"].as_str().unwrap_or(""))
         } else {
             "kept".to_string()

@@ -24,7 +24,11 @@ pub enum MilterError {
     #[error("milter.listen {0:?}: expected unix:PATH or inet:HOST:PORT")]
     BadListen(String),
     #[error("milter: cannot listen on {addr}: {source}")]
-    Listen { addr: String, #[source] source: std::io::Error },
+    Listen {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("milter: {0}")]
     Config(String),
     #[error("milter stopped serving: {0}")]

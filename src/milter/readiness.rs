@@ -60,11 +60,7 @@ impl ReadinessCache {
             let resp = self.client.get(self.url.clone()).await.map_err(|e| format!("cannot reach {}: {e}", self.url))?;
             let status = resp.status();
             // /readyz bodies are small; refuse to buffer a large one.
-            let body = http_body_util::Limited::new(resp.into_body(), 64 * 1024)
-                .collect()
-                .await
-                .map_err(|e| format!("reading {}: {e}", self.url))?
-                .to_bytes();
+            let body = http_body_util::Limited::new(resp.into_body(), 64 * 1024).collect().await.map_err(|e| format!("reading {}: {e}", self.url))?.to_bytes();
             Ok::<_, String>((status, body))
         };
         let (status, body) = match tokio::time::timeout(self.timeout, req).await {
@@ -82,11 +78,7 @@ pub fn parse(code: u16, body: &[u8]) -> Readiness {
     let status = v["status"].as_str().unwrap_or("");
     let release = v["releaseId"].as_str().map(str::to_string);
     let healthy = code == 200 && matches!(status, "pass" | "warn");
-    let detail = if healthy {
-        status.to_string()
-    } else {
-        format!("readyz answered {code} {status:?}: {}", v["output"].as_str().unwrap_or("no reason given"))
-    };
+    let detail = if healthy { status.to_string() } else { format!("readyz answered {code} {status:?}: {}", v["output"].as_str().unwrap_or("no reason given")) };
     Readiness { healthy, detail, release }
 }
 

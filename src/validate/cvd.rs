@@ -40,9 +40,7 @@ pub fn parse_header(bytes: &[u8]) -> Result<CvdHeader, String> {
     if f.len() < 7 {
         return Err(format!("header has {} fields, expected at least 7", f.len()));
     }
-    let num = |i: usize, what: &str| -> Result<u64, String> {
-        f[i].trim().parse::<u64>().map_err(|_| format!("{what} {:?} is not a number", f[i]))
-    };
+    let num = |i: usize, what: &str| -> Result<u64, String> { f[i].trim().parse::<u64>().map_err(|_| format!("{what} {:?} is not a number", f[i])) };
     let md5 = f[4].trim();
     if md5.len() != 32 || !md5.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(format!("MD5 field {md5:?} is not 32 hex digits"));
@@ -87,10 +85,7 @@ mod tests {
 
     #[test]
     fn parses_a_sigtool_header() {
-        let h = parse_header(&header(
-            "ClamAV-VDB:23 Nov 2026 22-27 +0000:2:120:216:75970fde2a0a606a2cdd5a7b9d376fc5:X:clamgate:1795472824",
-        ))
-        .unwrap();
+        let h = parse_header(&header("ClamAV-VDB:23 Nov 2026 22-27 +0000:2:120:216:75970fde2a0a606a2cdd5a7b9d376fc5:X:clamgate:1795472824")).unwrap();
         assert_eq!((h.version, h.signatures, h.functionality_level), (2, 120, 216));
         assert_eq!(h.builder, "clamgate");
         assert_eq!(h.dsig, "X");

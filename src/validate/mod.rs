@@ -22,9 +22,7 @@ pub fn inspect(dir: &Path, file: &mut DbFile) -> Result<(), Reason> {
         let mut f = File::open(&path).map_err(unreadable)?;
         let mut head = Vec::with_capacity(cvd::HEADER_LEN);
         (&mut f).take(cvd::HEADER_LEN as u64).read_to_end(&mut head).map_err(unreadable)?;
-        let header = cvd::parse_header(&head).map_err(|why| {
-            Reason::file(Code::CvdBadHeader, &file.name, format!("container header is unusable: {why}"))
-        })?;
+        let header = cvd::parse_header(&head).map_err(|why| Reason::file(Code::CvdBadHeader, &file.name, format!("container header is unusable: {why}")))?;
         if file.size == cvd::HEADER_LEN as u64 {
             return Err(Reason::file(Code::CvdBadHeader, &file.name, "container has a header but no body"));
         }
@@ -47,9 +45,8 @@ pub fn inspect(dir: &Path, file: &mut DbFile) -> Result<(), Reason> {
             return Err(Reason::file(Code::DbEmpty, &file.name, "is empty (clamd refuses an empty database file)"));
         }
         let f = File::open(&path).map_err(unreadable)?;
-        let count = text::check(&ext, BufReader::new(f)).map_err(|e| {
-            Reason::file(Code::DbMalformedLine, &format!("{}:{}", file.name, e.line), format!("line {}: {}", e.line, e.problem))
-        })?;
+        let count = text::check(&ext, BufReader::new(f))
+            .map_err(|e| Reason::file(Code::DbMalformedLine, &format!("{}:{}", file.name, e.line), format!("line {}: {}", e.line, e.problem)))?;
         if count == 0 {
             return Err(Reason::file(Code::DbEmpty, &file.name, "holds no signatures, only blank or comment lines"));
         }

@@ -65,11 +65,7 @@ pub fn check(candidate: &Manifest, baseline: &Manifest, policy: &Policy) -> Vec<
     }
     let (was, now) = (baseline.total_signatures(), candidate.total_signatures());
     if reasons.iter().all(|r| r.reason != Code::SanitySignatureDrop) && dropped_too_much(was, now) {
-        reasons.push(Reason::new(
-            Code::SanitySignatureDrop,
-            None,
-            format!("total signatures drop from {was} to {now}, more than the policy's {limit}%"),
-        ));
+        reasons.push(Reason::new(Code::SanitySignatureDrop, None, format!("total signatures drop from {was} to {now}, more than the policy's {limit}%")));
     }
     reasons
 }
@@ -119,8 +115,13 @@ mod tests {
             ("big drop", vec![cvd("daily.cvd", 3, 11)], vec![cvd("daily.cvd", 2, 120)], &p, vec![Code::SanitySignatureDrop]),
             ("big drop allowed", vec![cvd("daily.cvd", 3, 11)], vec![cvd("daily.cvd", 2, 120)], &lenient, vec![]),
             ("text drop", vec![text("x.hdb", 1)], vec![text("x.hdb", 50)], &p, vec![Code::SanitySignatureDrop]),
-            ("database gone", vec![cvd("daily.cvd", 2, 100)], vec![cvd("daily.cvd", 1, 100), cvd("main.cvd", 1, 50)], &p,
-                vec![Code::SanityMissingDatabase, Code::SanitySignatureDrop]),
+            (
+                "database gone",
+                vec![cvd("daily.cvd", 2, 100)],
+                vec![cvd("daily.cvd", 1, 100), cvd("main.cvd", 1, 50)],
+                &p,
+                vec![Code::SanityMissingDatabase, Code::SanitySignatureDrop],
+            ),
             ("new database is fine", vec![cvd("daily.cvd", 1, 100), text("x.hdb", 1)], vec![cvd("daily.cvd", 1, 100)], &p, vec![]),
         ];
         for (what, new, old, policy, want) in cases {

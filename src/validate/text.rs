@@ -9,8 +9,8 @@ use std::io::BufRead;
 
 /// The text formats checked here, by extension.
 pub const FORMATS: &[&str] = &[
-    "hdb", "hsb", "hdu", "hsu", "mdb", "msb", "mdu", "msu", "ndb", "ndu", "ldb", "ldu", "cdb", "fp", "sfp", "ign",
-    "ign2", "ftm", "cfg", "info", "idb", "pdb", "gdb", "wdb", "crb", "cat", "pwdb", "imp",
+    "hdb", "hsb", "hdu", "hsu", "mdb", "msb", "mdu", "msu", "ndb", "ndu", "ldb", "ldu", "cdb", "fp", "sfp", "ign", "ign2", "ftm", "cfg", "info", "idb", "pdb",
+    "gdb", "wdb", "crb", "cat", "pwdb", "imp",
 ];
 
 /// A line that does not parse: 1-based line number and what is wrong.
@@ -50,12 +50,14 @@ fn check_line(ext: &str, line: &str) -> Result<(), String> {
         "cdb" => min_fields(line, ':', 10, "VirusName:ContainerType:ContainerSize:FileNameREGEX:…"),
         "ftm" => min_fields(line, ':', 6, "magictype:offset:magicbytes:name:rtype:type"),
         "ign" | "ign2" => {
-            if line.contains(char::is_control) { Err("contains control characters".into()) } else { Ok(()) }
+            if line.contains(char::is_control) {
+                Err("contains control characters".into())
+            } else {
+                Ok(())
+            }
         }
         "info" => info_line(line),
-        "idb" | "pdb" | "gdb" | "wdb" | "crb" | "cat" | "pwdb" | "imp" | "cfg" => {
-            min_fields(line, ':', 2, "colon-separated fields")
-        }
+        "idb" | "pdb" | "gdb" | "wdb" | "crb" | "cat" | "pwdb" | "imp" | "cfg" => min_fields(line, ':', 2, "colon-separated fields"),
         _ => Ok(()),
     }
 }

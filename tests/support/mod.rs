@@ -177,10 +177,7 @@ impl Cmd {
 
     pub fn command(&self) -> assert_cmd::Command {
         let mut c = assert_cmd::Command::cargo_bin("clamgate").unwrap();
-        c.env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("TMPDIR", self.tmp.path())
-            .timeout(Duration::from_secs(300));
+        c.env_clear().env("PATH", std::env::var("PATH").unwrap_or_default()).env("TMPDIR", self.tmp.path()).timeout(Duration::from_secs(300));
         c
     }
 
@@ -188,11 +185,7 @@ impl Cmd {
     pub fn run(&self, args: &[&str]) -> (i32, String, String) {
         let out = self.command().args(args).output().unwrap();
         assert_eq!(clamds_under(self.tmp.path()), 0, "a clamd outlived `clamgate {}`", args.join(" "));
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
     }
 
     /// Runs `clamgate args… --json` and parses stdout.

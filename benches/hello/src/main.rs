@@ -3,10 +3,10 @@
 //! clamgate's health endpoint (multi-thread tokio runtime with the default
 //! worker count, one task per connection, hyper http1, the same headers),
 //! minus the routing, limits, timeouts and building the body per request.
-use std::convert::Infallible;
 use http_body_util::Full;
 use hyper::{Response, body::Bytes, server::conn::http1, service::service_fn};
 use hyper_util::rt::TokioIo;
+use std::convert::Infallible;
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
