@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use clamgate::clamd::ScanVerdict;
 use rustix::process::{Pid, Signal};
-use support::daemon::{DaemonProc, Env, set_id};
+use support::daemon::{Env, live_v1, set_id};
 use support::*;
 
 /// pids of clamd processes whose config lives under `dir`.
@@ -35,16 +35,6 @@ async fn canary_pid(env: &Env) -> i32 {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     panic!("no canary clamd appeared\n{}", env.log());
-}
-
-/// daily-v1 live, production scanning.
-async fn live_v1(extra: &str) -> (Env, DaemonProc, Clamd) {
-    let env = Env::new(extra, "");
-    env.put("daily-v1");
-    let d = env.spawn();
-    env.wait_event("promotion.done", Some(&set_id("daily-v1"))).await;
-    let prod = env.start_production(&[]).await;
-    (env, d, prod)
 }
 
 async fn still_on_v1(env: &Env, prod: &Clamd) {
@@ -78,6 +68,15 @@ fn heavy_sigs() -> &'static str {
         }
         big
     })
+}
+
+/// Lazily unmounts what a test mounted, whatever way the test ends.
+struct Unmount(std::path::PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
 }
 
 fn signal(pid: i32, sig: Signal) {
@@ -173,12 +172,6 @@ async fn disk_full_while_writing_a_release_leaves_production_alone() {
     std::fs::create_dir_all(&state).unwrap();
     let mounted = std::process::Command::new("mount").args(["-t", "tmpfs", "-o", "size=2m,mode=0750", "tmpfs"]).arg(&state).status().unwrap();
     assert!(mounted.success(), "mount tmpfs (tests run as root)");
-    struct Unmount(std::path::PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
-        }
-    }
     let _unmount = Unmount(state.clone());
 
     env.put("daily-v1");
@@ -307,12 +300,6 @@ async fn a_read_only_state_dir_stops_promotions_not_scanning() {
     };
     let bind = std::process::Command::new("mount").args(["--bind"]).arg(&state).arg(&state).status().unwrap();
     assert!(bind.success(), "bind mount (tests run as root)");
-    struct Unmount(std::path::PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
-        }
-    }
     let unmount = Unmount(state.clone());
     ro("remount,bind,ro");
     let before = env.journal().len();

@@ -8,7 +8,7 @@ use std::net::TcpStream;
 use std::os::unix::ffi::OsStrExt;
 use std::time::Duration;
 
-use support::daemon::{Env, set_id, wait_ready};
+use support::daemon::{live_v1, wait_ready};
 use support::*;
 
 fn s(p: &std::path::Path) -> String {
@@ -69,12 +69,7 @@ fn check_json(cmd: &Cmd, dir: &std::path::Path) -> (i32, serde_json::Value) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn slowloris_and_pipelining_floods_do_not_take_the_health_endpoint_down() {
-    let env = Env::new("", "");
-    env.put("daily-v1");
-    let d = env.spawn();
-    env.wait_event("promotion.done", Some(&set_id("daily-v1"))).await;
-    let _prod = env.start_production(&[]).await;
-    wait_ready(&env, 200).await;
+    let (env, d, _prod) = live_v1("").await;
 
     // Slowloris: 300 connections that never finish their headers (more than
     // the 256 allowed). The server drops them at its header timeout.
@@ -117,12 +112,7 @@ async fn slowloris_and_pipelining_floods_do_not_take_the_health_endpoint_down() 
 
 #[tokio::test(flavor = "multi_thread")]
 async fn milter_peers_sending_garbage_or_vanishing_mid_message_do_not_hurt_it() {
-    let env = Env::new("", "");
-    env.put("daily-v1");
-    let _d = env.spawn();
-    env.wait_event("promotion.done", Some(&set_id("daily-v1"))).await;
-    let _prod = env.start_production(&[]).await;
-    wait_ready(&env, 200).await;
+    let (env, _d, _prod) = live_v1("").await;
     let m = env.spawn_milter("mode = \"scan\"\n");
 
     // Garbage, and a frame announcing 4 GiB.

@@ -10,22 +10,11 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use support::daemon::{DaemonProc, Env, MilterProc, set_id, wait_ready};
+use support::daemon::{MilterProc, live_v1, set_id, wait_ready};
 use support::postfix::{Postfix, Transcript, parse_swaks};
 use support::*;
 
 const TEMPFAIL_TEXT: &str = "4.7.1 Virus scanning is temporarily unavailable, please try again later";
-
-/// A daemon with daily-v1 live and production scanning.
-async fn healthy() -> (Env, DaemonProc, Clamd) {
-    let env = Env::new("", "");
-    env.put("daily-v1");
-    let d = env.spawn();
-    env.wait_event("promotion.done", Some(&set_id("daily-v1"))).await;
-    let prod = env.start_production(&[]).await;
-    wait_ready(&env, 200).await;
-    (env, d, prod)
-}
 
 /// Postfix whose smtpd_milters is `m`.
 fn postfix_with(m: &MilterProc) -> Postfix {
@@ -74,7 +63,7 @@ fn swaks_transcripts_parse_into_stages() {
 /// after clamd is back is delivered. Each message arrives exactly once.
 #[tokio::test(flavor = "multi_thread")]
 async fn gate_mode_tempfails_at_rcpt_while_clamd_is_down_and_loses_nothing() {
-    let (env, _d, mut prod) = healthy().await;
+    let (env, _d, mut prod) = live_v1("").await;
     let m = env.spawn_milter("mode = \"gate\"\nhealth_ttl = \"100ms\"\n");
     let mut pf = postfix_with(&m);
 
@@ -129,7 +118,7 @@ async fn gate_mode_tempfails_at_rcpt_while_clamd_is_down_and_loses_nothing() {
 /// release.
 #[tokio::test(flavor = "multi_thread")]
 async fn scan_mode_rejects_infected_mail_with_554_and_marks_clean_mail() {
-    let (env, _d, _prod) = healthy().await;
+    let (env, _d, _prod) = live_v1("").await;
     let m = env.spawn_milter("mode = \"scan\"\nhealth_ttl = \"60s\"\n");
     let pf = postfix_with(&m);
 
@@ -164,7 +153,7 @@ async fn scan_mode_rejects_infected_mail_with_554_and_marks_clean_mail() {
 /// unchecked.
 #[tokio::test(flavor = "multi_thread")]
 async fn postfix_tempfails_when_the_milter_is_down() {
-    let (env, _d, _prod) = healthy().await;
+    let (env, _d, _prod) = live_v1("").await;
     let m = env.spawn_milter("mode = \"gate\"\nhealth_ttl = \"100ms\"\n");
     let pf = postfix_with(&m);
     let t = pf.swaks(&["--header", &subject("milter-up")]).await;
@@ -210,7 +199,7 @@ fn read_reply(r: &mut BufReader<TcpStream>) -> Option<String> {
 /// and no part of the interrupted transaction is ever delivered.
 #[tokio::test(flavor = "multi_thread")]
 async fn postfix_stopped_mid_data_delivers_nothing_half_and_the_retry_once() {
-    let (env, _d, _prod) = healthy().await;
+    let (env, _d, _prod) = live_v1("").await;
     let m = env.spawn_milter("mode = \"gate\"\nhealth_ttl = \"100ms\"\n");
     let pf = postfix_with(&m);
 
@@ -251,7 +240,7 @@ async fn postfix_stopped_mid_data_delivers_nothing_half_and_the_retry_once() {
 /// and is tempfailed once scanning broke in between.
 #[tokio::test(flavor = "multi_thread")]
 async fn accept_covers_one_message_the_next_one_on_the_connection_is_gated_again() {
-    let (env, _d, mut prod) = healthy().await;
+    let (env, _d, mut prod) = live_v1("").await;
     let m = env.spawn_milter("mode = \"gate\"\nhealth_ttl = \"100ms\"\n");
     let pf = postfix_with(&m);
 

@@ -6,19 +6,8 @@ mod support;
 
 use indymilter::ProtoOpts;
 use indymilter_test::{Status, TestConnection};
-use support::daemon::{Env, set_id, wait_ready};
+use support::daemon::{Env, live_v1, set_id, wait_ready};
 use support::*;
-
-/// A daemon with daily-v1 live and production scanning.
-async fn healthy() -> (Env, support::daemon::DaemonProc, Clamd) {
-    let env = Env::new("", "");
-    env.put("daily-v1");
-    let d = env.spawn();
-    env.wait_event("promotion.done", Some(&set_id("daily-v1"))).await;
-    let prod = env.start_production(&[]).await;
-    wait_ready(&env, 200).await;
-    (env, d, prod)
-}
 
 fn text(s: &Status) -> String {
     match s {
@@ -82,7 +71,7 @@ fn infected_mail() -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn gate_mode_accepts_while_healthy_and_tempfails_when_scanning_breaks() {
-    let (env, _d, mut prod) = healthy().await;
+    let (env, _d, mut prod) = live_v1("").await;
     let m = env.spawn_milter("mode = \"gate\"\nhealth_ttl = \"100ms\"\n");
     // Healthy: gate mode accepts at RCPT, so Postfix leaves the milter out
     // of the rest of the message (it never sees, let alone changes, it).
@@ -115,7 +104,7 @@ async fn gate_mode_accepts_while_healthy_and_tempfails_when_scanning_breaks() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_unreachable_health_endpoint_tempfails() {
-    let (env, d, _prod) = healthy().await;
+    let (env, d, _prod) = live_v1("").await;
     let m = env.spawn_milter("mode = \"gate\"\nhealth_ttl = \"100ms\"\nhealth_timeout = \"500ms\"\n");
     d.stop();
     let (rcpt, _) = deliver(m.addr, &clean_mail()).await;
@@ -124,7 +113,7 @@ async fn an_unreachable_health_endpoint_tempfails() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn connect_stage_tempfails_at_connect() {
-    let (env, _d, mut prod) = healthy().await;
+    let (env, _d, mut prod) = live_v1("").await;
     let m = env.spawn_milter("mode = \"gate\"\nstage = \"connect\"\nhealth_ttl = \"100ms\"\n");
     prod.process.kill();
     wait_ready(&env, 503).await;
@@ -136,7 +125,7 @@ async fn connect_stage_tempfails_at_connect() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn scan_mode_rejects_infected_marks_clean_and_tempfails_what_it_cannot_scan() {
-    let (env, _d, mut prod) = healthy().await;
+    let (env, _d, mut prod) = live_v1("").await;
     let m = env.spawn_milter("mode = \"scan\"\nhealth_ttl = \"60s\"\n");
 
     let (_, eom) = deliver(m.addr, &infected_mail()).await;
@@ -159,7 +148,7 @@ async fn scan_mode_rejects_infected_marks_clean_and_tempfails_what_it_cannot_sca
 
 #[tokio::test(flavor = "multi_thread")]
 async fn scan_mode_can_add_a_header_instead_of_rejecting() {
-    let (env, _d, _prod) = healthy().await;
+    let (env, _d, _prod) = live_v1("").await;
     let m = env.spawn_milter("mode = \"scan\"\non_infected = \"header\"\n");
     let (_, eom) = deliver(m.addr, &infected_mail()).await;
     let (actions, status) = eom.unwrap();

@@ -248,6 +248,18 @@ impl Drop for MilterProc {
     }
 }
 
+/// A daemon (with `extra` config) that has made daily-v1 live, production
+/// clamd scanning on it, and /readyz answering 200.
+pub async fn live_v1(extra: &str) -> (Env, DaemonProc, Clamd) {
+    let env = Env::new(extra, "");
+    env.put("daily-v1");
+    let d = env.spawn();
+    env.wait_event("promotion.done", Some(&set_id("daily-v1"))).await;
+    let prod = env.start_production(&[]).await;
+    wait_ready(&env, 200).await;
+    (env, d, prod)
+}
+
 /// Waits until /readyz answers `code` (bounded).
 pub async fn wait_ready(env: &Env, code: u16) {
     for _ in 0..1200 {
