@@ -16,24 +16,9 @@ RUNS=${RUNS:-2}
 TIMEOUT=${TIMEOUT:-300}    # seconds any one wait may take
 target_dir=${CARGO_TARGET_DIR:-target}
 
-work=$(mktemp -d /tmp/cg-bench-XXXXXX)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
-  rm -rf "$work"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+BENCH=check-1m
+source benches/lib.sh
 
-now() { date +%s.%N; }
-die() { echo "check-1m: $*" >&2; exit 1; }
-ping_ok() { [[ $(printf 'zPING\0' | socat -t 2 - "UNIX-CONNECT:$1" 2>/dev/null | tr -d '\0') == PONG ]]; }
-start_clamd() { # dir socket conf -> $pid (a child of this shell, so `wait` reaps it)
-  printf 'Foreground yes\nLocalSocket %s\nDatabaseDirectory %s\nTemporaryDirectory %s\nSelfCheck 0\nConcurrentDatabaseReload yes\n' "$2" "$1" "$work" > "$3"
-  /usr/sbin/clamd --config-file="$3" > "$3.log" 2>&1 &
-  pid=$!
-}
 min() { printf '%s\n' "$@" | sort -g | head -1; }
 
 echo "building (release) and fixtures..." >&2
@@ -43,18 +28,7 @@ bin=$(cd "$target_dir" && pwd)/release/clamgate
 [[ -x $bin ]] || die "$bin: not built"
 
 echo "building a $SIGS-signature daily.cud..." >&2
-b=$work/build; mkdir -p "$b/empty"
-cp testdata/sets/good/clamgate.hdb "$b/daily.hdb"
-python3 - "$SIGS" >> "$b/daily.hdb" <<'PY'
-import sys, hashlib
-n = int(sys.argv[1])
-out = sys.stdout
-for i in range(1, n):
-    out.write("%s:%d:Clamgate.Filler.%d\n" % (hashlib.md5(b"bench-%d" % i).hexdigest(), 1000 + i % 5000, i))
-PY
-echo "bench fixture" > "$b/COPYING"
-(cd "$b" && echo clamgate | sigtool --build=daily.cud --unsigned --cvd-version=2 --no-cdiff --datadir="$b/empty" >/dev/null 2>&1)
-mkdir -p "$work/big"; mv "$b/daily.cud" "$work/big/daily.cud"; rm -rf "$b"
+build_big_daily "$SIGS" "$work/big"
 corpus=$work/fx/corpus
 mapfile -t corpus_files < <(find "$corpus" -type f ! -name expect.toml | sort)
 printf 'LocalSocket %s\n' "$work/a.sock" > "$work/a.client"

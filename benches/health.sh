@@ -35,23 +35,13 @@ TIMEOUT=${TIMEOUT:-120}    # seconds any one wait may take
 SMOKE=("infected/clam.exe" "clean/letter.txt")   # what one probe scans
 target_dir=$(mkdir -p "${CARGO_TARGET_DIR:-target}" && cd "${CARGO_TARGET_DIR:-target}" && pwd)
 
-work=$(mktemp -d /tmp/cg-bench-XXXXXX)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
-  rm -rf "$work"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+BENCH=health
+source benches/lib.sh
 
-die() { echo "health: $*" >&2; exit 1; }
 # Command prefixes, not functions: a backgrounded function would be a subshell,
 # and $! its PID rather than the server's.
 pin_srv=(); [[ -n $SERVER_CPUS ]] && pin_srv=(taskset -c "$SERVER_CPUS")
 pin_wrk=(); [[ -n $WRK_CPUS ]] && pin_wrk=(taskset -c "$WRK_CPUS")
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-ping_ok() { [[ $(printf 'zPING\0' | socat -t 2 - "UNIX-CONNECT:$1" 2>/dev/null | tr -d '\0') == PONG ]]; }
 answers_200() { [[ $(curl -s -o /dev/null -m 2 -w '%{http_code}' "$1" || true) == 200 ]]; }
 wait_for() { # what command... : retries every 50 ms until TIMEOUT
   local what=$1; shift; SECONDS=0
@@ -87,13 +77,8 @@ testdata/make-fixtures "$work/fx" >/dev/null
 
 # --- clamgate run with a live release and a production clamd ---------------
 port=$(free_port)
-mkdir -p "$work/incoming" "$work/prod"
-cp "$work/fx/sets/daily-v1/daily.cud" "$work/incoming/"
-cat > "$work/clamgate.toml" <<EOT
-state_dir = "$work/state"
-incoming_dir = "$work/incoming"
-corpus_dir = "$work/fx/corpus"
-policy = "$work/none.toml"
+seed_daemon
+cat >> "$work/clamgate.toml" <<EOT
 settle = "1s"
 smoke_samples = [$(printf '"%s", ' "${SMOKE[@]}")]
 [clamd]

@@ -22,21 +22,14 @@ ROUNDS=${ROUNDS:-1}
 MILTER_SOCKET=${MILTER_SOCKET:-inet}
 target=${CARGO_TARGET_DIR:-$PWD/target}
 
-work=$(mktemp -d /tmp/cg-smtp-XXXXXX)
+BENCH=smtp
+source benches/lib.sh
 chmod 755 "$work" # Postfix's own processes (user postfix) work under it
-pids=()
 instances=()
-cleanup() {
+on_cleanup() {
   for d in "${instances[@]}"; do postfix -c "$d/etc" stop >/dev/null 2>&1 || true; done
-  for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
-  rm -rf "$work"
 }
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
 
-now() { date +%s.%N; }
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 # until_ok SECONDS WHAT CMD...: bounded wait for a condition.
 until_ok() {
   local limit=$1 what=$2; shift 2
@@ -47,7 +40,6 @@ until_ok() {
   done
 }
 listening() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-ping_ok() { [[ $(printf 'zPING\0' | socat -t 2 - "UNIX-CONNECT:$1" 2>/dev/null | tr -d '\0') == PONG ]]; }
 ready() { [[ $(curl -s -m 2 -o /dev/null -w '%{http_code}' "http://127.0.0.1:$1/readyz") == 200 ]]; }
 sent() { local n; n=$(grep -c ' status=sent ' "$1/maillog" 2>/dev/null) || true; echo "${n:-0}"; }
 at_least_sent() { (( $(sent "$1") >= $2 )); }
@@ -59,13 +51,8 @@ testdata/make-fixtures "$work/fx" >/dev/null
 
 # --- clamgate daemon with daily-v1 live, production clamd, health -----------
 health=$(free_port)
-mkdir -p "$work/incoming" "$work/prod"
-cp "$work/fx/sets/daily-v1/daily.cud" "$work/incoming/"
-cat > "$work/clamgate.toml" <<EOT
-state_dir = "$work/state"
-incoming_dir = "$work/incoming"
-corpus_dir = "$work/fx/corpus"
-policy = "$work/none.toml"
+seed_daemon
+cat >> "$work/clamgate.toml" <<EOT
 settle = "300ms"
 [clamd]
 socket = "$work/prod/clamd.sock"

@@ -10,22 +10,10 @@ SIGS=${SIGS:-1000000}
 SETTLE=${SETTLE:-1s}
 settle_s=${SETTLE%s}
 
-work=$(mktemp -d /tmp/cg-bench-XXXXXX)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
-  rm -rf "$work"
-}
-trap cleanup EXIT INT TERM
+BENCH=promote-1m
+source benches/lib.sh
 
-now() { date +%s.%N; }
-ping_ok() { [[ $(printf 'zPING\0' | socat -t 2 - "UNIX-CONNECT:$1" 2>/dev/null | tr -d '\0') == PONG ]]; }
 version_db() { printf 'zVERSION\0' | socat -t 2 - "UNIX-CONNECT:$1" 2>/dev/null | tr -d '\0' | cut -d/ -f2; }
-start_clamd() { # dir socket conf -> pid
-  printf 'Foreground yes\nLocalSocket %s\nDatabaseDirectory %s\nTemporaryDirectory %s\nSelfCheck 0\nConcurrentDatabaseReload yes\n' "$2" "$1" "$work" > "$3"
-  /usr/sbin/clamd --config-file="$3" > "$3.log" 2>&1 &
-  echo $!
-}
 
 echo "building (release) and fixtures..." >&2
 cargo build --release --locked -q
@@ -33,22 +21,11 @@ testdata/make-fixtures "$work/fx" >/dev/null
 bin=${CARGO_TARGET_DIR:-$PWD/target}/release/clamgate
 
 echo "building a $SIGS-signature daily.cud (version 2)..." >&2
-b=$work/build; mkdir -p "$b/empty"
-cp testdata/sets/good/clamgate.hdb "$b/daily.hdb"
-python3 - "$SIGS" >> "$b/daily.hdb" <<'PY'
-import sys, hashlib
-n = int(sys.argv[1])
-out = sys.stdout
-for i in range(1, n):
-    out.write("%s:%d:Clamgate.Filler.%d\n" % (hashlib.md5(b"bench-%d" % i).hexdigest(), 1000 + i % 5000, i))
-PY
-echo "bench fixture" > "$b/COPYING"
-(cd "$b" && echo clamgate | sigtool --build=daily.cud --unsigned --cvd-version=2 --no-cdiff --datadir="$b/empty" >/dev/null 2>&1)
-mkdir -p "$work/big"; mv "$b/daily.cud" "$work/big/daily.cud"
+build_big_daily "$SIGS" "$work/big"
 corpus_files=$(find "$work/fx/corpus" -type f ! -name expect.toml)
 
 # --- baseline a: bare clamd start to PONG on the update -------------------
-t=$(now); pid=$(start_clamd "$work/big" "$work/a.sock" "$work/a.conf"); pids+=("$pid")
+t=$(now); start_clamd "$work/big" "$work/a.sock" "$work/a.conf"; pids+=("$pid")
 until ping_ok "$work/a.sock"; do sleep 0.01; done
 load=$(echo "$(now) - $t" | bc)
 # --- baseline b: the corpus scanned through it ------------------------------
@@ -58,7 +35,7 @@ scan=$(echo "$(now) - $t" | bc)
 kill -9 "$pid"; wait "$pid" 2>/dev/null || true
 # --- baseline c: bare RELOAD of a clamd from v1 to the update ---------------
 ln -s "$work/fx/sets/daily-v1" "$work/link"
-pid=$(start_clamd "$work/link" "$work/c.sock" "$work/c.conf"); pids+=("$pid")
+start_clamd "$work/link" "$work/c.sock" "$work/c.conf"; pids+=("$pid")
 until ping_ok "$work/c.sock"; do sleep 0.01; done
 ln -sfn "$work/big" "$work/link.new" && mv -T "$work/link.new" "$work/link"
 t=$(now); printf 'zRELOAD\0' | socat -t 2 - "UNIX-CONNECT:$work/c.sock" >/dev/null
@@ -67,14 +44,9 @@ reload=$(echo "$(now) - $t" | bc)
 kill -9 "$pid"; wait "$pid" 2>/dev/null || true
 
 # --- clamgate: the daemon with v1 live and production running ---------------
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-mkdir -p "$work/incoming" "$work/prod"
-cp "$work/fx/sets/daily-v1/daily.cud" "$work/incoming/"
-cat > "$work/clamgate.toml" <<EOT
-state_dir = "$work/state"
-incoming_dir = "$work/incoming"
-corpus_dir = "$work/fx/corpus"
-policy = "$work/none.toml"
+port=$(free_port)
+seed_daemon
+cat >> "$work/clamgate.toml" <<EOT
 settle = "$SETTLE"
 [clamd]
 socket = "$work/prod/clamd.sock"
@@ -85,7 +57,7 @@ EOT
 CLAMGATE_LOG=warn "$bin" run --config "$work/clamgate.toml" > "$work/daemon.log" 2>&1 &
 pids+=("$!")
 until grep -q '"promotion.done"' "$work/state/journal.jsonl" 2>/dev/null; do sleep 0.05; done
-pid=$(start_clamd "$work/state/current" "$work/prod/clamd.sock" "$work/prod.conf"); pids+=("$pid")
+start_clamd "$work/state/current" "$work/prod/clamd.sock" "$work/prod.conf"; pids+=("$pid")
 until ping_ok "$work/prod/clamd.sock"; do sleep 0.01; done
 
 cp "$work/big/daily.cud" "$work/incoming/daily.cud.tmp"

@@ -70,6 +70,16 @@ fn heavy_sigs() -> &'static str {
     })
 }
 
+/// Production, once restarted after a crash (systemd's job), runs the last
+/// good release and the health endpoint says so.
+async fn restarted_production_runs_v1(env: &Env, mut crashed: Clamd) {
+    crashed.process.kill();
+    drop(crashed);
+    let prod = env.start_production(&[]).await;
+    still_on_v1(env, &prod).await;
+    support::daemon::wait_ready(env, 200).await;
+}
+
 /// Lazily unmounts what a test mounted, whatever way the test ends.
 struct Unmount(std::path::PathBuf);
 
@@ -243,7 +253,7 @@ async fn production_killed_during_reload_is_rolled_back() {
     // clamd starts a RELOAD at its next connection (the daemon's VERSION
     // poll) and loads in a thread; a heavy update keeps it loading while
     // the test kills it.
-    let (env, d, mut prod) = live_v1("").await;
+    let (env, d, prod) = live_v1("").await;
     let loads = || prod.log().matches("Reading databases from").count();
     let before = loads();
     heavy_sigs();
@@ -257,11 +267,7 @@ async fn production_killed_during_reload_is_rolled_back() {
     assert!(rb.get("reason").unwrap().contains("went away after RELOAD"), "{rb:?}");
     let q = std::fs::read_to_string(env.state().join("quarantine").join(rb.get("from").unwrap()).join("reasons.json")).unwrap();
     assert!(q.contains("production.verify_failed"), "{q}");
-    prod.process.kill();
-    drop(prod);
-    let prod = env.start_production(&[]).await;
-    still_on_v1(&env, &prod).await;
-    support::daemon::wait_ready(&env, 200).await;
+    restarted_production_runs_v1(&env, prod).await;
     assert!(Path::new(&format!("/proc/{}", d.pid())).exists(), "daemon died\n{}", env.log());
 }
 
@@ -269,7 +275,7 @@ async fn production_killed_during_reload_is_rolled_back() {
 async fn production_killed_during_the_smoke_scan_is_rolled_back() {
     // The daemon stops itself (failpoint `smoke-scan:stop`) once production
     // shows v2; production is killed; the daemon goes on into its smoke scan.
-    let (env, d, mut prod) = live_v1("").await;
+    let (env, d, prod) = live_v1("").await;
     assert!(d.stop().success());
     let d = env.spawn_with(&[("CLAMGATE_FAILPOINT", "smoke-scan:stop")]);
     env.put("daily-v2");
@@ -282,12 +288,7 @@ async fn production_killed_during_the_smoke_scan_is_rolled_back() {
     assert_eq!(rb.get("from"), Some(set_id("daily-v2").as_str()));
     let q = std::fs::read_to_string(env.state().join("quarantine").join(set_id("daily-v2")).join("reasons.json")).unwrap();
     assert!(q.contains("production.verify_failed"), "{q}");
-    // Production, once restarted (systemd's job), runs the last good release.
-    prod.process.kill();
-    drop(prod);
-    let prod = env.start_production(&[]).await;
-    still_on_v1(&env, &prod).await;
-    support::daemon::wait_ready(&env, 200).await;
+    restarted_production_runs_v1(&env, prod).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
