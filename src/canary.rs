@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::clamd::process::{ClamdProcess, Options, StartError};
 use crate::corpus::{self, Corpus, Verdicts};
@@ -14,7 +14,7 @@ use crate::reason::{Code, Reason};
 use crate::settings::human_size;
 
 /// Figures a canary run produced, kept for reports and metrics.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct CanaryStats {
     pub load_ms: Option<u64>,
     pub peak_rss_bytes: Option<u64>,
@@ -64,7 +64,7 @@ impl Canary<'_> {
         stats.load_ms = Some(load.as_millis() as u64);
         tracing::debug!(load_ms = stats.load_ms, "canary loaded {}", db_dir.display());
 
-        crate::failpoint::hit("corpus-scan");
+        crate::failpoint::hit(crate::failpoint::Point::CorpusScan);
         let started = std::time::Instant::now();
         let client = clamd.client(self.policy.scan_timeout);
         let verdicts = corpus::scan(&client, corpus, self.policy.scan_parallelism, self.policy.scan_timeout).await;

@@ -1,6 +1,6 @@
 //! `clamgate.toml`: where things live and how to reach the production clamd.
-//! Every key has a default (DESIGN.md "Config"); unknown keys and bad values
-//! are errors that name the key.
+//! Every key has a default (the [`defaults`] table, and the README's
+//! "Configuration"); unknown keys and bad values are errors that name the key.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -8,7 +8,19 @@ use std::time::Duration;
 use crate::clamd::Endpoint;
 use crate::settings::{Fields, SettingsError};
 
-pub const DEFAULT_PATH: &str = "/etc/clamgate/clamgate.toml";
+/// Where things live when the config does not say: the one table every
+/// default path comes from (config keys, CLI flags, messages).
+pub mod defaults {
+    pub const CONFIG: &str = "/etc/clamgate/clamgate.toml";
+    pub const STATE_DIR: &str = "/var/lib/clamgate";
+    /// Where freshclam writes.
+    pub const INCOMING_DIR: &str = "/var/lib/clamav";
+    pub const CORPUS_DIR: &str = "/usr/share/clamgate/corpus";
+    pub const POLICY: &str = "/etc/clamgate/policies/default.toml";
+    /// Debian's clamd `LocalSocket`.
+    pub const CLAMD_SOCKET: &str = "/run/clamav/clamd.ctl";
+    pub const CLAMD_BINARY: &str = "/usr/sbin/clamd";
+}
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -71,6 +83,65 @@ pub struct MilterConfig {
     pub max_connections: usize,
 }
 
+impl ClamdConfig {
+    fn parse(s: &mut Fields, problems: &mut Vec<String>) -> ClamdConfig {
+        let endpoint = match (s.opt_string("socket"), s.opt_string("tcp")) {
+            (Some(_), Some(_)) => {
+                problems.push("clamd: set socket or tcp, not both".into());
+                Endpoint::Unix(defaults::CLAMD_SOCKET.into())
+            }
+            (_, Some(t)) => Endpoint::Tcp(t),
+            (Some(p), None) => Endpoint::Unix(p.into()),
+            (None, None) => Endpoint::Unix(defaults::CLAMD_SOCKET.into()),
+        };
+        ClamdConfig {
+            endpoint,
+            binary: s.path("binary", defaults::CLAMD_BINARY),
+            timeout: s.duration("timeout", "30s"),
+            reload_timeout: s.duration("reload_timeout", "300s"),
+        }
+    }
+}
+
+impl HealthConfig {
+    fn parse(s: &mut Fields) -> HealthConfig {
+        HealthConfig {
+            listen: s.string("listen", "127.0.0.1:3311"),
+            probe_interval: s.duration("probe_interval", "10s"),
+            latency_budget: s.duration("latency_budget", "500ms"),
+        }
+    }
+}
+
+impl MilterConfig {
+    fn parse(s: &mut Fields, problems: &mut Vec<String>) -> MilterConfig {
+        let mode = s.string("mode", "gate");
+        if mode != "gate" && mode != "scan" {
+            problems.push(format!("milter.mode: {mode:?} is neither \"gate\" nor \"scan\""));
+        }
+        let stage = s.string("stage", "rcpt");
+        if stage != "connect" && stage != "rcpt" {
+            problems.push(format!("milter.stage: {stage:?} is neither \"connect\" nor \"rcpt\""));
+        }
+        let on_infected = s.string("on_infected", "reject");
+        if !["reject", "quarantine", "header"].contains(&on_infected.as_str()) {
+            problems.push(format!("milter.on_infected: {on_infected:?} is not reject, quarantine or header"));
+        }
+        MilterConfig {
+            listen: s.string("listen", "unix:/run/clamgate/milter.sock"),
+            health_url: s.string("health_url", "http://127.0.0.1:3311/readyz"),
+            mode,
+            stage,
+            tempfail_text: s.string("tempfail_text", "Virus scanning is temporarily unavailable, please try again later"),
+            health_ttl: s.duration("health_ttl", "2s"),
+            health_timeout: s.duration("health_timeout", "1s"),
+            on_infected,
+            add_header: s.bool("add_header", true),
+            max_connections: s.int("max_connections", 200, 1..=10_000) as usize,
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config {file}: {source}")]
@@ -90,7 +161,7 @@ impl Config {
         let chosen = explicit.map(Path::to_path_buf).or_else(|| std::env::var_os("CLAMGATE_CONFIG").map(PathBuf::from));
         match chosen {
             Some(f) => Config::load(&f),
-            None if Path::new(DEFAULT_PATH).exists() => Config::load(Path::new(DEFAULT_PATH)),
+            None if Path::new(defaults::CONFIG).exists() => Config::load(Path::new(defaults::CONFIG)),
             None => Ok(Config::parse(Path::new("(defaults)"), "").map(|mut c| {
                 c.file = None;
                 c
@@ -105,88 +176,36 @@ impl Config {
 
     pub fn parse(file: &Path, text: &str) -> Result<Config, SettingsError> {
         let mut f = Fields::parse(file, text)?;
-        let state_dir = f.path("state_dir", "/var/lib/clamgate");
-        let incoming_dir = f.path("incoming_dir", "/var/lib/clamav");
-        let corpus_dir = f.path("corpus_dir", "/usr/share/clamgate/corpus");
-        let policy = f.path("policy", "/etc/clamgate/policies/default.toml");
-        let settle = f.duration("settle", "5s");
-        let rescan_interval = f.duration("rescan_interval", "60s");
-        let smoke_samples = f.strings("smoke_samples", &["infected/clam.exe", "clean/letter.txt"]);
         let mut problems = Vec::new();
-        if !smoke_samples.iter().any(|s| s.starts_with("infected/")) || !smoke_samples.iter().any(|s| s.starts_with("clean/")) {
+        let config = Config {
+            file: Some(file.to_path_buf()),
+            state_dir: f.path("state_dir", defaults::STATE_DIR),
+            incoming_dir: f.path("incoming_dir", defaults::INCOMING_DIR),
+            corpus_dir: f.path("corpus_dir", defaults::CORPUS_DIR),
+            policy: f.path("policy", defaults::POLICY),
+            settle: f.duration("settle", "5s"),
+            rescan_interval: f.duration("rescan_interval", "60s"),
+            smoke_samples: f.strings("smoke_samples", &["infected/clam.exe", "clean/letter.txt"]),
+            clamd: f.section("clamd", |s| ClamdConfig::parse(s, &mut problems)),
+            health: f.section("health", HealthConfig::parse),
+            milter: f.section("milter", |s| MilterConfig::parse(s, &mut problems)),
+        };
+        let smoke = &config.smoke_samples;
+        if !smoke.iter().any(|s| s.starts_with("infected/")) || !smoke.iter().any(|s| s.starts_with("clean/")) {
             problems.push("smoke_samples: needs one sample under infected/ and one under clean/".to_string());
         }
-        let clamd = f.section("clamd", |s| {
-            let socket = s.opt_string("socket");
-            let tcp = s.opt_string("tcp");
-            let endpoint = match (socket, tcp) {
-                (Some(_), Some(_)) => {
-                    problems.push("clamd: set socket or tcp, not both".into());
-                    Endpoint::Unix("/run/clamav/clamd.ctl".into())
-                }
-                (_, Some(t)) => Endpoint::Tcp(t),
-                (Some(p), None) => Endpoint::Unix(p.into()),
-                (None, None) => Endpoint::Unix("/run/clamav/clamd.ctl".into()),
-            };
-            ClamdConfig {
-                endpoint,
-                binary: s.path("binary", "/usr/sbin/clamd"),
-                timeout: s.duration("timeout", "30s"),
-                reload_timeout: s.duration("reload_timeout", "300s"),
-            }
-        });
-        let health = f.section("health", |s| HealthConfig {
-            listen: s.string("listen", "127.0.0.1:3311"),
-            probe_interval: s.duration("probe_interval", "10s"),
-            latency_budget: s.duration("latency_budget", "500ms"),
-        });
-        let milter = f.section("milter", |s| {
-            let mode = s.string("mode", "gate");
-            if mode != "gate" && mode != "scan" {
-                problems.push(format!("milter.mode: {mode:?} is neither \"gate\" nor \"scan\""));
-            }
-            let stage = s.string("stage", "rcpt");
-            if stage != "connect" && stage != "rcpt" {
-                problems.push(format!("milter.stage: {stage:?} is neither \"connect\" nor \"rcpt\""));
-            }
-            let on_infected = s.string("on_infected", "reject");
-            if !["reject", "quarantine", "header"].contains(&on_infected.as_str()) {
-                problems.push(format!("milter.on_infected: {on_infected:?} is not reject, quarantine or header"));
-            }
-            MilterConfig {
-                listen: s.string("listen", "unix:/run/clamgate/milter.sock"),
-                health_url: s.string("health_url", "http://127.0.0.1:3311/readyz"),
-                mode,
-                stage,
-                tempfail_text: s.string("tempfail_text", "Virus scanning is temporarily unavailable, please try again later"),
-                health_ttl: s.duration("health_ttl", "2s"),
-                health_timeout: s.duration("health_timeout", "1s"),
-                on_infected,
-                add_header: s.bool("add_header", true),
-                max_connections: s.int("max_connections", 200, 1..=10_000) as usize,
-            }
-        });
-        let finish = f.finish(file);
-        let mut all = problems;
-        if let Err(e) = finish {
-            all.extend(e.problems);
+        if let Err(e) = f.finish(file) {
+            problems.extend(e.problems);
         }
-        if !all.is_empty() {
-            return Err(SettingsError { file: file.to_path_buf(), problems: all });
+        if !problems.is_empty() {
+            return Err(SettingsError { file: file.to_path_buf(), problems });
         }
-        Ok(Config {
-            file: Some(file.to_path_buf()),
-            state_dir,
-            incoming_dir,
-            corpus_dir,
-            policy,
-            settle,
-            rescan_interval,
-            smoke_samples,
-            clamd,
-            health,
-            milter,
-        })
+        Ok(config)
+    }
+
+    /// The config file for messages: its path, or "(defaults)".
+    pub fn display_file(&self) -> PathBuf {
+        self.file.clone().unwrap_or_else(|| PathBuf::from("(defaults)"))
     }
 
     /// The policy file's thresholds, or the built-in defaults when the

@@ -2,39 +2,64 @@
 //! `cargo test` runs), `CLAMGATE_FAILPOINT=name` makes the process SIGKILL
 //! itself when it reaches `name`, and `name:stop` makes it SIGSTOP itself
 //! there, so a test can break something else at that exact moment and then
-//! let it go on with SIGCONT. Release builds compile this to nothing.
+//! let it go on with SIGCONT. Release builds compile this to nothing, and the
+//! tests that need it are compiled only where it exists.
 
-/// Dies (or stops) here, if the test asked for it.
-#[inline]
-pub fn hit(name: &str) {
-    #[cfg(debug_assertions)]
-    if let Ok(v) = std::env::var("CLAMGATE_FAILPOINT") {
-        use rustix::process::{Signal, getpid, kill_process};
-        match v.split_once(':') {
-            None if v == name => {
-                tracing::warn!("failpoint {name}: killing myself");
-                let _ = kill_process(getpid(), Signal::KILL);
-            }
-            Some((point, "stop")) if point == name => {
-                tracing::warn!("failpoint {name}: stopping myself until SIGCONT");
-                let _ = kill_process(getpid(), Signal::STOP);
-            }
-            _ => {}
+macro_rules! points {
+    ($($variant:ident = $name:literal,)*) => {
+        /// A named crash point. The names are what tests and operators
+        /// reproducing a crash pass in `CLAMGATE_FAILPOINT`.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum Point {
+            $($variant,)*
         }
-    }
-    let _ = name;
+
+        impl Point {
+            pub fn name(self) -> &'static str {
+                match self {
+                    $(Point::$variant => $name,)*
+                }
+            }
+        }
+
+        /// Every crash point, in the order a promotion and a rollback reach them.
+        pub const ALL: &[Point] = &[$(Point::$variant,)*];
+    };
 }
 
-/// Every crash point, in the order a promotion and a rollback reach them.
-pub const ALL: &[&str] = &[
-    "corpus-scan",
-    "release-files-written",
-    "release-written",
-    "current-link-created",
-    "promotion-swapped",
-    "promotion-reloaded",
-    "smoke-scan",
-    "rollback-begun",
-    "rollback-swapped",
-    "rollback-reloaded",
-];
+points! {
+    CorpusScan = "corpus-scan",
+    ReleaseFilesWritten = "release-files-written",
+    ReleaseWritten = "release-written",
+    CurrentLinkCreated = "current-link-created",
+    PromotionSwapped = "promotion-swapped",
+    PromotionReloaded = "promotion-reloaded",
+    SmokeScan = "smoke-scan",
+    RollbackBegun = "rollback-begun",
+    RollbackSwapped = "rollback-swapped",
+    RollbackReloaded = "rollback-reloaded",
+}
+
+/// Dies (or stops) here, if the test asked for it.
+#[cfg(debug_assertions)]
+pub fn hit(point: Point) {
+    use rustix::process::{Signal, getpid, kill_process};
+    let Ok(v) = std::env::var("CLAMGATE_FAILPOINT") else { return };
+    let name = point.name();
+    match v.split_once(':') {
+        None if v == name => {
+            tracing::warn!("failpoint {name}: killing myself");
+            let _ = kill_process(getpid(), Signal::KILL);
+        }
+        Some((at, "stop")) if at == name => {
+            tracing::warn!("failpoint {name}: stopping myself until SIGCONT");
+            let _ = kill_process(getpid(), Signal::STOP);
+        }
+        _ => {}
+    }
+}
+
+/// Release builds have no crash points.
+#[cfg(not(debug_assertions))]
+#[inline(always)]
+pub fn hit(_: Point) {}

@@ -1,39 +1,63 @@
-//! The gate: DESIGN.md steps 2-6 in order, from a directory of database
-//! files to a verdict. Cheap checks run first; a candidate that fails one is
+//! The gate: from a directory of database files to a verdict, in the order
+//! of docs/ARCHITECTURE.md's data flow (files, format, known, sanity,
+//! canary, corpus). Cheap checks run first; a candidate that fails one is
 //! never loaded into a canary. Promotes nothing: the caller decides.
 
 use std::path::{Path, PathBuf};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-use crate::canary::{Canary, CanaryError, CanaryStats};
-use crate::candidate::{self, Manifest, SnapshotError};
+use crate::canary::{Canary, CanaryError, CanaryRun, CanaryStats};
+use crate::candidate::{self, Manifest, Snapshot, SnapshotError};
 use crate::clamd::process::StartError;
 use crate::corpus::{self, Corpus, SampleResult, Verdicts};
 use crate::policy::Policy;
 use crate::reason::{Code, Reason};
+use crate::status::Status;
 use crate::validate;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Verdict {
     Pass,
     Reject,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+/// The gate's steps, in the order they run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Status {
-    Pass,
-    Warn,
-    Fail,
-    Skipped,
+pub enum Step {
+    Files,
+    Format,
+    Known,
+    Sanity,
+    Canary,
+    Corpus,
+}
+
+impl Step {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Step::Files => "files",
+            Step::Format => "format",
+            Step::Known => "known",
+            Step::Sanity => "sanity",
+            Step::Canary => "canary",
+            Step::Corpus => "corpus",
+        }
+    }
+}
+
+impl std::fmt::Display for Step {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
 }
 
 /// One step's line in the report.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Check {
-    pub step: &'static str,
+    pub step: Step,
     pub status: Status,
     pub detail: String,
 }
@@ -93,12 +117,9 @@ pub struct Gate<'a> {
     pub known: Option<&'a (dyn Fn(&Manifest) -> Option<Reason> + Sync)>,
 }
 
-impl Gate<'_> {
-    /// Checks the database files in `src`. `work` must not exist; it is
-    /// created and holds the snapshot and the canary's files.
-    pub async fn check(&self, src: &Path, work: &Path, baseline: Option<&Baseline>) -> Result<Report, GateError> {
-        std::fs::create_dir_all(work).map_err(|source| SnapshotError::Write { file: work.to_path_buf(), source })?;
-        let mut r = Report {
+impl Report {
+    fn new(src: &Path, baseline: Option<&Baseline>) -> Report {
+        Report {
             verdict: Verdict::Reject,
             candidate: None,
             source: src.to_path_buf(),
@@ -113,23 +134,65 @@ impl Gate<'_> {
             new_baseline_verdicts: None,
             canary_log: None,
             snapshot_dir: None,
-        };
-        let check = |r: &mut Report, step, status, detail: String| r.checks.push(Check { step, status, detail });
+        }
+    }
 
-        // Step 2: files.
+    fn check(&mut self, step: Step, status: Status, detail: impl Into<String>) {
+        self.checks.push(Check { step, status, detail: detail.into() });
+    }
+
+    fn pass_or_fail(&mut self, step: Step, ok: bool, detail: String) {
+        self.check(step, if ok { Status::Pass } else { Status::Fail }, detail);
+    }
+}
+
+impl Gate<'_> {
+    /// Checks the database files in `src`. `work` must not exist; it is
+    /// created and holds the snapshot and the canary's files.
+    pub async fn check(&self, src: &Path, work: &Path, baseline: Option<&Baseline>) -> Result<Report, GateError> {
+        std::fs::create_dir_all(work).map_err(|source| SnapshotError::Write { file: work.to_path_buf(), source })?;
+        let mut r = Report::new(src, baseline);
         let snap = candidate::snapshot(src, &work.join("snapshot"), self.policy)?;
+        self.files(&mut r, src, &snap);
+        let (manifest, format_ok) = self.format(&mut r, &snap);
+        if let Some(reason) = self.known.and_then(|known| known(&manifest)) {
+            r.check(Step::Known, Status::Fail, reason.message.clone());
+            r.reasons.push(reason);
+            r.manifest = Some(manifest);
+            return Ok(r);
+        }
+        self.sanity(&mut r, &manifest, format_ok, baseline);
+        r.manifest = Some(manifest);
+        if !r.reasons.is_empty() {
+            r.check(Step::Canary, Status::Skipped, "static checks failed");
+            r.check(Step::Corpus, Status::Skipped, "static checks failed");
+            return Ok(r);
+        }
+        let canary = Canary { binary: self.clamd_binary, policy: self.policy };
+        let Some(run) = self.canary(&mut r, &canary, &snap, work).await? else { return Ok(r) };
+        let baseline_verdicts = self.baseline_verdicts(&mut r, &canary, baseline, work).await;
+        self.corpus(&mut r, &run, baseline_verdicts.as_ref());
+        if r.reasons.is_empty() {
+            r.verdict = Verdict::Pass;
+        }
+        Ok(r)
+    }
+
+    /// File rules: what the snapshot refused.
+    fn files(&self, r: &mut Report, src: &Path, snap: &Snapshot) {
         r.snapshot_dir = Some(snap.dir.clone());
         r.ignored = snap.ignored.clone();
         r.reasons.extend(snap.rejected.iter().cloned());
         if snap.files.is_empty() && snap.rejected.is_empty() {
             r.reasons.push(Reason::new(Code::CandidateEmpty, None, format!("{} holds no database files", src.display())));
         }
-        let files_ok = r.reasons.is_empty();
         let detail = format!("{} database files, {} ignored", snap.files.len(), snap.ignored.len());
-        check(&mut r, "files", if files_ok { Status::Pass } else { Status::Fail }, detail);
+        r.pass_or_fail(Step::Files, r.reasons.is_empty(), detail);
+    }
 
-        // Step 3: format.
-        let mut files = snap.files;
+    /// Container headers and text database lines; the manifest follows.
+    fn format(&self, r: &mut Report, snap: &Snapshot) -> (Manifest, bool) {
+        let mut files = snap.files.clone();
         let before = r.reasons.len();
         for f in &mut files {
             if let Err(reason) = validate::inspect(&snap.dir, f) {
@@ -138,97 +201,83 @@ impl Gate<'_> {
         }
         let manifest = Manifest::new(files);
         r.candidate = (!manifest.files.is_empty()).then(|| manifest.id.clone());
-        let format_ok = r.reasons.len() == before;
-        let detail = if format_ok { format!("{} signatures", manifest.total_signatures()) } else { format!("{} files malformed", r.reasons.len() - before) };
-        check(&mut r, "format", if format_ok { Status::Pass } else { Status::Fail }, detail);
+        let ok = r.reasons.len() == before;
+        let detail = if ok { format!("{} signatures", manifest.total_signatures()) } else { format!("{} files malformed", r.reasons.len() - before) };
+        r.pass_or_fail(Step::Format, ok, detail);
+        (manifest, ok)
+    }
 
-        if let Some(reason) = self.known.and_then(|known| known(&manifest)) {
-            check(&mut r, "known", Status::Fail, reason.message.clone());
-            r.reasons.push(reason);
-            r.manifest = Some(manifest);
-            return Ok(r);
-        }
-
-        // Step 4: sanity against the live release.
+    /// Against the live release: versions, counts, databases present.
+    fn sanity(&self, r: &mut Report, manifest: &Manifest, format_ok: bool, baseline: Option<&Baseline>) {
         match baseline {
             // A file that failed its format check counts no signatures: a
             // "signature drop" on top of "truncated" would only mislead.
-            Some(_) if !format_ok => check(&mut r, "sanity", Status::Skipped, "format checks failed".into()),
+            Some(_) if !format_ok => r.check(Step::Sanity, Status::Skipped, "format checks failed"),
             Some(b) => {
-                let found = validate::sanity::check(&manifest, &b.manifest, self.policy);
-                let status = if found.is_empty() { Status::Pass } else { Status::Fail };
-                check(&mut r, "sanity", status, format!("against release {}", b.manifest.id));
+                let found = validate::sanity::check(manifest, &b.manifest, self.policy);
+                r.pass_or_fail(Step::Sanity, found.is_empty(), format!("against release {}", b.manifest.id));
                 r.reasons.extend(found);
             }
-            None => check(&mut r, "sanity", Status::Skipped, "no live release to compare with".into()),
+            None => r.check(Step::Sanity, Status::Skipped, "no live release to compare with"),
         }
-        r.manifest = Some(manifest);
-        if !r.reasons.is_empty() {
-            check(&mut r, "canary", Status::Skipped, "static checks failed".into());
-            check(&mut r, "corpus", Status::Skipped, "static checks failed".into());
-            return Ok(r);
-        }
+    }
 
-        // Step 5: canary.
-        let canary = Canary { binary: self.clamd_binary, policy: self.policy };
+    /// Loads the candidate in a canary clamd and scans the corpus; `None`
+    /// when the candidate failed there (the report says why).
+    async fn canary(&self, r: &mut Report, canary: &Canary<'_>, snap: &Snapshot, work: &Path) -> Result<Option<CanaryRun>, GateError> {
         let run = match canary.run(&snap.dir, &work.join("canary"), self.corpus).await {
             Ok(run) => run,
             Err(CanaryError::Environment(e)) => return Err(GateError::Canary(e)),
             Err(CanaryError::Rejected { reason, stats, log }) => {
-                check(&mut r, "canary", Status::Fail, reason.message.clone());
-                check(&mut r, "corpus", Status::Skipped, "canary failed".into());
+                r.check(Step::Canary, Status::Fail, reason.message.clone());
+                r.check(Step::Corpus, Status::Skipped, "canary failed");
                 r.reasons.push(reason);
                 r.canary = Some(stats);
                 r.canary_log = Some(log);
-                return Ok(r);
+                return Ok(None);
             }
         };
-        let detail = format!(
-            "loaded in {} ms, peak memory {}",
-            run.stats.load_ms.unwrap_or_default(),
-            run.stats.peak_rss_bytes.map(crate::settings::human_size).unwrap_or_else(|| "unknown".into())
-        );
-        check(&mut r, "canary", Status::Pass, detail);
-        r.canary = Some(run.stats);
+        let peak = run.stats.peak_rss_bytes.map(crate::settings::human_size).unwrap_or_else(|| "unknown".into());
+        r.check(Step::Canary, Status::Pass, format!("loaded in {} ms, peak memory {peak}", run.stats.load_ms.unwrap_or_default()));
+        r.canary = Some(run.stats.clone());
+        Ok(Some(run))
+    }
 
-        // Step 6: corpus, against expectations and the live release.
-        let mut baseline_verdicts = baseline.and_then(|b| b.verdicts.clone());
-        if let (Some(b), None) = (baseline, &baseline_verdicts) {
-            match canary.run(&b.dir, &work.join("baseline-canary"), self.corpus).await {
-                Ok(run) => {
-                    r.new_baseline_verdicts = Some(run.verdicts.clone());
-                    baseline_verdicts = Some(run.verdicts);
-                }
-                Err(e) => r.warnings.push(Reason::new(
-                    Code::CanaryLoadFailed,
-                    None,
-                    format!("the live release {} did not load in a canary, verdicts not compared: {e}", b.manifest.id),
-                )),
+    /// The live release's verdicts on this corpus: cached, or scanned once
+    /// now in a canary of their own.
+    async fn baseline_verdicts(&self, r: &mut Report, canary: &Canary<'_>, baseline: Option<&Baseline>, work: &Path) -> Option<Verdicts> {
+        let b = baseline?;
+        if let Some(v) = &b.verdicts {
+            return Some(v.clone());
+        }
+        match canary.run(&b.dir, &work.join("baseline-canary"), self.corpus).await {
+            Ok(run) => {
+                r.new_baseline_verdicts = Some(run.verdicts.clone());
+                Some(run.verdicts)
+            }
+            Err(e) => {
+                let message = format!("the live release {} did not load in a canary, verdicts not compared: {e}", b.manifest.id);
+                r.warnings.push(Reason::new(Code::CanaryLoadFailed, None, message));
+                None
             }
         }
-        let j = corpus::judge(self.corpus, &run.verdicts, baseline_verdicts.as_ref(), self.policy);
+    }
+
+    /// The corpus verdicts against expectations and the live release.
+    fn corpus(&self, r: &mut Report, run: &CanaryRun, baseline: Option<&Verdicts>) {
+        let j = corpus::judge(self.corpus, &run.verdicts, baseline, self.policy);
         let detected = j.samples.iter().filter(|s| s.outcome.detected()).count();
-        let detail = format!(
-            "{} samples, {} detected, {} as expected{}",
-            j.samples.len(),
-            detected,
-            j.samples.iter().filter(|s| s.ok).count(),
-            if baseline_verdicts.is_some() { ", compared with the live release" } else { "" }
-        );
-        let status = if !j.reasons.is_empty() {
-            Status::Fail
-        } else if !j.warnings.is_empty() {
-            Status::Warn
-        } else {
-            Status::Pass
+        let as_expected = j.samples.iter().filter(|s| s.ok).count();
+        let compared = if baseline.is_some() { ", compared with the live release" } else { "" };
+        let detail = format!("{} samples, {detected} detected, {as_expected} as expected{compared}", j.samples.len());
+        let status = match (j.reasons.is_empty(), j.warnings.is_empty()) {
+            (false, _) => Status::Fail,
+            (true, false) => Status::Warn,
+            (true, true) => Status::Pass,
         };
-        check(&mut r, "corpus", status, detail);
+        r.check(Step::Corpus, status, detail);
         r.reasons.extend(j.reasons);
         r.warnings.extend(j.warnings);
         r.samples = j.samples;
-        if r.reasons.is_empty() {
-            r.verdict = Verdict::Pass;
-        }
-        Ok(r)
     }
 }

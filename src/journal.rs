@@ -1,6 +1,9 @@
 //! `journal.jsonl`: the append-only history of everything clamgate decided,
 //! one JSON object a line, fsynced, so the 3 a.m. operator can see what
 //! happened and in which order, even after a crash.
+//!
+//! Every line is one [`Event`]: the `event` name and the fields of each kind
+//! are a contract that operators' scripts read, so they only ever grow.
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
@@ -8,7 +11,11 @@ use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
+
+use crate::canary::CanaryStats;
+use crate::gate::{Check, Verdict};
+use crate::promote::Activation;
+use crate::reason::Reason;
 
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
@@ -20,22 +27,269 @@ pub enum JournalError {
     },
 }
 
-/// One journal line: when, what, and the event's own fields.
+/// One journal line: when, and what happened.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Entry {
     pub ts: String,
-    pub event: String,
     #[serde(flatten)]
-    pub fields: Map<String, Value>,
+    pub event: Event,
 }
 
 impl Entry {
-    pub fn get(&self, key: &str) -> Option<&str> {
-        self.fields.get(key).and_then(Value::as_str)
-    }
-
     pub fn time(&self) -> Option<SystemTime> {
         humantime::parse_rfc3339(&self.ts).ok()
+    }
+
+    /// The event's name as written (`promotion.done`).
+    pub fn name(&self) -> &'static str {
+        self.event.name()
+    }
+
+    /// The release or candidate the event is about, if any.
+    pub fn id(&self) -> Option<&str> {
+        self.event.id()
+    }
+}
+
+/// Everything clamgate journals. The serde names are the on-disk contract.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "event")]
+pub enum Event {
+    #[serde(rename = "daemon.started")]
+    DaemonStarted { pid: u32, incoming: PathBuf },
+    #[serde(rename = "daemon.stopped")]
+    DaemonStopped { pid: u32 },
+    #[serde(rename = "candidate.started")]
+    CandidateStarted { live: Option<String> },
+    /// incoming changed while the candidate was checked; it starts over.
+    #[serde(rename = "candidate.cancelled")]
+    CandidateCancelled { why: String },
+    /// Our own failure (disk full, no clamd): retried later.
+    #[serde(rename = "candidate.error")]
+    CandidateError { error: String },
+    #[serde(rename = "candidate.checked")]
+    CandidateChecked(Checked),
+    /// A candidate quarantined before came back; not checked again.
+    #[serde(rename = "candidate.known_bad")]
+    CandidateKnownBad { id: String, reasons: Vec<Reason> },
+    #[serde(rename = "candidate.quarantined")]
+    CandidateQuarantined { id: String },
+    /// It passed, but a pin holds the live release.
+    #[serde(rename = "candidate.held")]
+    CandidateHeld { id: String, pinned_by: String },
+    #[serde(rename = "release.created")]
+    ReleaseCreated { id: String, signatures: u64 },
+    #[serde(rename = "release.pruned")]
+    ReleasePruned { ids: Vec<String> },
+    #[serde(rename = "release.marked_bad")]
+    ReleaseMarkedBad { id: String, by: String },
+    #[serde(rename = "release.unmarked_bad")]
+    ReleaseUnmarkedBad { id: String, by: String },
+    #[serde(rename = "pin")]
+    Pin { id: Option<String>, by: String },
+    #[serde(rename = "unpin")]
+    Unpin { by: String },
+    #[serde(rename = "promotion.begin")]
+    PromotionBegin(Begin),
+    #[serde(rename = "promotion.done")]
+    PromotionDone(Done),
+    #[serde(rename = "promotion.failed")]
+    PromotionFailed(Failed),
+    /// A crash came before `current` moved: production never heard of it.
+    #[serde(rename = "promotion.interrupted")]
+    PromotionInterrupted(Interrupted),
+    #[serde(rename = "rollback.begin")]
+    RollbackBegin(Begin),
+    #[serde(rename = "rollback.done")]
+    RollbackDone(Done),
+    #[serde(rename = "rollback.failed")]
+    RollbackFailed(Failed),
+    #[serde(rename = "rollback.interrupted")]
+    RollbackInterrupted(Interrupted),
+    /// A line written by a newer clamgate: kept readable, never acted on.
+    #[serde(other)]
+    Unknown,
+}
+
+/// A candidate's verdict. `details` is absent when incoming held nothing
+/// usable (no manifest, no canary).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Checked {
+    pub id: Option<String>,
+    pub verdict: Verdict,
+    pub reasons: Vec<Reason>,
+    #[serde(flatten)]
+    pub details: Option<CheckDetails>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CheckDetails {
+    pub warnings: Vec<Reason>,
+    pub baseline: Option<String>,
+    pub canary: Option<CanaryStats>,
+    pub checks: Vec<Check>,
+}
+
+/// The start of an activation: a crash after this line is resumed from it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Begin {
+    pub id: String,
+    pub from: Option<String>,
+    /// A release to mark bad once `id` is live (a rollback's reason to be).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mark_bad: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Set on the rollback that follows a failed promotion.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub automatic: Option<bool>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Done {
+    pub id: String,
+    pub from: Option<String>,
+    /// `scanning`, or `down: …` when production was not running.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub production: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub automatic: Option<bool>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Failed {
+    pub id: String,
+    pub reason: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rolled_back: Option<bool>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Interrupted {
+    pub id: String,
+    pub live: Option<String>,
+}
+
+/// Where an activation stands, as its journal lines say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Begin,
+    Done,
+    Failed,
+    Interrupted,
+}
+
+impl Event {
+    pub fn begin(kind: Activation, b: Begin) -> Event {
+        match kind {
+            Activation::Promotion => Event::PromotionBegin(b),
+            Activation::Rollback => Event::RollbackBegin(b),
+        }
+    }
+
+    pub fn done(kind: Activation, d: Done) -> Event {
+        match kind {
+            Activation::Promotion => Event::PromotionDone(d),
+            Activation::Rollback => Event::RollbackDone(d),
+        }
+    }
+
+    pub fn failed(kind: Activation, f: Failed) -> Event {
+        match kind {
+            Activation::Promotion => Event::PromotionFailed(f),
+            Activation::Rollback => Event::RollbackFailed(f),
+        }
+    }
+
+    pub fn interrupted(kind: Activation, i: Interrupted) -> Event {
+        match kind {
+            Activation::Promotion => Event::PromotionInterrupted(i),
+            Activation::Rollback => Event::RollbackInterrupted(i),
+        }
+    }
+
+    /// Which activation this event is a step of, and which step.
+    pub fn activation(&self) -> Option<(Activation, Phase)> {
+        use Activation::{Promotion, Rollback};
+        Some(match self {
+            Event::PromotionBegin(_) => (Promotion, Phase::Begin),
+            Event::PromotionDone(_) => (Promotion, Phase::Done),
+            Event::PromotionFailed(_) => (Promotion, Phase::Failed),
+            Event::PromotionInterrupted(_) => (Promotion, Phase::Interrupted),
+            Event::RollbackBegin(_) => (Rollback, Phase::Begin),
+            Event::RollbackDone(_) => (Rollback, Phase::Done),
+            Event::RollbackFailed(_) => (Rollback, Phase::Failed),
+            Event::RollbackInterrupted(_) => (Rollback, Phase::Interrupted),
+            _ => return None,
+        })
+    }
+
+    /// The `.begin` of an activation, if this is one.
+    pub fn as_begin(&self) -> Option<(Activation, &Begin)> {
+        match self {
+            Event::PromotionBegin(b) => Some((Activation::Promotion, b)),
+            Event::RollbackBegin(b) => Some((Activation::Rollback, b)),
+            _ => None,
+        }
+    }
+
+    /// The `.done` of an activation, if this is one.
+    pub fn as_done(&self) -> Option<&Done> {
+        match self {
+            Event::PromotionDone(d) | Event::RollbackDone(d) => Some(d),
+            _ => None,
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Event::DaemonStarted { .. } => "daemon.started",
+            Event::DaemonStopped { .. } => "daemon.stopped",
+            Event::CandidateStarted { .. } => "candidate.started",
+            Event::CandidateCancelled { .. } => "candidate.cancelled",
+            Event::CandidateError { .. } => "candidate.error",
+            Event::CandidateChecked(_) => "candidate.checked",
+            Event::CandidateKnownBad { .. } => "candidate.known_bad",
+            Event::CandidateQuarantined { .. } => "candidate.quarantined",
+            Event::CandidateHeld { .. } => "candidate.held",
+            Event::ReleaseCreated { .. } => "release.created",
+            Event::ReleasePruned { .. } => "release.pruned",
+            Event::ReleaseMarkedBad { .. } => "release.marked_bad",
+            Event::ReleaseUnmarkedBad { .. } => "release.unmarked_bad",
+            Event::Pin { .. } => "pin",
+            Event::Unpin { .. } => "unpin",
+            Event::PromotionBegin(_) => "promotion.begin",
+            Event::PromotionDone(_) => "promotion.done",
+            Event::PromotionFailed(_) => "promotion.failed",
+            Event::PromotionInterrupted(_) => "promotion.interrupted",
+            Event::RollbackBegin(_) => "rollback.begin",
+            Event::RollbackDone(_) => "rollback.done",
+            Event::RollbackFailed(_) => "rollback.failed",
+            Event::RollbackInterrupted(_) => "rollback.interrupted",
+            Event::Unknown => "unknown",
+        }
+    }
+
+    pub fn id(&self) -> Option<&str> {
+        match self {
+            Event::CandidateChecked(c) => c.id.as_deref(),
+            Event::CandidateKnownBad { id, .. }
+            | Event::CandidateQuarantined { id }
+            | Event::CandidateHeld { id, .. }
+            | Event::ReleaseCreated { id, .. }
+            | Event::ReleaseMarkedBad { id, .. }
+            | Event::ReleaseUnmarkedBad { id, .. } => Some(id),
+            Event::Pin { id, .. } => id.as_deref(),
+            Event::PromotionBegin(b) | Event::RollbackBegin(b) => Some(&b.id),
+            Event::PromotionDone(d) | Event::RollbackDone(d) => Some(&d.id),
+            Event::PromotionFailed(f) | Event::RollbackFailed(f) => Some(&f.id),
+            Event::PromotionInterrupted(i) | Event::RollbackInterrupted(i) => Some(&i.id),
+            _ => None,
+        }
     }
 }
 
@@ -53,19 +307,16 @@ impl Journal {
         &self.path
     }
 
-    /// Appends one event and fsyncs. `fields` must be a JSON object.
-    pub fn append(&self, event: &str, fields: Value) -> Result<(), JournalError> {
-        let io = |source| JournalError::Io { file: self.path.clone(), source };
-        let mut map = match fields {
-            Value::Object(m) => m,
-            Value::Null => Map::new(),
-            other => Map::from_iter([("value".to_string(), other)]),
-        };
-        map.remove("ts");
-        map.remove("event");
-        let entry = Entry { ts: humantime::format_rfc3339_millis(SystemTime::now()).to_string(), event: event.into(), fields: map };
+    /// Appends one event and fsyncs.
+    pub fn append(&self, event: Event) -> Result<(), JournalError> {
+        let entry = Entry { ts: humantime::format_rfc3339_millis(SystemTime::now()).to_string(), event };
         let mut line = serde_json::to_vec(&entry).expect("journal entries serialize");
         line.push(b'\n');
+        self.write_line(line)
+    }
+
+    fn write_line(&self, mut line: Vec<u8>) -> Result<(), JournalError> {
+        let io = |source| JournalError::Io { file: self.path.clone(), source };
         let mut f = OpenOptions::new().create(true).read(true).append(true).open(&self.path).map_err(io)?;
         // After a crash mid-write the file may end in a torn line: start ours
         // on a fresh line so it stays readable.
@@ -79,8 +330,7 @@ impl Journal {
         }
         // One write(2) of the whole line: O_APPEND keeps concurrent writers' lines whole.
         f.write_all(&line).map_err(io)?;
-        f.sync_data().map_err(io)?;
-        Ok(())
+        f.sync_data().map_err(io)
     }
 
     /// Every entry, oldest first. A torn last line (crash mid-write) is
@@ -109,20 +359,90 @@ impl Journal {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+
+    fn done(id: &str) -> Event {
+        Event::PromotionDone(Done { id: id.into(), from: None, production: Some("scanning".into()), reason: None, automatic: None })
+    }
 
     #[test]
     fn appends_and_survives_a_torn_line() {
         let dir = tempfile::tempdir().unwrap();
         let j = Journal::new(dir.path().join("journal.jsonl"));
-        j.append("promotion.done", json!({"id": "abc", "ts": "ignored"})).unwrap();
+        j.append(done("abc")).unwrap();
         std::fs::OpenOptions::new().append(true).open(j.path()).unwrap().write_all(b"{\"ts\":\"2026").unwrap();
-        j.append("after.crash", json!({})).unwrap();
+        j.append(Event::Unpin { by: "ops".into() }).unwrap();
         let entries = j.read().unwrap();
         assert_eq!(entries.len(), 2);
-        assert_eq!(entries[1].event, "after.crash");
-        assert_eq!(entries[0].event, "promotion.done");
-        assert_eq!(entries[0].get("id"), Some("abc"));
+        assert_eq!(entries[1].name(), "unpin");
+        assert_eq!(entries[0].name(), "promotion.done");
+        assert_eq!(entries[0].id(), Some("abc"));
         assert!(entries[0].time().is_some());
+    }
+
+    /// The names each variant writes are the ones operators' scripts match
+    /// on; `name()` must say the same.
+    #[test]
+    fn names_are_the_serialized_tags() {
+        let b = Begin { id: "r".into(), from: None, mark_bad: None, reason: None, automatic: None };
+        let i = Interrupted { id: "r".into(), live: None };
+        let f = Failed { id: "r".into(), reason: "x".into(), from: None, rolled_back: None };
+        let events = [
+            Event::DaemonStarted { pid: 1, incoming: "/in".into() },
+            Event::DaemonStopped { pid: 1 },
+            Event::CandidateStarted { live: None },
+            Event::CandidateCancelled { why: "x".into() },
+            Event::CandidateError { error: "x".into() },
+            Event::CandidateChecked(Checked { id: None, verdict: Verdict::Reject, reasons: vec![], details: None }),
+            Event::CandidateKnownBad { id: "r".into(), reasons: vec![] },
+            Event::CandidateQuarantined { id: "r".into() },
+            Event::CandidateHeld { id: "r".into(), pinned_by: "ops".into() },
+            Event::ReleaseCreated { id: "r".into(), signatures: 3 },
+            Event::ReleasePruned { ids: vec![] },
+            Event::ReleaseMarkedBad { id: "r".into(), by: "ops".into() },
+            Event::ReleaseUnmarkedBad { id: "r".into(), by: "ops".into() },
+            Event::Pin { id: None, by: "ops".into() },
+            Event::Unpin { by: "ops".into() },
+            Event::begin(Activation::Promotion, b.clone()),
+            done("r"),
+            Event::failed(Activation::Promotion, f.clone()),
+            Event::interrupted(Activation::Promotion, i.clone()),
+            Event::begin(Activation::Rollback, b),
+            Event::failed(Activation::Rollback, f),
+            Event::interrupted(Activation::Rollback, i),
+        ];
+        for e in events {
+            let v = serde_json::to_value(&e).unwrap();
+            assert_eq!(v["event"], e.name(), "{v}");
+            assert_eq!(serde_json::from_value::<Event>(v).unwrap(), e);
+        }
+    }
+
+    /// A journal written by clamgate before the events were typed (the
+    /// demo's, plus the operator commands' lines) must still read, every
+    /// line as the event it was, none as Unknown.
+    #[test]
+    fn reads_a_journal_written_before_typed_events() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/journal-v0.1.jsonl");
+        let entries = Journal::new(&path).read().unwrap();
+        let lines = std::fs::read_to_string(&path).unwrap().lines().filter(|l| !l.is_empty()).count();
+        assert_eq!(entries.len(), lines, "every line parses");
+        for e in &entries {
+            assert_ne!(e.event, Event::Unknown, "{e:?}");
+            // Writing it back gives the same JSON object (key order aside).
+            let again = serde_json::to_value(e).unwrap();
+            let orig: serde_json::Value = std::fs::read_to_string(&path)
+                .unwrap()
+                .lines()
+                .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+                .find(|v| v["ts"] == e.ts && v["event"] == e.name())
+                .unwrap();
+            assert_eq!(again, orig);
+        }
+        let names: std::collections::BTreeSet<&str> = entries.iter().map(Entry::name).collect();
+        for want in ["candidate.checked", "promotion.done", "rollback.done", "candidate.quarantined", "pin", "unpin", "release.marked_bad"] {
+            assert!(names.contains(want), "fixture lacks {want}: {names:?}");
+        }
+        let unknown: Entry = serde_json::from_str(r#"{"ts":"2026-12-01T00:00:00Z","event":"fleet.rollout","ring":"all"}"#).unwrap();
+        assert_eq!(unknown.event, Event::Unknown);
     }
 }

@@ -1,6 +1,8 @@
 //! clamgate: a gatekeeper for ClamAV signature updates.
 //!
-//! Modules, in the order data flows through them (see DESIGN.md):
+//! Modules, in the order data flows through them (docs/ARCHITECTURE.md has
+//! the whole picture):
+//! - [`watch`]: file events and fingerprints of `incoming_dir`.
 //! - [`candidate`]: snapshot of a directory of database files, file rules,
 //!   and the manifest whose digest names a candidate.
 //! - [`validate`]: static checks: container headers and MD5, text database
@@ -8,18 +10,27 @@
 //! - [`canary`]: a throw-away clamd on the candidate, within budgets.
 //! - [`corpus`]: samples that must be detected or stay clean, scanned and judged.
 //! - [`gate`]: the pipeline tying the steps together into a [`gate::Report`].
-//! - [`policy`]: the thresholds, from `policies/*.toml`.
-//! - [`reason`]: rejection reasons with stable codes.
-//! - [`clamd`]: client for clamd (PING, VERSION, RELOAD, INSTREAM, STATS)
-//!   and [`clamd::process`], which starts clamd instances of our own.
-//! - [`settings`]: reading TOML settings with every bad key named.
-//! - [`cli`]: the `clamgate` commands.
+//! - [`store`]: the state dir: releases, `current`, quarantine, lock.
+//! - [`journal`]: the append-only history, one typed [`journal::Event`] a line.
+//! - [`production`]: the production clamd: RELOAD, VERSION, smoke scans.
+//! - [`promote`]: moving `current` and proving production runs it, or going back.
+//! - [`daemon`]: `clamgate run`, the loop that ties the above together.
+//! - [`health`]: the prober and the HTTP endpoint (`/livez`, `/readyz`, `/metrics`).
+//! - [`metrics`]: the Prometheus registry.
+//! - [`milter`]: the Postfix side, asking `/readyz` (and in scan mode, clamd).
+//!
+//! Around them: [`config`] and [`policy`] (the operator's files, read by
+//! [`settings`]), [`context`] (what a command builds from the config),
+//! [`reason`] (rejection codes), [`status`] (pass/warn/fail), [`clamd`]
+//! (client and our own clamd processes), [`failpoint`] (crash points for
+//! tests), [`demo`] and [`cli`].
 
 pub mod canary;
 pub mod candidate;
 pub mod clamd;
 pub mod cli;
 pub mod config;
+pub mod context;
 pub mod corpus;
 pub mod daemon;
 pub mod demo;
@@ -30,9 +41,11 @@ pub mod journal;
 pub mod metrics;
 pub mod milter;
 pub mod policy;
+pub mod production;
 pub mod promote;
 pub mod reason;
 pub mod settings;
+pub mod status;
 pub mod store;
 pub mod validate;
 pub mod watch;

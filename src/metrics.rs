@@ -46,7 +46,7 @@ impl Default for Metrics {
         registry.register("probe_up", "1 when the last probe passed (pass or warn), else 0", m.probe_up.clone());
         registry.register("candidates", "Candidates checked, by outcome and first reason code", m.candidates.clone());
         registry.register("promotions", "Releases made live", m.promotions.clone());
-        registry.register("rollbacks", "Rollbacks, automatic or by an operator", m.rollbacks.clone());
+        registry.register("rollbacks", "Automatic rollbacks after a release failed in production", m.rollbacks.clone());
         registry.register("canary_load_seconds", "Load time of the last canary clamd", m.canary_load_seconds.clone());
         registry.register("canary_peak_bytes", "Peak resident memory of the last canary clamd", m.canary_peak_bytes.clone());
         registry.register("live_database_version", "daily database version production reports", m.live_database_version.clone());
@@ -63,8 +63,13 @@ impl Metrics {
         out
     }
 
-    /// Counts a gate result: `outcome` is `pass` or `reject`.
-    pub fn candidate(&self, outcome: &str, reason: Option<&str>) {
-        self.candidates.get_or_create(&vec![("outcome".into(), outcome.into()), ("reason".into(), reason.unwrap_or("none").into())]).inc();
+    /// Counts a gate result, labelled `pass` or `reject` and its first reason code.
+    pub fn candidate(&self, verdict: crate::gate::Verdict, reason: Option<crate::reason::Code>) {
+        let outcome = match verdict {
+            crate::gate::Verdict::Pass => "pass",
+            crate::gate::Verdict::Reject => "reject",
+        };
+        let reason = reason.map_or("none", crate::reason::Code::as_str);
+        self.candidates.get_or_create(&vec![("outcome".into(), outcome.into()), ("reason".into(), reason.into())]).inc();
     }
 }

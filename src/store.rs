@@ -1,4 +1,4 @@
-//! The on-disk state (DESIGN.md "On-disk state"): immutable releases, the
+//! The on-disk state (docs/ARCHITECTURE.md, "The state dir"): immutable releases, the
 //! `current` symlink swapped by rename, quarantine, the journal, and the
 //! lock. Every change is ordered so that a crash at any instant leaves
 //! `current` on a complete release that passed its canary.
@@ -32,8 +32,15 @@ pub enum StoreError {
     NoRelease(String),
     #[error("release id {prefix:?} is ambiguous: {matches}")]
     Ambiguous { prefix: String, matches: String },
-    #[error("{file}: {message}")]
-    Corrupt { file: PathBuf, message: String },
+    #[error("{file}: unreadable: {source}")]
+    Corrupt {
+        file: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    /// Whoever can write here decides what production loads.
+    #[error("state dir {0} is writable by others; refusing to use it (chmod o-w)")]
+    Insecure(PathBuf),
     #[error(transparent)]
     Journal(#[from] crate::journal::JournalError),
 }
@@ -70,8 +77,29 @@ pub struct QuarantineRecord {
     pub digest: String,
     pub at: String,
     pub reasons: Vec<Reason>,
-    /// Where it came from: `gate`, `rollback` (failed in production), `operator`.
-    pub source: String,
+    pub source: Source,
+}
+
+/// Who marked a release or candidate bad.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    /// The gate rejected it.
+    Gate,
+    /// It failed verification in production and was rolled back.
+    Production,
+    /// An operator rolled it back.
+    Operator,
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Source::Gate => "gate",
+            Source::Production => "production",
+            Source::Operator => "operator",
+        })
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -95,10 +123,7 @@ impl Store {
         if let Ok(m) = fs::metadata(root) {
             use std::os::unix::fs::PermissionsExt;
             if m.permissions().mode() & 0o002 != 0 {
-                return Err(StoreError::Corrupt {
-                    file: root.to_path_buf(),
-                    message: "state dir is writable by others; refusing to use it (chmod o-w)".into(),
-                });
+                return Err(StoreError::Insecure(root.to_path_buf()));
             }
         }
         for sub in ["", "releases", "quarantine", "work", "cache"] {
@@ -106,10 +131,6 @@ impl Store {
             fs::create_dir_all(&d).map_err(io("cannot create", &d))?;
         }
         Ok(Store { root: root.to_path_buf() })
-    }
-
-    pub fn root(&self) -> &Path {
-        &self.root
     }
 
     pub fn journal(&self) -> Journal {
@@ -175,7 +196,15 @@ impl Store {
             fs::remove_file(&tmp_link).map_err(io("cannot remove", &tmp_link))?;
             removed.push(tmp_link);
         }
+        removed.extend(self.clear_work()?);
+        Ok(removed)
+    }
+
+    /// Empties `work/`: candidate snapshots and canary files are never
+    /// worth keeping once their run is over or was interrupted.
+    pub fn clear_work(&self) -> Result<Vec<PathBuf>, StoreError> {
         let work = self.work_dir();
+        let mut removed = Vec::new();
         for e in fs::read_dir(&work).map_err(io("cannot read", &work))?.flatten() {
             let _ = fs::remove_dir_all(e.path());
             removed.push(e.path());
@@ -199,7 +228,7 @@ impl Store {
             std::io::ErrorKind::NotFound => StoreError::NoRelease(id.to_string()),
             _ => io("cannot read", &path)(e),
         })?;
-        serde_json::from_str(&text).map_err(|e| StoreError::Corrupt { file: path, message: e.to_string() })
+        serde_json::from_str(&text).map_err(|e| StoreError::Corrupt { file: path, source: e })
     }
 
     /// Kept releases, newest first.
@@ -262,7 +291,7 @@ impl Store {
             fs::copy(&from, &to).map_err(io("cannot copy release file", &from))?;
             File::open(&to).and_then(|f| f.sync_all()).map_err(io("cannot fsync", &to))?;
         }
-        crate::failpoint::hit("release-files-written");
+        crate::failpoint::hit(crate::failpoint::Point::ReleaseFilesWritten);
         let mpath = tmp.join("manifest.json");
         write_synced(&mpath, &serde_json::to_vec_pretty(manifest).expect("manifest serializes"))?;
         sync_dir(tmp)?;
@@ -280,7 +309,7 @@ impl Store {
         let tmp = self.root.join("current.new");
         let _ = fs::remove_file(&tmp);
         std::os::unix::fs::symlink(Path::new("releases").join(id), &tmp).map_err(io("cannot create link", &tmp))?;
-        crate::failpoint::hit("current-link-created");
+        crate::failpoint::hit(crate::failpoint::Point::CurrentLinkCreated);
         fs::rename(&tmp, self.current_link()).map_err(io("cannot swap", &self.current_link()))?;
         sync_dir(&self.root)
     }
@@ -301,7 +330,7 @@ impl Store {
         _lock: &StateLock,
         manifest: &Manifest,
         reasons: &[Reason],
-        source: &str,
+        source: Source,
         canary_log: Option<&str>,
         files: Option<&Path>,
     ) -> Result<QuarantineRecord, StoreError> {
@@ -323,7 +352,7 @@ impl Store {
             digest: manifest.digest.clone(),
             at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
             reasons: reasons.to_vec(),
-            source: source.to_string(),
+            source,
         };
         write_synced(&dir.join("reasons.json"), &serde_json::to_vec_pretty(&rec).expect("serializes"))?;
         sync_dir(&dir)?;

@@ -28,11 +28,11 @@ async fn first_release_then_a_good_update_is_promoted() {
 
     env.put("daily-v2");
     let done = env.wait_event("promotion.done", Some(&set_id("daily-v2"))).await;
-    assert_eq!(done.get("production"), Some("scanning"));
+    assert_eq!(done.get("production").as_deref(), Some("scanning"));
     assert_eq!(env.live(), Some(set_id("daily-v2")));
     assert_scans(&prod, 2).await;
     let checked = env.wait_event("candidate.checked", Some(&set_id("daily-v2"))).await;
-    assert_eq!(checked.fields["baseline"], set_id("daily-v1"), "compared with the live release");
+    assert_eq!(checked.json()["baseline"], set_id("daily-v1"), "compared with the live release");
 }
 
 /// Puts each bad set into incoming of a daemon whose live release is `live`
@@ -48,7 +48,8 @@ async fn bad_updates_against(live: &str, version: Option<u64>, cases: &[(&str, &
         let id = set_id(name);
         env.wait_event("candidate.quarantined", Some(&id)).await;
         let checked = env.wait_event("candidate.checked", Some(&id)).await;
-        let codes: Vec<&str> = checked.fields["reasons"].as_array().unwrap().iter().map(|r| r["reason"].as_str().unwrap()).collect();
+        let json = checked.json();
+        let codes: Vec<&str> = json["reasons"].as_array().unwrap().iter().map(|r| r["reason"].as_str().unwrap()).collect();
         assert!(codes.contains(&code), "{name}: {codes:?}");
         if code.starts_with("cvd.") {
             // A broken container counts no signatures; no sanity reason may pile on.
@@ -79,9 +80,9 @@ async fn bad_text_updates_leave_production_on_the_old_release_and_scanning() {
     let before = env.journal().len();
     let _d = env.spawn();
     let id = set_id("miss");
-    env.wait_for("known_bad after restart", |e| e.event == "candidate.known_bad" && e.get("id") == Some(&id)).await;
+    env.wait_for("known_bad after restart", |e| e.name() == "candidate.known_bad" && e.id() == Some(&id)).await;
     let after = env.journal();
-    let rechecked = after[before..].iter().any(|e| e.event == "candidate.checked" && e.get("id") == Some(&id));
+    let rechecked = after[before..].iter().any(|e| e.name() == "candidate.checked" && e.id() == Some(&id));
     assert!(!rechecked, "a quarantined candidate was checked again");
 }
 
@@ -110,7 +111,7 @@ async fn an_update_that_fails_the_production_smoke_scan_is_rolled_back() {
     env.put("daily-v2");
     let v2 = set_id("daily-v2");
     let rb = env.wait_event("rollback.done", Some(&set_id("daily-v1-zip"))).await;
-    assert_eq!(rb.get("from"), Some(v2.as_str()));
+    assert_eq!(rb.get("from").as_deref(), Some(v2.as_str()));
     assert!(rb.get("reason").unwrap().contains("smoke scan of infected/archives/clam.zip"), "{rb:?}");
     assert_eq!(env.live(), Some(set_id("daily-v1-zip")));
     let c = prod.client();
@@ -149,7 +150,7 @@ async fn a_change_during_a_canary_run_cancels_it_and_checks_the_new_files() {
     let from = env.journal().len();
     std::fs::write(incoming.join("big.hdb.tmp"), big).unwrap();
     std::fs::rename(incoming.join("big.hdb.tmp"), incoming.join("big.hdb")).unwrap();
-    env.wait_after(from, "the heavy candidate's run to start", |e| e.event == "candidate.started").await;
+    env.wait_after(from, "the heavy candidate's run to start", |e| e.name() == "candidate.started").await;
     // Its canary loading (not still snapshotting, which could see the next
     // update half-written and judge that quickly instead).
     let work = env.state().join("work");
@@ -159,9 +160,9 @@ async fn a_change_during_a_canary_run_cancels_it_and_checks_the_new_files() {
     let v2 = set_id("daily-v2");
     env.wait_event("promotion.done", Some(&v2)).await;
     let after: Vec<_> = env.journal().into_iter().skip(from).collect();
-    assert!(after.iter().any(|e| e.event == "candidate.cancelled"), "{after:#?}");
+    assert!(after.iter().any(|e| e.name() == "candidate.cancelled"), "{after:#?}");
     // The heavy candidate was never judged: only the files that settled were.
-    let judged: Vec<_> = after.iter().filter(|e| e.event == "candidate.checked").filter_map(|e| e.get("id")).collect();
+    let judged: Vec<_> = after.iter().filter(|e| e.name() == "candidate.checked").filter_map(|e| e.id()).collect();
     assert_eq!(judged, [v2.as_str()], "{after:#?}");
     assert_eq!(env.live(), Some(v2));
 }

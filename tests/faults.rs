@@ -100,8 +100,8 @@ async fn canary_killed_mid_load_rejects_the_candidate() {
     put_heavy(&env);
     let pid = canary_pid(&env).await;
     signal(pid, Signal::KILL);
-    let q = env.wait_after(from, "quarantine", |e| e.event == "candidate.checked").await;
-    assert_eq!(q.fields["reasons"][0]["reason"], "canary.load_failed", "{q:?}");
+    let q = env.wait_after(from, "quarantine", |e| e.name() == "candidate.checked").await;
+    assert_eq!(q.json()["reasons"][0]["reason"], "canary.load_failed", "{q:?}");
     still_on_v1(&env, &prod).await;
 }
 
@@ -117,12 +117,14 @@ async fn canary_hung_during_load_is_killed_at_its_load_timeout() {
     put_heavy(&env);
     let pid = canary_pid(&env).await;
     signal(pid, Signal::STOP);
-    let q = env.wait_after(from, "canary verdict", |e| e.event == "candidate.checked").await;
-    assert_eq!(q.fields["reasons"][0]["reason"], "canary.load_timeout", "{q:?}");
+    let q = env.wait_after(from, "canary verdict", |e| e.name() == "candidate.checked").await;
+    assert_eq!(q.json()["reasons"][0]["reason"], "canary.load_timeout", "{q:?}");
     assert!(!Path::new(&format!("/proc/{pid}")).exists(), "stopped canary {pid} was not reaped");
     still_on_v1(&env, &prod).await;
 }
 
+/// Needs failpoints, which only debug builds have.
+#[cfg(debug_assertions)]
 #[tokio::test(flavor = "multi_thread")]
 async fn canary_hung_during_its_corpus_scan_is_rejected_and_reaped() {
     let (env, d, prod) = live_v1("").await;
@@ -146,7 +148,7 @@ async fn canary_hung_during_its_corpus_scan_is_rejected_and_reaped() {
     };
     signal(pid, Signal::STOP);
     signal(d.pid() as i32, Signal::CONT);
-    let checked = || env.journal().into_iter().skip(from).find(|e| e.event == "candidate.checked");
+    let checked = || env.journal().into_iter().skip(from).find(|e| e.name() == "candidate.checked");
     eventually("canary verdict", || async {
         if is_stopped(d.pid()) {
             signal(d.pid() as i32, Signal::CONT);
@@ -155,7 +157,7 @@ async fn canary_hung_during_its_corpus_scan_is_rejected_and_reaped() {
     })
     .await;
     let q = checked().unwrap();
-    assert_eq!(q.fields["reasons"][0]["reason"], "canary.scan_timeout", "{q:?}");
+    assert_eq!(q.json()["reasons"][0]["reason"], "canary.scan_timeout", "{q:?}");
     assert!(!Path::new(&format!("/proc/{pid}")).exists(), "stopped canary {pid} was not reaped");
     still_on_v1(&env, &prod).await;
 }
@@ -198,8 +200,8 @@ async fn disk_full_while_writing_a_release_leaves_production_alone() {
     assert!(e.get("error").unwrap().contains("No space left"), "{e:?}");
     still_on_v1(&env, &prod).await;
     // Our failure is retried later (not in a tight loop), and fails cleanly again.
-    let first = env.journal().iter().position(|x| x.event == "candidate.error").unwrap();
-    env.wait_after(first + 1, "a retry", |x| x.event == "candidate.error").await;
+    let first = env.journal().iter().position(|x| x.name() == "candidate.error").unwrap();
+    env.wait_after(first + 1, "a retry", |x| x.name() == "candidate.error").await;
     still_on_v1(&env, &prod).await;
     // The daemon lives on.
     assert!(d.child.id() > 0 && Path::new(&format!("/proc/{}", d.pid())).exists(), "daemon died\n{}", env.log());
@@ -216,19 +218,21 @@ async fn a_flood_of_updates_settles_to_the_last_one() {
     }
     env.put("daily-v2");
     let v2 = set_id("daily-v2");
-    env.wait_after(from, "the last update promoted", |e| e.event == "promotion.done" && e.get("id") == Some(&v2)).await;
+    env.wait_after(from, "the last update promoted", |e| e.name() == "promotion.done" && e.id() == Some(&v2)).await;
     let promoted: Vec<String> =
-        env.journal().into_iter().skip(from).filter(|e| e.event == "promotion.done").filter_map(|e| e.get("id").map(str::to_string)).collect();
+        env.journal().into_iter().skip(from).filter(|e| e.name() == "promotion.done").filter_map(|e| e.id().map(str::to_string)).collect();
     assert_eq!(promoted, [v2.clone()], "only the last update may be promoted");
     assert_eq!(prod.client().version().await.unwrap().database, Some(2));
 }
 
+#[cfg(debug_assertions)]
 fn is_stopped(pid: u32) -> bool {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('T'))
 }
 
 /// The database directory of a clamd started by `clamgate`, from its config.
+#[cfg(debug_assertions)]
 fn canary_db_dir(pid: i32) -> String {
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
     let args: Vec<String> = cmdline.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
@@ -237,6 +241,7 @@ fn canary_db_dir(pid: i32) -> String {
     text.lines().find_map(|l| l.strip_prefix("DatabaseDirectory ")).expect("DatabaseDirectory").to_string()
 }
 
+#[cfg(debug_assertions)]
 /// Waits (bounded) until `pid` is stopped by a `name:stop` failpoint.
 async fn stopped_at_failpoint(env: &Env, pid: u32) {
     for _ in 0..6000 {
@@ -271,6 +276,8 @@ async fn production_killed_during_reload_is_rolled_back() {
     assert!(Path::new(&format!("/proc/{}", d.pid())).exists(), "daemon died\n{}", env.log());
 }
 
+/// Needs failpoints, which only debug builds have.
+#[cfg(debug_assertions)]
 #[tokio::test(flavor = "multi_thread")]
 async fn production_killed_during_the_smoke_scan_is_rolled_back() {
     // The daemon stops itself (failpoint `smoke-scan:stop`) once production
@@ -285,7 +292,7 @@ async fn production_killed_during_the_smoke_scan_is_rolled_back() {
     signal(d.pid() as i32, Signal::CONT);
     let rb = env.wait_event("rollback.done", Some(&set_id("daily-v1"))).await;
     assert!(rb.get("reason").unwrap().contains("smoke scan of"), "{rb:?}");
-    assert_eq!(rb.get("from"), Some(set_id("daily-v2").as_str()));
+    assert_eq!(rb.get("from").as_deref(), Some(set_id("daily-v2").as_str()));
     let q = std::fs::read_to_string(env.state().join("quarantine").join(set_id("daily-v2")).join("reasons.json")).unwrap();
     assert!(q.contains("production.verify_failed"), "{q}");
     restarted_production_runs_v1(&env, prod).await;
@@ -316,7 +323,7 @@ async fn a_read_only_state_dir_stops_promotions_not_scanning() {
     // Writable again: the update goes through on the next retry.
     ro("remount,bind,rw");
     drop(unmount);
-    let done = env.wait_after(before, "promotion after the state dir is writable", |e| e.event == "promotion.done").await;
-    assert_eq!(done.get("id"), Some(set_id("daily-v2").as_str()));
+    let done = env.wait_after(before, "promotion after the state dir is writable", |e| e.name() == "promotion.done").await;
+    assert_eq!(done.id(), Some(set_id("daily-v2").as_str()));
     assert_eq!(prod.client().version().await.unwrap().database, Some(2));
 }

@@ -181,8 +181,8 @@ async fn concurrent_commands_wait_or_fail_cleanly() {
     assert_eq!(env.live(), Some(v1.clone()));
     assert_eq!(prod.client().version().await.unwrap().database, Some(1));
     // The journal's begin/done pairs never interleave.
-    let events: Vec<String> = env.journal().into_iter().map(|e| e.event).filter(|e| e.starts_with("rollback") || e == "pin").collect();
-    let pos = events.iter().position(|e| e == "pin").unwrap();
+    let events: Vec<&str> = env.journal().iter().map(|e| e.name()).filter(|e| e.starts_with("rollback") || *e == "pin").collect();
+    let pos = events.iter().position(|e| *e == "pin").unwrap();
     assert!(pos == 0 || events[pos - 1] != "rollback.begin", "pin landed inside a rollback: {events:?}");
     let _ = v2;
 }

@@ -30,7 +30,7 @@ pub struct Options {
 impl Options {
     pub fn new(database_dir: impl Into<PathBuf>, work_dir: impl Into<PathBuf>) -> Self {
         Options {
-            binary: PathBuf::from("/usr/sbin/clamd"),
+            binary: PathBuf::from(crate::config::defaults::CLAMD_BINARY),
             database_dir: database_dir.into(),
             work_dir: work_dir.into(),
             concurrent_reload: true,

@@ -6,12 +6,14 @@
 use std::time::{Duration, SystemTime};
 
 use clap::Args;
-use serde_json::json;
 
 use super::{CliError, ConfigArg, Exit};
-use crate::promote::{self, Outcome, Production, Verified};
+use crate::context::Context;
+use crate::journal::Event;
+use crate::production::Verified;
+use crate::promote::{Activation, Activator, Outcome};
 use crate::reason::{Code, Reason};
-use crate::store::{Pin, StateLock, Store, StoreError};
+use crate::store::{Pin, Source, StateLock, Store, StoreError};
 
 /// How long a command waits for the lock before giving up; the daemon
 /// holds it while it promotes. `CLAMGATE_LOCK_WAIT` overrides (e.g. "1s").
@@ -37,23 +39,6 @@ pub struct PromoteArgs {
     /// Promote even a release marked bad.
     #[arg(long)]
     pub force: bool,
-}
-
-struct Ctx {
-    store: Store,
-    prod: Production,
-}
-
-fn ctx(args: &ConfigArg) -> Result<Ctx, CliError> {
-    let config = args.load()?;
-    if !config.state_dir.is_dir() {
-        return Err(CliError::usage("state.missing", format!("state dir {} does not exist", config.state_dir.display())));
-    }
-    let store = Store::open(&config.state_dir).map_err(|e| CliError::environment("state.unreadable", e))?;
-    let corpus = crate::corpus::Corpus::load(&config.corpus_dir).map_err(|e| CliError::usage("config.corpus", e))?;
-    let smoke = promote::smoke_samples(&corpus, &config.smoke_samples).map_err(|e| CliError::usage("config.invalid", e))?;
-    let client = crate::clamd::Client::new(config.clamd.endpoint.clone(), config.clamd.timeout);
-    Ok(Ctx { store, prod: Production { client, reload_timeout: config.clamd.reload_timeout, smoke } })
 }
 
 fn lock(store: &Store) -> Result<StateLock, CliError> {
@@ -92,8 +77,12 @@ fn report(outcome: Outcome, id: &str, verb: &str) -> Result<Exit, CliError> {
     }
 }
 
+fn activator<'a>(c: &'a Context, lock: &'a StateLock) -> Activator<'a> {
+    Activator { store: &c.store, lock, prod: &c.production }
+}
+
 pub async fn rollback(args: RollbackArgs) -> Result<Exit, CliError> {
-    let c = ctx(&args.config)?;
+    let c = args.config.context()?;
     let lock = lock(&c.store)?;
     let live = c.store.current().map_err(store_err)?.ok_or_else(|| CliError::refused("rollback.nothing_live", "no release is live; nothing to roll back"))?;
     let target = match &args.to {
@@ -104,12 +93,12 @@ pub async fn rollback(args: RollbackArgs) -> Result<Exit, CliError> {
         return Err(CliError::refused("rollback.already_live", format!("{target} is already live")));
     }
     let live_manifest = c.store.manifest(&live).map_err(store_err)?;
-    let outcome = promote::activate_marking(&c.store, &lock, &c.prod, &target, "rollback", Some(&live)).await.map_err(store_err)?;
+    let outcome = activator(&c, &lock).activate(Activation::Rollback, &target, Some(&live)).await.map_err(store_err)?;
     if matches!(outcome, Outcome::Live(_)) {
         // The release we left must not come back through the daemon.
         let reason = Reason::new(Code::OperatorRollback, None, format!("rolled back by {} to {target}", operator()));
-        c.store.quarantine(&lock, &live_manifest, &[reason], "operator", None, None).map_err(store_err)?;
-        c.store.journal().append("release.marked_bad", json!({ "id": live, "by": operator() })).map_err(store_err)?;
+        c.store.quarantine(&lock, &live_manifest, &[reason], Source::Operator, None, None).map_err(store_err)?;
+        c.store.journal().append(Event::ReleaseMarkedBad { id: live.clone(), by: operator() }).map_err(store_err)?;
         println!("marked {live} bad: the daemon will not promote it again");
     }
     report(outcome, &target, "rolled back to")
@@ -123,8 +112,9 @@ fn previous_release(store: &Store, live: &str) -> Result<String, CliError> {
     let from_journal = entries
         .iter()
         .rev()
-        .find(|e| e.event.ends_with(".done") && e.get("id") == Some(live))
-        .and_then(|e| e.get("from"))
+        .filter_map(|e| e.event.as_done())
+        .find(|d| d.id == live)
+        .and_then(|d| d.from.as_deref())
         .filter(|id| kept.iter().any(|k| k == id) && store.quarantined(id).is_none())
         .map(str::to_string);
     from_journal
@@ -133,7 +123,7 @@ fn previous_release(store: &Store, live: &str) -> Result<String, CliError> {
 }
 
 pub async fn promote(args: PromoteArgs) -> Result<Exit, CliError> {
-    let c = ctx(&args.config)?;
+    let c = args.config.context()?;
     let lock = lock(&c.store)?;
     let id = c.store.resolve(&args.id).map_err(|e| CliError::refused("promote.no_such_release", format!("{e}; see `clamgate releases`")))?;
     if c.store.current().map_err(store_err)?.as_deref() == Some(id.as_str()) {
@@ -149,31 +139,31 @@ pub async fn promote(args: PromoteArgs) -> Result<Exit, CliError> {
         }
         eprintln!("warning: promoting {id} although it is marked bad ({})", why.join("; "));
     }
-    let outcome = promote::activate(&c.store, &lock, &c.prod, &id, "promotion").await.map_err(store_err)?;
+    let outcome = activator(&c, &lock).activate(Activation::Promotion, &id, None).await.map_err(store_err)?;
     if matches!(outcome, Outcome::Live(_)) && c.store.quarantined(&id).is_some() {
         let _ = std::fs::remove_dir_all(c.store.quarantine_dir(&id));
-        c.store.journal().append("release.unmarked_bad", json!({ "id": id, "by": operator() })).map_err(store_err)?;
+        c.store.journal().append(Event::ReleaseUnmarkedBad { id: id.clone(), by: operator() }).map_err(store_err)?;
     }
     report(outcome, &id, "promoted")
 }
 
 pub async fn pin(args: ConfigArg) -> Result<Exit, CliError> {
-    let c = ctx(&args)?;
+    let c = args.context()?;
     let lock = lock(&c.store)?;
     let live = c.store.current().map_err(store_err)?;
     let at = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
     let pin = Pin { id: live.clone(), by: operator(), at };
     c.store.pin(&lock, &pin).map_err(store_err)?;
-    c.store.journal().append("pin", json!({ "id": live, "by": pin.by })).map_err(store_err)?;
+    c.store.journal().append(Event::Pin { id: live.clone(), by: pin.by.clone() }).map_err(store_err)?;
     println!("pinned {}: candidates are still checked and kept, but not promoted until `clamgate unpin`", live.as_deref().unwrap_or("(no live release)"));
     Ok(Exit::Ok)
 }
 
 pub async fn unpin(args: ConfigArg) -> Result<Exit, CliError> {
-    let c = ctx(&args)?;
+    let c = args.context()?;
     let lock = lock(&c.store)?;
     if c.store.unpin(&lock).map_err(store_err)? {
-        c.store.journal().append("unpin", json!({ "by": operator() })).map_err(store_err)?;
+        c.store.journal().append(Event::Unpin { by: operator() }).map_err(store_err)?;
         println!("unpinned: the next candidate that passes will be promoted (held ones: `clamgate promote ID`)");
     } else {
         println!("not pinned");

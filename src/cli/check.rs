@@ -7,9 +7,11 @@ use clap::Args;
 
 use super::{CliError, Exit};
 use crate::candidate::{self, Manifest};
+use crate::config::defaults;
 use crate::corpus::Corpus;
-use crate::gate::{Baseline, Gate, GateError, Report, Status, Verdict};
+use crate::gate::{Baseline, Gate, GateError, Report, Verdict};
 use crate::policy::Policy;
+use crate::status::Status;
 use crate::validate;
 
 #[derive(Debug, Args)]
@@ -17,7 +19,7 @@ pub struct CheckArgs {
     /// Directory of database files (as freshclam writes them).
     pub dir: PathBuf,
     /// Corpus directory with clean/ and infected/.
-    #[arg(long, default_value = "/usr/share/clamgate/corpus")]
+    #[arg(long, default_value = defaults::CORPUS_DIR)]
     pub corpus: PathBuf,
     /// The release the candidate would replace (a release directory or any
     /// directory of database files): versions, counts and verdicts are compared.
@@ -27,7 +29,7 @@ pub struct CheckArgs {
     #[arg(long)]
     pub policy: Option<PathBuf>,
     /// clamd binary started for the canary.
-    #[arg(long, default_value = "/usr/sbin/clamd")]
+    #[arg(long, default_value = defaults::CLAMD_BINARY)]
     pub clamd: PathBuf,
     /// Print one JSON object instead of text.
     #[arg(long)]

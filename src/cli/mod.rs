@@ -66,6 +66,31 @@ impl ConfigArg {
     pub fn load(&self) -> Result<crate::config::Config, CliError> {
         crate::config::Config::locate(self.config.as_deref()).map_err(|e| CliError::usage("config.invalid", e))
     }
+
+    /// Everything a command that changes state needs.
+    pub fn context(&self) -> Result<crate::context::Context, CliError> {
+        crate::context::Context::open(self.load()?, crate::context::StateDir::MustExist).map_err(CliError::from)
+    }
+
+    /// The config and its state dir, for the read-only commands.
+    pub fn store(&self) -> Result<(crate::config::Config, crate::store::Store), CliError> {
+        let config = self.load()?;
+        let store = crate::context::open_store(&config, crate::context::StateDir::MustExist)?;
+        Ok((config, store))
+    }
+}
+
+impl From<crate::context::ContextError> for CliError {
+    fn from(e: crate::context::ContextError) -> Self {
+        use crate::context::ContextError as E;
+        match e {
+            E::NoStateDir(_) => CliError::usage("state.missing", e),
+            E::Store(_) => CliError::environment("state.unreadable", e),
+            E::Corpus(_) => CliError::usage("config.corpus", e),
+            E::Policy(_) => CliError::usage("config.policy", e),
+            E::Smoke { .. } => CliError::usage("config.invalid", e),
+        }
+    }
 }
 
 /// Resolves on SIGINT or SIGTERM: the one cancellation signal every
@@ -79,7 +104,7 @@ pub async fn shutdown_signal() {
     }
 }
 
-/// Exit codes of DESIGN.md's CLI table.
+/// Exit codes, as the README's CLI table documents them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Exit {
     Ok = 0,
@@ -165,7 +190,7 @@ pub async fn run(cli: Cli) -> Result<Exit, (CliError, bool)> {
 
 /// The default policy file, when it exists; else the built-in defaults.
 pub fn default_policy_path() -> Option<PathBuf> {
-    let p = PathBuf::from("/etc/clamgate/policies/default.toml");
+    let p = PathBuf::from(crate::config::defaults::POLICY);
     p.exists().then_some(p)
 }
 

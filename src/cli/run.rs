@@ -1,6 +1,7 @@
 //! `clamgate run`: start the daemon with the config and run until signalled.
 
 use super::{CliError, ConfigArg, Exit};
+use crate::context::ContextError;
 use crate::daemon::{Daemon, DaemonError};
 use crate::store::StoreError;
 
@@ -13,7 +14,8 @@ pub async fn run(args: ConfigArg) -> Result<Exit, CliError> {
 
 fn classify(e: DaemonError) -> CliError {
     match e {
-        DaemonError::Config(_) | DaemonError::Policy(_) | DaemonError::Corpus(_) | DaemonError::Smoke(_) => CliError::usage("config.invalid", e),
+        DaemonError::Context(ContextError::Store(_)) => CliError::environment("environment.daemon", e),
+        DaemonError::Context(_) => CliError::usage("config.invalid", e),
         DaemonError::Store(StoreError::DaemonRunning { .. }) => CliError::usage("state.daemon_running", e),
         e => CliError::environment("environment.daemon", e),
     }

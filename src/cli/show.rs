@@ -4,12 +4,19 @@
 use std::io::Write;
 
 use clap::Args;
+use serde::Serialize;
 use serde_json::{Value, json};
 
 use super::{CliError, ConfigArg, Exit, when};
-use crate::clamd::Client;
-use crate::journal::Entry;
-use crate::store::Store;
+use crate::candidate::Manifest;
+use crate::clamd::{Client, Version};
+use crate::context::ContextError;
+use crate::gate::Verdict;
+use crate::journal::{Entry, Event};
+use crate::production::Production;
+use crate::reason::Reason;
+use crate::status::Status;
+use crate::store::{Pin, Store};
 
 #[derive(Debug, Args)]
 pub struct ShowArgs {
@@ -29,143 +36,171 @@ pub struct HistoryArgs {
     pub n: usize,
 }
 
-fn open(args: &ConfigArg) -> Result<(crate::config::Config, Store), CliError> {
-    let config = args.load()?;
-    if !config.state_dir.is_dir() {
-        return Err(CliError::usage(
-            "state.missing",
-            format!("state dir {} does not exist yet (has `clamgate run` ever started?)", config.state_dir.display()),
-        ));
-    }
-    let store = Store::open(&config.state_dir).map_err(|e| CliError::environment("state.unreadable", e))?;
-    Ok((config, store))
-}
-
-fn databases(m: &crate::candidate::Manifest) -> Vec<Value> {
-    m.files.iter().map(|f| json!({ "name": f.name, "version": f.header.as_ref().map(|h| h.version), "signatures": f.signatures })).collect()
+fn databases(m: &Manifest) -> Vec<Database> {
+    m.files.iter().map(|f| Database { name: f.name.clone(), version: f.header.as_ref().map(|h| h.version), signatures: f.signatures }).collect()
 }
 
 fn journal(store: &Store) -> Result<Vec<Entry>, CliError> {
     store.journal().read().map_err(|e| CliError::environment("state.unreadable", e))
 }
 
+/// What `status` shows; `--json` prints it as it is.
+#[derive(Debug, Serialize)]
+struct StatusView {
+    live: Option<Live>,
+    /// `false`, or who pinned what.
+    #[serde(serialize_with = "pin_or_false")]
+    pinned: Option<Pin>,
+    /// Releases that passed while pinned, waiting for `promote`.
+    waiting: Vec<String>,
+    last_candidate: Option<LastCandidate>,
+    health: ProductionHealth,
+    state_dir: std::path::PathBuf,
+}
+
+#[derive(Debug, Serialize)]
+struct Live {
+    id: String,
+    databases: Vec<Database>,
+    signatures: u64,
+    since: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct Database {
+    name: String,
+    version: Option<u64>,
+    signatures: u64,
+}
+
+#[derive(Debug, Serialize)]
+struct LastCandidate {
+    id: Option<String>,
+    /// `pass`, `reject`, or `known_bad`.
+    verdict: &'static str,
+    reasons: Vec<Reason>,
+    at: String,
+}
+
+#[derive(Debug, Serialize)]
+struct ProductionHealth {
+    status: Status,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    version: Option<Version>,
+    summary: String,
+}
+
+fn pin_or_false<S: serde::Serializer>(pin: &Option<Pin>, s: S) -> Result<S::Ok, S::Error> {
+    match pin {
+        Some(p) => p.serialize(s),
+        None => s.serialize_bool(false),
+    }
+}
+
 pub async fn status(args: ShowArgs) -> Result<Exit, CliError> {
-    let (config, store) = open(&args.config)?;
+    let (config, store) = args.config.store()?;
     let entries = journal(&store)?;
-    let live = store.current().map_err(|e| CliError::environment("state.unreadable", e))?;
-    let live_json = match &live {
-        Some(id) => {
-            let m = store.manifest(id).map_err(|e| CliError::environment("state.unreadable", e))?;
-            let since = entries.iter().rev().find(|e| e.event.ends_with(".done") && e.get("id") == Some(id)).map(|e| e.ts.clone());
-            json!({ "id": id, "databases": databases(&m), "signatures": m.total_signatures(), "since": since })
-        }
-        None => Value::Null,
+    let pinned = store.pinned();
+    let view = StatusView {
+        live: live(&store, &entries)?,
+        waiting: waiting(&entries, pinned.as_ref()),
+        pinned,
+        last_candidate: last_candidate(&entries),
+        health: production_health(&config).await,
+        state_dir: config.state_dir.clone(),
     };
-    let pin = store.pinned();
-    let last = entries.iter().rev().find(|e| e.event == "candidate.checked" || e.event == "candidate.known_bad");
-    let last_json = last.map(|e| {
-        json!({
-            "id": e.fields.get("id"),
-            "verdict": if e.event == "candidate.known_bad" { json!("known_bad") } else { e.fields.get("verdict").cloned().unwrap_or(Value::Null) },
-            "reasons": e.fields.get("reasons").cloned().unwrap_or(json!([])),
-            "at": e.ts,
-        })
-    });
-    let waiting: Vec<&str> = match &pin {
-        Some(p) => {
-            let since = humantime::parse_rfc3339(&p.at).ok();
-            entries.iter().filter(|e| e.event == "candidate.held" && e.time() >= since).filter_map(|e| e.get("id")).collect()
-        }
-        None => Vec::new(),
-    };
-    let health = production_health(&config).await;
-    let out = json!({
-        "live": live_json,
-        "pinned": pin.as_ref().map(|p| json!({ "by": p.by, "at": p.at, "id": p.id })).unwrap_or(Value::Bool(false)),
-        "waiting": waiting,
-        "last_candidate": last_json,
-        "health": health,
-        "state_dir": config.state_dir,
-    });
     let mut o = std::io::stdout().lock();
-    if args.json {
-        let _ = writeln!(o, "{}", serde_json::to_string_pretty(&out).expect("serializes"));
-        return Ok(Exit::Ok);
-    }
-    let _ = match &live {
-        Some(id) => {
-            let dbs: Vec<String> = out["live"]["databases"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|d| match d["version"].as_u64() {
-                    Some(v) => format!("{} v{v}", crate::candidate::database_of(d["name"].as_str().unwrap_or("?"))),
-                    None => d["name"].as_str().unwrap_or("?").to_string(),
-                })
-                .collect();
-            let since = out["live"]["since"].as_str().map(|t| format!(", live since {}", when(t))).unwrap_or_default();
-            writeln!(o, "live      {id}  {} ({} signatures){since}", dbs.join(", "), out["live"]["signatures"])
-        }
-        None => writeln!(o, "live      none (no release promoted yet)"),
-    };
-    let _ = match &pin {
-        Some(p) => writeln!(o, "pinned    yes, by {} {}", p.by, when(&p.at)),
-        None => writeln!(o, "pinned    no"),
-    };
-    if !waiting.is_empty() {
-        let _ = writeln!(o, "waiting   {} (passed, held by the pin; `clamgate promote ID`)", waiting.join(", "));
-    }
-    let _ = match &last_json {
-        Some(l) => {
-            let reasons: Vec<String> = l["reasons"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|r| format!("{} [{}]", r["message"].as_str().unwrap_or(""), r["reason"].as_str().unwrap_or("")))
-                .collect();
-            writeln!(
-                o,
-                "last      {}  {} {}{}",
-                l["id"].as_str().unwrap_or("(none)"),
-                l["verdict"].as_str().unwrap_or("?"),
-                when(l["at"].as_str().unwrap_or("")),
-                if reasons.is_empty() { String::new() } else { format!(": {}", reasons.join("; ")) }
-            )
-        }
-        None => writeln!(o, "last      no candidate checked yet"),
-    };
-    let _ = writeln!(o, "health    {}", health["summary"].as_str().unwrap_or("unknown"));
+    let _ = if args.json { writeln!(o, "{}", serde_json::to_string_pretty(&view).expect("serializes")) } else { print_status(&mut o, &view) };
     Ok(Exit::Ok)
 }
 
+fn live(store: &Store, entries: &[Entry]) -> Result<Option<Live>, CliError> {
+    let unreadable = |e| CliError::environment("state.unreadable", e);
+    let Some(id) = store.current().map_err(unreadable)? else { return Ok(None) };
+    let m = store.manifest(&id).map_err(unreadable)?;
+    let since = entries.iter().rev().find(|e| e.event.as_done().is_some_and(|d| d.id == id)).map(|e| e.ts.clone());
+    Ok(Some(Live { databases: databases(&m), signatures: m.total_signatures(), since, id }))
+}
+
+fn last_candidate(entries: &[Entry]) -> Option<LastCandidate> {
+    entries.iter().rev().find_map(|e| {
+        let (id, verdict, reasons) = match &e.event {
+            Event::CandidateChecked(c) => (c.id.clone(), if c.verdict == Verdict::Pass { "pass" } else { "reject" }, c.reasons.clone()),
+            Event::CandidateKnownBad { id, reasons } => (Some(id.clone()), "known_bad", reasons.clone()),
+            _ => return None,
+        };
+        Some(LastCandidate { id, verdict, reasons, at: e.ts.clone() })
+    })
+}
+
+fn waiting(entries: &[Entry], pin: Option<&Pin>) -> Vec<String> {
+    let Some(pin) = pin else { return Vec::new() };
+    let since = humantime::parse_rfc3339(&pin.at).ok();
+    let held = |e: &Entry| match &e.event {
+        Event::CandidateHeld { id, .. } if e.time() >= since => Some(id.clone()),
+        _ => None,
+    };
+    entries.iter().filter_map(held).collect()
+}
+
+fn print_status(o: &mut impl Write, v: &StatusView) -> std::io::Result<()> {
+    match &v.live {
+        Some(l) => {
+            let dbs: Vec<String> = l
+                .databases
+                .iter()
+                .map(|d| match d.version {
+                    Some(ver) => format!("{} v{ver}", crate::candidate::database_of(&d.name)),
+                    None => d.name.clone(),
+                })
+                .collect();
+            let since = l.since.as_deref().map(|t| format!(", live since {}", when(t))).unwrap_or_default();
+            writeln!(o, "live      {}  {} ({} signatures){since}", l.id, dbs.join(", "), l.signatures)?;
+        }
+        None => writeln!(o, "live      none (no release promoted yet)")?,
+    }
+    match &v.pinned {
+        Some(p) => writeln!(o, "pinned    yes, by {} {}", p.by, when(&p.at))?,
+        None => writeln!(o, "pinned    no")?,
+    }
+    if !v.waiting.is_empty() {
+        writeln!(o, "waiting   {} (passed, held by the pin; `clamgate promote ID`)", v.waiting.join(", "))?;
+    }
+    match &v.last_candidate {
+        Some(l) => {
+            let reasons: Vec<String> = l.reasons.iter().map(|r| format!("{} [{}]", r.message, r.reason)).collect();
+            let reasons = if reasons.is_empty() { String::new() } else { format!(": {}", reasons.join("; ")) };
+            writeln!(o, "last      {}  {} {}{reasons}", l.id.as_deref().unwrap_or("(none)"), l.verdict, when(&l.at))?;
+        }
+        None => writeln!(o, "last      no candidate checked yet")?,
+    }
+    writeln!(o, "health    {}", v.health.summary)
+}
+
 /// A direct look at production: VERSION and a real scan of the smoke samples.
-async fn production_health(config: &crate::config::Config) -> Value {
+async fn production_health(config: &crate::config::Config) -> ProductionHealth {
     let client = Client::new(config.clamd.endpoint.clone(), std::time::Duration::from_secs(5));
+    let health = |status, version, summary| ProductionHealth { status, version, summary };
     let version = match client.version().await {
         Ok(v) => v,
-        Err(e) => return json!({ "status": "fail", "summary": format!("fail: production clamd unreachable: {e}") }),
+        Err(e) => return health(Status::Fail, None, format!("fail: production clamd unreachable: {e}")),
     };
-    let corpus = match crate::corpus::Corpus::load(&config.corpus_dir) {
-        Ok(c) => c,
-        Err(e) => return json!({ "status": "warn", "version": version, "summary": format!("warn: clamd answers, smoke scan skipped: {e}") }),
+    let prod = match crate::corpus::Corpus::load(&config.corpus_dir).map_err(ContextError::from).and_then(|c| crate::context::production(config, &c)) {
+        Ok(p) => Production { client, ..p },
+        Err(e) => return health(Status::Warn, Some(version), format!("warn: clamd answers, smoke scan skipped: {e}")),
     };
-    let smoke = match crate::promote::smoke_samples(&corpus, &config.smoke_samples) {
-        Ok(s) => s,
-        Err(e) => return json!({ "status": "warn", "version": version, "summary": format!("warn: {e}") }),
-    };
-    let prod = crate::promote::Production { client, reload_timeout: config.clamd.reload_timeout, smoke };
     match prod.smoke().await {
-        Ok(()) => json!({ "status": "pass", "version": version, "summary": format!(
-            "pass: production clamd {} scans{}",
-            version.engine,
-            version.database.map(|d| format!(" (daily {d})")).unwrap_or_default()
-        ) }),
-        Err(e) => json!({ "status": "fail", "version": version, "summary": format!("fail: {e}") }),
+        Ok(()) => {
+            let daily = version.database.map(|d| format!(" (daily {d})")).unwrap_or_default();
+            let summary = format!("pass: production clamd {} scans{daily}", version.engine);
+            health(Status::Pass, Some(version), summary)
+        }
+        Err(e) => health(Status::Fail, Some(version), format!("fail: {e}")),
     }
 }
 
 pub async fn history(args: HistoryArgs) -> Result<Exit, CliError> {
-    let (_, store) = open(&args.show.config)?;
+    let (_, store) = args.show.config.store()?;
     let entries = journal(&store)?;
     let newest: Vec<&Entry> = entries.iter().rev().take(args.n).collect();
     let mut o = std::io::stdout().lock();
@@ -175,23 +210,29 @@ pub async fn history(args: HistoryArgs) -> Result<Exit, CliError> {
     }
     let _ = writeln!(o, "{:<34} {:<22} {:<12} DETAIL", "WHEN", "EVENT", "ID");
     for e in newest {
-        let mut detail = Vec::new();
-        for key in ["verdict", "from", "production", "reason", "by", "pinned_by", "why", "error"] {
-            if let Some(v) = e.fields.get(key).filter(|v| !v.is_null()) {
-                detail.push(format!("{key}={}", v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string())));
-            }
-        }
-        if let Some(reasons) = e.fields.get("reasons").and_then(Value::as_array).filter(|r| !r.is_empty()) {
-            let codes: Vec<&str> = reasons.iter().filter_map(|r| r["reason"].as_str()).collect();
-            detail.push(format!("reasons={}", codes.join(",")));
-        }
-        let _ = writeln!(o, "{:<34} {:<22} {:<12} {}", when(&e.ts), e.event, e.get("id").unwrap_or("-"), detail.join(" "));
+        let _ = writeln!(o, "{:<34} {:<22} {:<12} {}", when(&e.ts), e.name(), e.id().unwrap_or("-"), detail(&e.event));
     }
     Ok(Exit::Ok)
 }
 
+/// The fields an operator scans a history line for, as `key=value`.
+fn detail(event: &Event) -> String {
+    let fields = serde_json::to_value(event).unwrap_or(Value::Null);
+    let mut detail = Vec::new();
+    for key in ["verdict", "from", "production", "reason", "by", "pinned_by", "why", "error"] {
+        if let Some(v) = fields.get(key).filter(|v| !v.is_null()) {
+            detail.push(format!("{key}={}", v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string())));
+        }
+    }
+    if let Some(reasons) = fields.get("reasons").and_then(Value::as_array).filter(|r| !r.is_empty()) {
+        let codes: Vec<&str> = reasons.iter().filter_map(|r| r["reason"].as_str()).collect();
+        detail.push(format!("reasons={}", codes.join(",")));
+    }
+    detail.join(" ")
+}
+
 pub async fn releases(args: ShowArgs) -> Result<Exit, CliError> {
-    let (_, store) = open(&args.config)?;
+    let (_, store) = args.config.store()?;
     let list = store.releases().map_err(|e| CliError::environment("state.unreadable", e))?;
     let rows: Vec<Value> = list
         .iter()

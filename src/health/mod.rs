@@ -13,16 +13,9 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::metrics::Metrics;
-use crate::promote::Production;
+use crate::production::Production;
+pub use crate::status::Status;
 use crate::store::Store;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Status {
-    Pass,
-    Warn,
-    Fail,
-}
 
 /// One probe's findings.
 #[derive(Debug, Clone, Serialize)]
@@ -147,12 +140,7 @@ impl Health {
 
     fn record(&self, p: Probe) {
         let m = &self.metrics;
-        let result = match p.status {
-            Status::Pass => "pass",
-            Status::Warn => "warn",
-            Status::Fail => "fail",
-        };
-        m.probes.get_or_create(&vec![("result".to_string(), result.to_string())]).inc();
+        m.probes.get_or_create(&vec![("result".to_string(), p.status.as_str().to_string())]).inc();
         m.probe_latency.observe(p.latency.as_secs_f64());
         m.probe_up.set(i64::from(p.status != Status::Fail));
         if let Some(v) = p.database {
@@ -195,7 +183,7 @@ pub async fn probe_once(prod: &Production, store: &Store, settings: &ProbeSettin
     // PING alone proves nothing: a clamd whose reload failed answers it but cannot scan.
     if let Err(e) = prod.smoke().await {
         p.latency = started.elapsed();
-        return fail(p, e);
+        return fail(p, e.to_string());
     }
     p.latency = started.elapsed();
     let mut warnings = Vec::new();

@@ -135,7 +135,7 @@ impl Env {
     }
 
     pub async fn wait_event(&self, event: &str, id: Option<&str>) -> Entry {
-        self.wait_for(event, |e| e.event == event && id.is_none_or(|id| e.get("id") == Some(id))).await
+        self.wait_for(event, |e| e.name() == event && id.is_none_or(|id| e.id() == Some(id))).await
     }
 }
 

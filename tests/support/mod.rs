@@ -206,3 +206,19 @@ impl Cmd {
 pub fn reason_codes(report: &serde_json::Value) -> Vec<String> {
     report["reasons"].as_array().map_or_else(Vec::new, |a| a.iter().map(|r| r["reason"].as_str().unwrap().to_string()).collect())
 }
+
+/// A journal entry's field by name, as the JSON on disk has it: tests read
+/// the journal the way operators' scripts do.
+pub trait Field {
+    fn json(&self) -> serde_json::Value;
+
+    fn get(&self, key: &str) -> Option<String> {
+        self.json().get(key).and_then(|f| f.as_str().map(str::to_string))
+    }
+}
+
+impl Field for clamgate::journal::Entry {
+    fn json(&self) -> serde_json::Value {
+        serde_json::to_value(self).expect("journal entries serialize")
+    }
+}

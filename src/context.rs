@@ -1,0 +1,72 @@
+//! What a command needs from the config, built one way for the daemon and
+//! every CLI command: the state dir, the policy, the corpus and the
+//! production clamd with its smoke samples.
+
+use std::path::PathBuf;
+
+use crate::config::Config;
+use crate::corpus::{Corpus, CorpusError};
+use crate::policy::{Policy, PolicyError};
+use crate::production::{MissingSample, Production, smoke_samples};
+use crate::store::{Store, StoreError};
+
+/// Whether the state dir may be created: only the daemon makes one; a CLI
+/// command on a missing state dir means a wrong config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StateDir {
+    Create,
+    MustExist,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ContextError {
+    #[error("state dir {0} does not exist yet (has `clamgate run` ever started?)")]
+    NoStateDir(PathBuf),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    #[error(transparent)]
+    Corpus(#[from] CorpusError),
+    #[error("config {}: {source}", file.display())]
+    Smoke {
+        file: PathBuf,
+        #[source]
+        source: MissingSample,
+    },
+}
+
+/// The parts of a running clamgate that the config describes.
+#[derive(Debug)]
+pub struct Context {
+    pub config: Config,
+    pub store: Store,
+    pub policy: Policy,
+    pub corpus: Corpus,
+    pub production: Production,
+}
+
+impl Context {
+    pub fn open(config: Config, state: StateDir) -> Result<Context, ContextError> {
+        let store = open_store(&config, state)?;
+        let policy = config.load_policy()?;
+        let corpus = Corpus::load(&config.corpus_dir)?;
+        let production = production(&config, &corpus)?;
+        Ok(Context { config, store, policy, corpus, production })
+    }
+}
+
+/// The state dir alone, for the read-only commands.
+pub fn open_store(config: &Config, state: StateDir) -> Result<Store, ContextError> {
+    if state == StateDir::MustExist && !config.state_dir.is_dir() {
+        return Err(ContextError::NoStateDir(config.state_dir.clone()));
+    }
+    Ok(Store::open(&config.state_dir)?)
+}
+
+/// The production clamd, with the configured smoke samples from `corpus`.
+pub fn production(config: &Config, corpus: &Corpus) -> Result<Production, ContextError> {
+    let smoke = smoke_samples(corpus, &config.smoke_samples).map_err(|source| ContextError::Smoke { file: config.display_file(), source })?;
+    let client = crate::clamd::Client::new(config.clamd.endpoint.clone(), config.clamd.timeout);
+    Ok(Production { client, reload_timeout: config.clamd.reload_timeout, smoke })
+}

@@ -1,0 +1,434 @@
+//! `clamgate run`: the long-running gate. Watches `incoming_dir`, waits for
+//! it to settle, runs the gate on a snapshot, promotes what passes, and
+//! quarantines what does not. A change during a run cancels that run and
+//! starts over on the new files; a shutdown signal stops everything, with
+//! canary clamds killed on the way out. When to run is [`schedule`]'s to
+//! decide; this module does the I/O.
+
+mod schedule;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime};
+
+use tokio::time::{Instant, Interval, sleep_until};
+
+use crate::candidate::Manifest;
+use crate::context::{Context, ContextError, StateDir};
+use crate::failpoint::{self, Point};
+use crate::gate::{Baseline, Gate, Report, Verdict};
+use crate::health::{Health, ProbeSettings};
+use crate::journal::{CheckDetails, Checked, Event, Phase};
+use crate::metrics::Metrics;
+use crate::promote::{Activation, Activator, Outcome, PromoteError};
+use crate::reason::{Code, Reason};
+use crate::store::{QuarantineRecord, Source, StateLock, Store, StoreError};
+use crate::watch;
+use schedule::{DuringRun, Schedule};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Context(#[from] ContextError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Journal(#[from] crate::journal::JournalError),
+    #[error(transparent)]
+    Promote(#[from] PromoteError),
+    #[error("health endpoint: cannot listen on {addr}: {source}")]
+    Listen {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot watch {dir}: {source}")]
+    Watch {
+        dir: PathBuf,
+        #[source]
+        source: notify::Error,
+    },
+}
+
+/// Everything the daemon decides with, built once at start.
+pub struct Daemon {
+    cx: Context,
+    health: Arc<Health>,
+    /// Set while a checked candidate is being quarantined or promoted: a
+    /// change in incoming then waits for the next run instead of cancelling
+    /// a promotion halfway through its verification.
+    deciding: AtomicBool,
+}
+
+const LOCK_WAIT: Duration = Duration::from_secs(30);
+
+/// Why a candidate is not checked again.
+enum Known {
+    Live,
+    Quarantined(QuarantineRecord),
+}
+
+/// The loop's timers and the directory it watches.
+struct Loop {
+    watcher: watch::Watcher,
+    dir: PathBuf,
+    rescan: Interval,
+    heartbeat: Interval,
+}
+
+impl Loop {
+    fn fingerprint(&self) -> schedule::Fingerprint {
+        watch::fingerprint(&self.dir)
+    }
+}
+
+/// Whether the loop goes on after a candidate run.
+enum Flow {
+    Continue,
+    Stop,
+}
+
+impl Daemon {
+    pub fn new(config: crate::config::Config) -> Result<Daemon, DaemonError> {
+        let cx = Context::open(config, StateDir::Create)?;
+        let settings = ProbeSettings {
+            interval: cx.config.health.probe_interval,
+            latency_budget: cx.config.health.latency_budget,
+            max_database_age: cx.policy.max_database_age,
+        };
+        let health = Health::new(settings, Arc::new(Metrics::default()));
+        Ok(Daemon { cx, health, deciding: AtomicBool::new(false) })
+    }
+
+    /// Runs until `shutdown` completes: the gate loop, the prober and the
+    /// health endpoint, all stopped by the same signal and awaited.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
+        let _daemon = self.cx.store.daemon_lock()?;
+        let addr = self.cx.config.health.listen.clone();
+        let listener = tokio::net::TcpListener::bind(&addr).await.map_err(|source| DaemonError::Listen { addr: addr.clone(), source })?;
+        tracing::info!("health endpoint on http://{}", listener.local_addr().map(|a| a.to_string()).unwrap_or(addr));
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let (first_tx, first_rx) = tokio::sync::oneshot::channel();
+        let mut tasks = tokio::task::JoinSet::new();
+        let store = &self.cx.store;
+        tasks.spawn(crate::health::http::serve(listener, self.health.clone(), stop_rx.clone()));
+        tasks.spawn(crate::health::run_prober(self.health.clone(), self.cx.production.clone(), store.clone(), stop_rx.clone(), first_tx));
+        tasks.spawn(systemd_notify(self.health.clone(), store.clone(), first_rx, stop_rx.clone()));
+        self.health.beat();
+        let result = self.gate_loop(shutdown).await;
+        let _ = stop_tx.send(true);
+        let drained = tokio::time::timeout(Duration::from_secs(10), async { while tasks.join_next().await.is_some() {} }).await;
+        if drained.is_err() {
+            tracing::warn!("background tasks did not stop within 10 s; aborting them");
+            tasks.abort_all();
+        }
+        result
+    }
+
+    async fn gate_loop(&self, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
+        self.start_up().await?;
+        let mut lp = self.watch_incoming()?;
+        let mut schedule = Schedule::new(self.cx.config.settle, self.cx.config.rescan_interval, lp.fingerprint(), Instant::now());
+        let mut shutdown = std::pin::pin!(shutdown);
+        loop {
+            let due = schedule.due();
+            tokio::select! {
+                biased;
+                _ = &mut shutdown => break,
+                Some(()) = lp.watcher.changes.recv() => schedule.observe(lp.fingerprint(), Instant::now()),
+                _ = lp.rescan.tick() => schedule.rescan(lp.fingerprint(), Instant::now()),
+                _ = lp.heartbeat.tick() => self.health.beat(),
+                _ = sleep_until(due.unwrap_or_else(far_future)), if due.is_some() => {
+                    if let Flow::Stop = self.run_candidate(&mut schedule, &mut lp, shutdown.as_mut()).await? {
+                        break;
+                    }
+                }
+            }
+        }
+        self.stopped()
+    }
+
+    /// Clears what an interrupted run left, journals the start, and
+    /// finishes an interrupted promotion or rollback.
+    async fn start_up(&self) -> Result<(), DaemonError> {
+        {
+            let lock = self.lock().await?;
+            let removed = self.cx.store.recover(&lock)?;
+            if !removed.is_empty() {
+                tracing::warn!("removed {} leftovers of an interrupted run: {:?}", removed.len(), removed);
+            }
+        }
+        self.cx.store.journal().append(Event::DaemonStarted { pid: std::process::id(), incoming: self.cx.config.incoming_dir.clone() })?;
+        tracing::info!(state_dir = %self.cx.config.state_dir.display(), incoming = %self.cx.config.incoming_dir.display(), "clamgate daemon started");
+        // Verifying production can take up to reload_timeout: keep /livez
+        // and the systemd watchdog fed meanwhile.
+        let mut beat = tokio::time::interval(Duration::from_secs(1));
+        let mut resume = std::pin::pin!(self.resume_interrupted());
+        let resumed = loop {
+            tokio::select! {
+                r = &mut resume => break r,
+                _ = beat.tick() => self.health.beat(),
+            }
+        };
+        if let Err(e) = resumed {
+            // Production keeps whatever it runs; the health endpoint tells.
+            tracing::error!("could not finish the interrupted promotion or rollback: {e}");
+        }
+        Ok(())
+    }
+
+    fn watch_incoming(&self) -> Result<Loop, DaemonError> {
+        let dir = self.cx.config.incoming_dir.clone();
+        std::fs::create_dir_all(&dir).map_err(|e| DaemonError::Watch { dir: dir.clone(), source: e.into() })?;
+        let watcher = watch::watch(&dir).map_err(|source| DaemonError::Watch { dir: dir.clone(), source })?;
+        let rescan = tokio::time::interval(self.cx.config.rescan_interval);
+        let heartbeat = tokio::time::interval(Duration::from_secs(1));
+        Ok(Loop { watcher, dir, rescan, heartbeat })
+    }
+
+    /// One candidate run, cancelled by a change in incoming (unless it is
+    /// already deciding) or by shutdown.
+    async fn run_candidate(&self, schedule: &mut Schedule, lp: &mut Loop, mut shutdown: Pin<&mut impl Future<Output = ()>>) -> Result<Flow, DaemonError> {
+        tracing::info!("incoming {} settled; checking it", lp.dir.display());
+        schedule.start();
+        let mut run = std::pin::pin!(self.process());
+        loop {
+            tokio::select! {
+                biased;
+                _ = &mut shutdown => {
+                    tracing::info!("shutdown during a candidate run; cancelling it");
+                    self.clear_work();
+                    return Ok(Flow::Stop);
+                }
+                Some(()) = lp.watcher.changes.recv() => {
+                    let deciding = self.deciding.load(Ordering::SeqCst);
+                    if schedule.changed_during_run(lp.fingerprint(), Instant::now(), deciding) == DuringRun::Cancel {
+                        tracing::info!("incoming changed during the run; cancelling and starting over");
+                        self.cx.store.journal().append(Event::CandidateCancelled { why: "incoming changed during the run".into() })?;
+                        self.clear_work();
+                        return Ok(Flow::Continue);
+                    }
+                }
+                _ = lp.heartbeat.tick() => self.health.beat(),
+                r = &mut run => {
+                    if let Err(e) = &r {
+                        // Our failure (disk full, read-only state dir): production
+                        // keeps its release; the next rescan retries.
+                        tracing::error!("candidate run failed: {e}; production keeps its live release");
+                        let _ = self.cx.store.journal().append(Event::CandidateError { error: e.to_string() });
+                        self.clear_work();
+                    }
+                    schedule.finished(r.is_err(), Instant::now());
+                    return Ok(Flow::Continue);
+                }
+            }
+        }
+    }
+
+    fn stopped(&self) -> Result<(), DaemonError> {
+        self.cx.store.journal().append(Event::DaemonStopped { pid: std::process::id() })?;
+        tracing::info!("clamgate daemon stopped");
+        Ok(())
+    }
+
+    fn clear_work(&self) {
+        if let Err(e) = self.cx.store.clear_work() {
+            tracing::warn!("{e}");
+        }
+    }
+
+    async fn lock(&self) -> Result<StateLock, StoreError> {
+        let store = self.cx.store.clone();
+        tokio::task::spawn_blocking(move || store.lock(LOCK_WAIT)).await.expect("lock task does not panic")
+    }
+
+    fn activator<'a>(&'a self, lock: &'a StateLock) -> Activator<'a> {
+        Activator { store: &self.cx.store, lock, prod: &self.cx.production }
+    }
+
+    /// A promotion or rollback that a crash interrupted is finished now
+    /// (see [`Activator::resume`]).
+    async fn resume_interrupted(&self) -> Result<(), DaemonError> {
+        let entries = self.cx.store.journal().read()?;
+        let last = entries.iter().rev().find_map(|e| e.event.activation().map(|(_, phase)| (phase, e)));
+        let Some((Phase::Begin, entry)) = last else { return Ok(()) };
+        let Some((kind, begin)) = entry.event.as_begin() else { return Ok(()) };
+        let lock = self.lock().await?;
+        let outcome = self.activator(&lock).resume(kind, begin).await?;
+        tracing::info!("resumed {}: {outcome:?}", entry.name());
+        Ok(())
+    }
+
+    fn known(&self, live: Option<&str>, m: &Manifest) -> Option<Known> {
+        if live == Some(m.id.as_str()) {
+            return Some(Known::Live);
+        }
+        self.cx.store.quarantined(&m.id).map(Known::Quarantined)
+    }
+
+    /// The live release as the candidate is compared with it.
+    fn baseline(&self, live: Option<&str>) -> Option<Baseline> {
+        let id = live?;
+        match self.cx.store.manifest(id) {
+            Ok(manifest) => {
+                let verdicts = self.cx.store.cached_verdicts(id, &self.cx.corpus.digest);
+                Some(Baseline { dir: self.cx.store.release_dir(id), verdicts, manifest })
+            }
+            Err(e) => {
+                tracing::error!("live release {id} is unreadable, checking without a baseline: {e}");
+                None
+            }
+        }
+    }
+
+    /// One candidate: gate, then promote or quarantine.
+    async fn process(&self) -> Result<(), DaemonError> {
+        let stamp = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_millis();
+        let work = self.cx.store.work_dir().join(format!("candidate-{stamp}"));
+        let live = self.cx.store.current()?;
+        self.cx.store.journal().append(Event::CandidateStarted { live: live.clone() })?;
+        let baseline = self.baseline(live.as_deref());
+        let known = |m: &Manifest| {
+            self.known(live.as_deref(), m).map(|k| match k {
+                Known::Live => Reason::new(Code::KnownBad, None, "identical to the live release"),
+                Known::Quarantined(q) => Reason::new(Code::KnownBad, None, format!("quarantined at {} ({}); not checked again", q.at, q.source)),
+            })
+        };
+        let cfg = &self.cx.config;
+        let gate = Gate { policy: &self.cx.policy, clamd_binary: &cfg.clamd.binary, corpus: &self.cx.corpus, known: Some(&known) };
+        let report = match gate.check(&cfg.incoming_dir, &work, baseline.as_ref()).await {
+            Ok(r) => r,
+            Err(e) => {
+                // Our failure, not the candidate's: production is untouched; retry on the next change.
+                tracing::error!("could not check the candidate: {e}");
+                self.cx.store.journal().append(Event::CandidateError { error: e.to_string() })?;
+                let _ = std::fs::remove_dir_all(&work);
+                return Ok(());
+            }
+        };
+        self.deciding.store(true, Ordering::SeqCst);
+        let result = self.decide(&report, live.as_deref(), baseline.as_ref()).await;
+        self.deciding.store(false, Ordering::SeqCst);
+        let _ = std::fs::remove_dir_all(&work);
+        result
+    }
+
+    async fn decide(&self, report: &Report, live: Option<&str>, baseline: Option<&Baseline>) -> Result<(), DaemonError> {
+        let journal = self.cx.store.journal();
+        let Some(manifest) = report.manifest.as_ref().filter(|m| !m.files.is_empty()) else {
+            tracing::warn!("incoming holds no usable database files: {:?}", report.reasons);
+            journal.append(Event::CandidateChecked(Checked { id: None, verdict: report.verdict, reasons: report.reasons.clone(), details: None }))?;
+            return Ok(());
+        };
+        let id = manifest.id.as_str();
+        match self.known(live, manifest) {
+            Some(Known::Live) => {
+                tracing::debug!(candidate = id, "incoming matches the live release");
+                return Ok(());
+            }
+            Some(Known::Quarantined(_)) => {
+                tracing::warn!(candidate = id, "candidate {id} was quarantined before; not checked again");
+                journal.append(Event::CandidateKnownBad { id: id.to_string(), reasons: report.reasons.clone() })?;
+                return Ok(());
+            }
+            None => {}
+        }
+        if let (Some(b), Some(v)) = (baseline, &report.new_baseline_verdicts) {
+            if let Err(e) = self.cx.store.cache_verdicts(&b.manifest.id, &self.cx.corpus.digest, v) {
+                tracing::warn!("cannot cache the live release's verdicts: {e}");
+            }
+        }
+        self.record_verdict(report, id)?;
+        let lock = self.lock().await?;
+        if report.verdict == Verdict::Reject {
+            for r in &report.reasons {
+                tracing::warn!(candidate = id, "rejected: {r}");
+            }
+            let (log, files) = (report.canary_log.as_deref(), report.snapshot_dir.as_deref());
+            self.cx.store.quarantine(&lock, manifest, &report.reasons, Source::Gate, log, files)?;
+            journal.append(Event::CandidateQuarantined { id: id.to_string() })?;
+            return Ok(());
+        }
+        self.promote(&lock, report, manifest, live).await
+    }
+
+    /// Journals the verdict and feeds the metrics.
+    fn record_verdict(&self, report: &Report, id: &str) -> Result<(), DaemonError> {
+        let details =
+            CheckDetails { warnings: report.warnings.clone(), baseline: report.baseline.clone(), canary: report.canary.clone(), checks: report.checks.clone() };
+        let checked = Checked { id: Some(id.to_string()), verdict: report.verdict, reasons: report.reasons.clone(), details: Some(details) };
+        self.cx.store.journal().append(Event::CandidateChecked(checked))?;
+        let m = &self.health.metrics;
+        m.candidate(report.verdict, report.reasons.first().map(|r| r.reason));
+        if let Some(c) = &report.canary {
+            if let Some(ms) = c.load_ms {
+                m.canary_load_seconds.set(ms as f64 / 1000.0);
+            }
+            if let Some(b) = c.peak_rss_bytes {
+                m.canary_peak_bytes.set(b as i64);
+            }
+        }
+        Ok(())
+    }
+
+    /// A passed candidate becomes a release, and live unless pinned.
+    async fn promote(&self, lock: &StateLock, report: &Report, manifest: &Manifest, live: Option<&str>) -> Result<(), DaemonError> {
+        let (store, journal, id) = (&self.cx.store, self.cx.store.journal(), manifest.id.as_str());
+        let snapshot = report.snapshot_dir.as_deref().expect("a passed candidate has a snapshot");
+        store.add_release(lock, snapshot, manifest)?;
+        failpoint::hit(Point::ReleaseWritten);
+        journal.append(Event::ReleaseCreated { id: id.to_string(), signatures: manifest.total_signatures() })?;
+        if let Some(pin) = store.pinned() {
+            tracing::warn!(candidate = id, "passed, but the live release is pinned by {} since {}; kept as release {id}", pin.by, pin.at);
+            journal.append(Event::CandidateHeld { id: id.to_string(), pinned_by: pin.by })?;
+            return Ok(());
+        }
+        let m = &self.health.metrics;
+        match self.activator(lock).activate(Activation::Promotion, id, None).await? {
+            Outcome::Live(_) => {
+                m.promotions.inc();
+                let removed = store.prune(lock, self.cx.policy.keep_releases, live)?;
+                if !removed.is_empty() {
+                    journal.append(Event::ReleasePruned { ids: removed })?;
+                }
+            }
+            Outcome::RolledBack { reason, to } => {
+                m.rollbacks.inc();
+                tracing::error!(candidate = id, "rolled back to {to}: {reason}")
+            }
+            Outcome::Broken { reason } => tracing::error!(candidate = id, "production needs attention: {reason}"),
+        }
+        Ok(())
+    }
+}
+
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(86400 * 365)
+}
+
+/// Tells systemd (when it started us with Type=notify) that we are ready
+/// once the first probe ran, what is live, and, while the loops run, that
+/// we are alive (WATCHDOG=1 at half the watchdog interval).
+async fn systemd_notify(health: Arc<Health>, store: Store, first_probe: tokio::sync::oneshot::Receiver<()>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    tokio::select! {
+        _ = stop.changed() => return,
+        _ = first_probe => {}
+    }
+    let status = |store: &Store| format!("live release {}", store.current().ok().flatten().unwrap_or_else(|| "none".into()));
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready, sd_notify::NotifyState::Status(&status(&store))]);
+    let every = sd_notify::watchdog_enabled().map(|d| d / 2).unwrap_or(Duration::from_secs(30));
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tokio::select! {
+            _ = stop.changed() => break,
+            _ = tick.tick() => {}
+        }
+        if health.alive() {
+            let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog, sd_notify::NotifyState::Status(&status(&store))]);
+        }
+    }
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+}
