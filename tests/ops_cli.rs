@@ -154,7 +154,9 @@ async fn concurrent_commands_wait_or_fail_cleanly() {
 
     // Someone holds the lock: the command waits, then fails with a hint.
     let store = clamgate::store::Store::open(&env.state()).unwrap();
-    let held = store.lock(std::time::Duration::ZERO).unwrap();
+    // The daemon may still hold it for a moment after journaling the
+    // promotion (it prunes old releases under the lock): wait for our turn.
+    let held = store.lock(std::time::Duration::from_secs(30)).unwrap();
     let out = clamgate(&env, &["rollback"]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
