@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::clamd::Endpoint;
+use crate::milter::{MilterMode, OnInfected, Stage};
 use crate::settings::{Fields, SettingsError};
 
 /// Where things live when the config does not say: the one table every
@@ -20,6 +21,11 @@ pub mod defaults {
     /// Debian's clamd `LocalSocket`.
     pub const CLAMD_SOCKET: &str = "/run/clamav/clamd.ctl";
     pub const CLAMD_BINARY: &str = "/usr/sbin/clamd";
+    /// The health endpoint, and where the milter asks it.
+    pub const HEALTH_LISTEN: &str = "127.0.0.1:3311";
+    pub const HEALTH_URL: &str = "http://127.0.0.1:3311/readyz";
+    /// The milter's socket: Postfix's `smtpd_milters` must name the same.
+    pub const MILTER_LISTEN: &str = "unix:/run/clamgate/milter.sock";
 }
 
 #[derive(Debug, Clone)]
@@ -67,9 +73,9 @@ pub struct MilterConfig {
     pub listen: String,
     pub health_url: String,
     /// `gate` (tempfail when scanning is unhealthy) or `scan` (also scan).
-    pub mode: String,
+    pub mode: MilterMode,
     /// `connect` or `rcpt`: where an unhealthy scan tempfails the session.
-    pub stage: String,
+    pub stage: Stage,
     /// Text of the 451 4.7.1 reply.
     pub tempfail_text: String,
     /// How long one /readyz answer is trusted.
@@ -77,7 +83,7 @@ pub struct MilterConfig {
     /// Bound on one /readyz request.
     pub health_timeout: Duration,
     /// In scan mode, what to do with infected mail: `reject`, `quarantine`, `header`.
-    pub on_infected: String,
+    pub on_infected: OnInfected,
     /// In scan mode, add `X-Virus-Scanned: clamgate (release ID)`.
     pub add_header: bool,
     pub max_connections: usize,
@@ -106,7 +112,7 @@ impl ClamdConfig {
 impl HealthConfig {
     fn parse(s: &mut Fields) -> HealthConfig {
         HealthConfig {
-            listen: s.string("listen", "127.0.0.1:3311"),
+            listen: s.string("listen", defaults::HEALTH_LISTEN),
             probe_interval: s.duration("probe_interval", "10s"),
             latency_budget: s.duration("latency_budget", "500ms"),
         }
@@ -114,28 +120,16 @@ impl HealthConfig {
 }
 
 impl MilterConfig {
-    fn parse(s: &mut Fields, problems: &mut Vec<String>) -> MilterConfig {
-        let mode = s.string("mode", "gate");
-        if mode != "gate" && mode != "scan" {
-            problems.push(format!("milter.mode: {mode:?} is neither \"gate\" nor \"scan\""));
-        }
-        let stage = s.string("stage", "rcpt");
-        if stage != "connect" && stage != "rcpt" {
-            problems.push(format!("milter.stage: {stage:?} is neither \"connect\" nor \"rcpt\""));
-        }
-        let on_infected = s.string("on_infected", "reject");
-        if !["reject", "quarantine", "header"].contains(&on_infected.as_str()) {
-            problems.push(format!("milter.on_infected: {on_infected:?} is not reject, quarantine or header"));
-        }
+    fn parse(s: &mut Fields) -> MilterConfig {
         MilterConfig {
-            listen: s.string("listen", "unix:/run/clamgate/milter.sock"),
-            health_url: s.string("health_url", "http://127.0.0.1:3311/readyz"),
-            mode,
-            stage,
+            listen: s.string("listen", defaults::MILTER_LISTEN),
+            health_url: s.string("health_url", defaults::HEALTH_URL),
+            mode: s.choice("mode", MilterMode::Gate),
+            stage: s.choice("stage", Stage::Rcpt),
             tempfail_text: s.string("tempfail_text", "Virus scanning is temporarily unavailable, please try again later"),
             health_ttl: s.duration("health_ttl", "2s"),
             health_timeout: s.duration("health_timeout", "1s"),
-            on_infected,
+            on_infected: s.choice("on_infected", OnInfected::Reject),
             add_header: s.bool("add_header", true),
             max_connections: s.int("max_connections", 200, 1..=10_000) as usize,
         }
@@ -188,7 +182,7 @@ impl Config {
             smoke_samples: f.strings("smoke_samples", &["infected/clam.exe", "clean/letter.txt"]),
             clamd: f.section("clamd", |s| ClamdConfig::parse(s, &mut problems)),
             health: f.section("health", HealthConfig::parse),
-            milter: f.section("milter", |s| MilterConfig::parse(s, &mut problems)),
+            milter: f.section("milter", MilterConfig::parse),
         };
         let smoke = &config.smoke_samples;
         if !smoke.iter().any(|s| s.starts_with("infected/")) || !smoke.iter().any(|s| s.starts_with("clean/")) {
@@ -227,7 +221,32 @@ mod tests {
         assert_eq!(c.settle, Duration::from_secs(5));
         assert_eq!(c.clamd.endpoint, Endpoint::Unix("/run/clamav/clamd.ctl".into()));
         assert_eq!(c.health.listen, "127.0.0.1:3311");
-        assert_eq!(c.milter.mode, "gate");
+        assert_eq!((c.milter.mode, c.milter.stage, c.milter.on_infected), (MilterMode::Gate, Stage::Rcpt, OnInfected::Reject));
+    }
+
+    #[test]
+    fn milter_choices_parse() {
+        let c = Config::parse(Path::new("x"), "[milter]\nmode = \"scan\"\nstage = \"connect\"\non_infected = \"quarantine\"\n").unwrap();
+        assert_eq!((c.milter.mode, c.milter.stage, c.milter.on_infected), (MilterMode::Scan, Stage::Connect, OnInfected::Quarantine));
+        let c = Config::parse(Path::new("x"), "[milter]\non_infected = \"header\"\n").unwrap();
+        assert_eq!(c.milter.on_infected, OnInfected::Header);
+    }
+
+    /// The milter matches these enums exhaustively (its old string match
+    /// fell back to reject); an unknown value must stop the config loading.
+    #[test]
+    fn unknown_milter_choices_are_named() {
+        let text = "[milter]\nmode = \"block\"\nstage = \"data\"\non_infected = \"drop\"\n";
+        let err = Config::parse(Path::new("c.toml"), text).unwrap_err().to_string();
+        for want in [
+            r#"milter.mode: "block" is not gate or scan"#,
+            r#"milter.stage: "data" is not connect or rcpt"#,
+            r#"milter.on_infected: "drop" is not reject, quarantine or header"#,
+        ] {
+            assert!(err.contains(want), "{want:?} missing: {err}");
+        }
+        let err = Config::parse(Path::new("c.toml"), "[milter]\nstage = 1\n").unwrap_err().to_string();
+        assert!(err.contains("milter.stage: expected a string"), "{err}");
     }
 
     #[test]

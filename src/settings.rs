@@ -73,6 +73,19 @@ impl Fields {
         }
     }
 
+    /// One of a fixed set of spellings (`mode = "scan"`), parsed into its
+    /// enum; a value that is none of them is a problem naming the key.
+    pub fn choice<T: std::str::FromStr>(&mut self, key: &str, default: T) -> T
+    where
+        T::Err: std::fmt::Display,
+    {
+        let Some(text) = self.opt_string(key) else { return default };
+        text.parse().unwrap_or_else(|e| {
+            self.problem(key, e);
+            default
+        })
+    }
+
     /// A list of strings: `key = ["a", "b"]`.
     pub fn strings(&mut self, key: &str, default: &[&str]) -> Vec<String> {
         match self.take(key) {

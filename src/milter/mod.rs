@@ -4,23 +4,25 @@
 //! arrives. It never accepts a message it was asked to scan but could not,
 //! and never rejects mail because of its own failure: those are tempfailed.
 
-pub mod readiness;
+mod options;
+pub(crate) mod readiness;
 
 use std::ffi::CString;
 use std::future::Future;
-use std::path::PathBuf;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use indymilter::{Actions, Callbacks, ContextActions, SetErrorReply, SmtpReply, Status};
+use indymilter::{Actions, Callbacks, Context, ContextActions, EomContext, SetErrorReply, SmtpReply, Status};
 
-use crate::clamd::{Client, ScanVerdict, StreamScan};
+use crate::clamd::{ClamdError, Client, ScanVerdict, StreamScan};
 use crate::config::{Config, MilterConfig};
-use readiness::ReadinessCache;
+pub use options::{MilterMode, OnInfected, Stage, UnknownValue};
+use readiness::{HealthUrlError, ReadinessCache};
 
 #[derive(Debug, thiserror::Error)]
-pub enum MilterError {
+pub(crate) enum MilterError {
     #[error("milter.listen {0:?}: expected unix:PATH or inet:HOST:PORT")]
     BadListen(String),
     #[error("milter: cannot listen on {addr}: {source}")]
@@ -29,8 +31,9 @@ pub enum MilterError {
         #[source]
         source: std::io::Error,
     },
+    /// A `[milter]` value found unusable only when the milter starts.
     #[error("milter: {0}")]
-    Config(String),
+    Config(HealthUrlError),
     #[error("milter stopped serving: {0}")]
     Serve(std::io::Error),
 }
@@ -38,7 +41,6 @@ pub enum MilterError {
 /// Everything a callback needs, shared by all sessions.
 struct Shared {
     cfg: MilterConfig,
-    scan: bool,
     readiness: ReadinessCache,
     clamd: Client,
     outage: std::sync::Mutex<Option<Outage>>,
@@ -58,17 +60,36 @@ const OUTAGE_LOG_EVERY: Duration = Duration::from_secs(60);
 /// Per-message scan state.
 #[derive(Default)]
 struct Session {
-    stream: Option<StreamScan>,
-    /// Why this message cannot be scanned; it will be tempfailed at EOM.
-    failed: Option<String>,
+    scan: Scan,
     release: Option<String>,
+}
+
+/// Where one message's INSTREAM scan stands.
+#[derive(Default)]
+enum Scan {
+    /// Nothing sent yet; opened by the first header (or at EOM, so even an
+    /// empty message is scanned before it is accepted).
+    #[default]
+    Idle,
+    Streaming(StreamScan),
+    /// The message cannot be scanned; it will be tempfailed at EOM.
+    Failed(ScanFailure),
+}
+
+/// Why a message could not be scanned (logged when it is tempfailed).
+#[derive(Debug, thiserror::Error)]
+enum ScanFailure {
+    #[error("scan state lost mid-message")]
+    Lost,
+    #[error(transparent)]
+    Clamd(#[from] ClamdError),
 }
 
 impl Session {
     /// Per-message state that went missing mid-message: the message is
     /// tempfailed at its end, never accepted half-scanned.
     fn lost() -> Session {
-        Session { failed: Some("scan state lost mid-message".into()), ..Session::default() }
+        Session { scan: Scan::Failed(ScanFailure::Lost), release: None }
     }
 }
 
@@ -78,25 +99,60 @@ fn tempfail(reply: &mut SmtpReply, text: &str) -> Status {
     Status::Tempfail
 }
 
+/// `Name: value\r\n`, as clamd should see the header.
+fn header_line(name: CString, value: CString) -> Vec<u8> {
+    let mut line = name.into_bytes();
+    line.extend_from_slice(b": ");
+    line.extend_from_slice(value.as_bytes());
+    line.extend_from_slice(b"\r\n");
+    line
+}
+
+/// Whether a session is gated at `at`: at the configured stage, and in scan
+/// mode at every RCPT too, so each message learns the release that scans it.
+fn gates_at(mode: MilterMode, stage: Stage, at: Stage) -> bool {
+    at == stage || (mode == MilterMode::Scan && at == Stage::Rcpt)
+}
+
 impl Shared {
-    /// Gate check at the configured stage.
-    async fn gate(&self, reply: &mut SmtpReply, session: &mut Session) -> Status {
-        let r = self.readiness.get().await;
-        if r.healthy {
-            self.outage_ends();
-            session.release = r.release;
-            Status::Continue
-        } else {
-            self.outage_goes_on(&r.detail);
-            tempfail(reply, &self.cfg.tempfail_text)
-        }
+    fn new(config: &Config) -> Result<Shared, MilterError> {
+        let cfg = config.milter.clone();
+        let readiness = ReadinessCache::new(&cfg.health_url, cfg.health_ttl, cfg.health_timeout).map_err(MilterError::Config)?;
+        let clamd = Client::new(config.clamd.endpoint.clone(), config.clamd.timeout);
+        Ok(Shared { cfg, readiness, clamd, outage: std::sync::Mutex::new(None) })
     }
 
-    /// Gate mode has nothing more to do once the gate passed: `Accept` tells
-    /// Postfix to leave the milter out of the rest of the message (or of the
-    /// connection, at the connect stage), which saves every later round trip.
-    fn done_if_gate_only(&self, status: Status) -> Status {
-        if !self.scan && status == Status::Continue { Status::Accept } else { status }
+    fn gates_at(&self, at: Stage) -> bool {
+        gates_at(self.cfg.mode, self.cfg.stage, at)
+    }
+
+    /// Connect callback: a fresh session, gated if this is the stage.
+    async fn connect(self: Arc<Self>, ctx: &mut Context<Session>) -> Status {
+        ctx.data = Some(Session::default());
+        if self.gates_at(Stage::Connect) { self.gate(ctx).await } else { Status::Continue }
+    }
+
+    async fn rcpt(self: Arc<Self>, ctx: &mut Context<Session>) -> Status {
+        if self.gates_at(Stage::Rcpt) { self.gate(ctx).await } else { Status::Continue }
+    }
+
+    /// Asks `/readyz` (cached): tempfail while unhealthy. Gate mode has
+    /// nothing more to do once the gate passed: `Accept` tells Postfix to
+    /// leave the milter out of the rest of the message (or of the connection,
+    /// at the connect stage), which saves every later round trip.
+    async fn gate(&self, ctx: &mut Context<Session>) -> Status {
+        let r = self.readiness.get().await;
+        let session = ctx.data.get_or_insert_default();
+        if !r.healthy {
+            self.outage_goes_on(&r.detail);
+            return tempfail(&mut ctx.reply, &self.cfg.tempfail_text);
+        }
+        self.outage_ends();
+        session.release = r.release;
+        match self.cfg.mode {
+            MilterMode::Gate => Status::Accept,
+            MilterMode::Scan => Status::Continue,
+        }
     }
 
     fn outage_goes_on(&self, detail: &str) {
@@ -131,209 +187,188 @@ impl Shared {
         }
     }
 
-    async fn send(&self, session: &mut Session, data: &[u8]) {
-        if session.failed.is_some() {
-            return;
+    /// Header, EOH and body callbacks: the next piece of the message to clamd.
+    async fn feed(self: Arc<Self>, ctx: &mut Context<Session>, data: impl AsRef<[u8]>) -> Status {
+        // Taken out for the length of the send: a callback cut short leaves
+        // the session missing, and the message is tempfailed, not accepted.
+        let mut session = ctx.data.take().unwrap_or_else(Session::lost);
+        session.scan = self.send(session.scan, data.as_ref()).await;
+        ctx.data = Some(session);
+        Status::Continue
+    }
+
+    /// Opens the scan on first use; the first failure sticks.
+    async fn send(&self, scan: Scan, data: &[u8]) -> Scan {
+        let mut stream = match scan {
+            Scan::Failed(_) => return scan,
+            Scan::Streaming(stream) => stream,
+            Scan::Idle => match self.clamd.stream().await {
+                Ok(stream) => stream,
+                Err(e) => return Scan::Failed(e.into()),
+            },
+        };
+        match stream.send(data).await {
+            Ok(()) => Scan::Streaming(stream),
+            Err(e) => Scan::Failed(e.into()),
         }
-        if session.stream.is_none() {
-            match self.clamd.stream().await {
-                Ok(s) => session.stream = Some(s),
-                Err(e) => {
-                    session.failed = Some(e.to_string());
-                    return;
-                }
+    }
+
+    /// EOM callback: the verdict, acted on; the session stays for the next
+    /// message on this connection.
+    async fn eom(self: Arc<Self>, ctx: &mut EomContext<Session>) -> Status {
+        let session = ctx.data.take().unwrap_or_else(Session::lost);
+        let verdict = self.verdict(session.scan).await;
+        ctx.data = Some(Session { release: session.release.clone(), ..Session::default() });
+        match verdict {
+            Ok(ScanVerdict::Clean) => self.clean(ctx, session.release.as_deref()).await,
+            Ok(ScanVerdict::Infected(sig)) => self.infected(ctx, &sig).await,
+            Ok(ScanVerdict::Error(e)) => self.unscanned(ctx, &e),
+            Err(e) => self.unscanned(ctx, &e),
+        }
+    }
+
+    async fn verdict(&self, scan: Scan) -> Result<ScanVerdict, ScanFailure> {
+        // Even an empty message must be scanned before it is accepted.
+        let stream = match scan {
+            Scan::Failed(e) => return Err(e),
+            Scan::Streaming(stream) => stream,
+            Scan::Idle => self.clamd.stream().await?,
+        };
+        Ok(stream.finish().await?)
+    }
+
+    async fn clean(&self, ctx: &mut EomContext<Session>, release: Option<&str>) -> Status {
+        if self.cfg.add_header {
+            let v = format!("clamgate (release {})", release.unwrap_or("unknown"));
+            let _ = ctx.actions.add_header("X-Virus-Scanned", v).await;
+        }
+        Status::Continue
+    }
+
+    /// Our own failure: tempfail, never accept unscanned, never reject.
+    fn unscanned(&self, ctx: &mut EomContext<Session>, why: &dyn std::fmt::Display) -> Status {
+        tracing::warn!("tempfailing a message that could not be scanned: {why}");
+        tempfail(&mut ctx.reply, &self.cfg.tempfail_text)
+    }
+
+    async fn infected(&self, ctx: &mut EomContext<Session>, sig: &str) -> Status {
+        tracing::info!(signature = sig, action = %self.cfg.on_infected, "infected message");
+        match self.cfg.on_infected {
+            OnInfected::Reject => {
+                let _ = ctx.reply.set_error_reply("554", Some("5.7.1"), [format!("Message rejected: virus found ({sig})")]);
+                Status::Reject
             }
-        }
-        let stream = session.stream.as_mut().expect("just set");
-        if let Err(e) = stream.send(data).await {
-            session.failed = Some(e.to_string());
-            session.stream = None;
+            // Could not quarantine or mark it: never deliver it silently.
+            OnInfected::Quarantine => match ctx.actions.quarantine(format!("clamgate: {sig}")).await {
+                Ok(()) => Status::Continue,
+                Err(_) => tempfail(&mut ctx.reply, "could not quarantine an infected message"),
+            },
+            OnInfected::Header => match ctx.actions.add_header("X-Virus-Found", sig).await {
+                Ok(()) => Status::Continue,
+                Err(_) => tempfail(&mut ctx.reply, "could not mark an infected message"),
+            },
         }
     }
 }
 
-pub async fn run(config: &Config, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), MilterError> {
-    let cfg = config.milter.clone();
-    let readiness = ReadinessCache::new(&cfg.health_url, cfg.health_ttl, cfg.health_timeout).map_err(MilterError::Config)?;
-    let shared = Arc::new(Shared {
-        scan: cfg.mode == "scan",
-        clamd: Client::new(config.clamd.endpoint.clone(), config.clamd.timeout),
-        readiness,
-        cfg: cfg.clone(),
-        outage: std::sync::Mutex::new(None),
-    });
-    let callbacks = callbacks(shared);
-    let mut mcfg = indymilter::Config { max_connections: cfg.max_connections, ..Default::default() };
-    mcfg.actions = Actions::ADD_HEADER | Actions::QUARANTINE;
-    mcfg.connection_timeout = Duration::from_secs(300);
-    tracing::info!(listen = %cfg.listen, mode = %cfg.mode, "clamgate milter starting");
-    if let Some(path) = cfg.listen.strip_prefix("unix:") {
-        let path = PathBuf::from(path);
-        // A socket left by a crash would make bind fail; ours to remove.
-        if std::fs::symlink_metadata(&path).is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_socket(&m.file_type())) {
-            let _ = std::fs::remove_file(&path);
-        }
-        if let Some(dir) = path.parent() {
-            let _ = std::fs::create_dir_all(dir);
-        }
-        let listener = tokio::net::UnixListener::bind(&path).map_err(|source| MilterError::Listen { addr: cfg.listen.clone(), source })?;
-        use std::os::unix::fs::PermissionsExt;
-        let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o660));
-        let r = indymilter::run(listener, callbacks, mcfg, shutdown).await;
-        let _ = std::fs::remove_file(&path);
-        r.map_err(MilterError::Serve)
-    } else if let Some(addr) = cfg.listen.strip_prefix("inet:") {
-        let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| MilterError::Listen { addr: cfg.listen.clone(), source })?;
-        indymilter::run(listener, callbacks, mcfg, shutdown).await.map_err(MilterError::Serve)
-    } else {
-        Err(MilterError::BadListen(cfg.listen))
+/// Abort callback: the message is gone, so is any half-sent scan with it.
+async fn abort(ctx: &mut Context<Session>) -> Status {
+    if let Some(session) = ctx.data.as_mut() {
+        session.scan = Scan::Idle;
     }
-}
-
-fn connect_callback(cb: Callbacks<Session>, s: Arc<Shared>) -> Callbacks<Session> {
-    cb.on_connect(move |ctx, _host: CString, _addr| {
-        let s = s.clone();
-        Box::pin(async move {
-            ctx.data = Some(Session::default());
-            if s.cfg.stage == "connect" {
-                let mut session = ctx.data.take().unwrap_or_default();
-                let status = s.gate(&mut ctx.reply, &mut session).await;
-                ctx.data = Some(session);
-                return s.done_if_gate_only(status);
-            }
-            Status::Continue
-        })
-    })
+    Status::Continue
 }
 
 fn callbacks(shared: Arc<Shared>) -> Callbacks<Session> {
     let mut cb = Callbacks::new();
     // Without a connect callback Postfix skips that stage (one round trip
-    // less per SMTP session): gate mode at RCPT has no use for it.
-    if shared.cfg.stage == "connect" || shared.scan {
-        cb = connect_callback(cb, shared.clone());
+    // less per SMTP session): gate mode at RCPT has no use for it; scan mode
+    // starts each session's state there.
+    if shared.gates_at(Stage::Connect) || shared.cfg.mode == MilterMode::Scan {
+        let s = shared.clone();
+        cb = cb.on_connect(move |ctx, _host, _addr| Box::pin(s.clone().connect(ctx)));
     }
     let s = shared.clone();
-    cb = cb.on_rcpt(move |ctx, _args| {
-        let s = s.clone();
-        Box::pin(async move {
-            if s.cfg.stage == "rcpt" || s.scan {
-                let mut session = ctx.data.take().unwrap_or_default();
-                let status = s.gate(&mut ctx.reply, &mut session).await;
-                ctx.data = Some(session);
-                return s.done_if_gate_only(status);
-            }
-            Status::Continue
-        })
-    });
-    let s = shared.clone();
-    cb = cb.on_abort(move |ctx| {
-        let _ = &s;
-        Box::pin(async move {
-            // The message is gone: drop any half-sent scan with it.
-            if let Some(session) = ctx.data.as_mut() {
-                session.stream = None;
-                session.failed = None;
-            }
-            Status::Continue
-        })
-    });
-    if !shared.scan {
+    cb = cb.on_rcpt(move |ctx, _args| Box::pin(s.clone().rcpt(ctx)));
+    cb = cb.on_abort(|ctx| Box::pin(abort(ctx)));
+    match shared.cfg.mode {
         // Gate mode never looks at the message.
-        return cb;
+        MilterMode::Gate => cb,
+        MilterMode::Scan => scan_callbacks(cb, shared),
     }
+}
+
+/// The message, streamed to clamd as it arrives, and the verdict at EOM.
+fn scan_callbacks(cb: Callbacks<Session>, shared: Arc<Shared>) -> Callbacks<Session> {
     // Nothing to decide at DATA, but without a DATA callback Postfix sends
     // the DATA macros and the first header back to back without waiting for
     // a reply; over TCP, Nagle on its side and delayed ACK on ours then
     // stall every message ~40 ms. Answering here keeps the exchange moving.
-    cb = cb.on_data(|_ctx| Box::pin(async { Status::Continue }));
+    let cb = cb.on_data(|_ctx| Box::pin(async { Status::Continue }));
     let s = shared.clone();
-    cb = cb.on_header(move |ctx, name, value| {
-        let s = s.clone();
-        Box::pin(async move {
-            let mut session = ctx.data.take().unwrap_or_else(Session::lost);
-            let mut line = name.into_bytes();
-            line.extend_from_slice(b": ");
-            line.extend_from_slice(value.as_bytes());
-            line.extend_from_slice(b"\r\n");
-            s.send(&mut session, &line).await;
-            ctx.data = Some(session);
-            Status::Continue
-        })
-    });
+    let cb = cb.on_header(move |ctx, name, value| Box::pin(s.clone().feed(ctx, header_line(name, value))));
     let s = shared.clone();
-    cb = cb.on_eoh(move |ctx| {
-        let s = s.clone();
-        Box::pin(async move {
-            let mut session = ctx.data.take().unwrap_or_else(Session::lost);
-            s.send(&mut session, b"\r\n").await;
-            ctx.data = Some(session);
-            Status::Continue
-        })
-    });
+    let cb = cb.on_eoh(move |ctx| Box::pin(s.clone().feed(ctx, b"\r\n")));
     let s = shared.clone();
-    cb = cb.on_body(move |ctx, chunk: Bytes| {
-        let s = s.clone();
-        Box::pin(async move {
-            let mut session = ctx.data.take().unwrap_or_else(Session::lost);
-            s.send(&mut session, &chunk).await;
-            ctx.data = Some(session);
-            Status::Continue
-        })
-    });
-    let s = shared;
-    cb.on_eom(move |ctx| {
-        let s = s.clone();
-        Box::pin(async move {
-            let mut session = ctx.data.take().unwrap_or_else(Session::lost);
-            let release = session.release.clone();
-            // Even an empty message must be scanned before it is accepted.
-            if session.stream.is_none() && session.failed.is_none() {
-                s.send(&mut session, b"").await;
-            }
-            let verdict = match (session.failed.take(), session.stream.take()) {
-                (Some(e), _) => Err(e),
-                (None, Some(stream)) => stream.finish().await.map_err(|e| e.to_string()),
-                (None, None) => Err("no scan stream".to_string()),
-            };
-            ctx.data = Some(Session { release: release.clone(), ..Session::default() });
-            match verdict {
-                Ok(ScanVerdict::Clean) => {
-                    if s.cfg.add_header {
-                        let v = format!("clamgate (release {})", release.as_deref().unwrap_or("unknown"));
-                        let _ = ctx.actions.add_header("X-Virus-Scanned", v).await;
-                    }
-                    Status::Continue
-                }
-                Ok(ScanVerdict::Infected(sig)) => infected(&s.cfg, ctx, &sig).await,
-                Ok(ScanVerdict::Error(e)) | Err(e) => {
-                    tracing::warn!("tempfailing a message that could not be scanned: {e}");
-                    tempfail(&mut ctx.reply, &s.cfg.tempfail_text)
-                }
-            }
-        })
-    })
+    let cb = cb.on_body(move |ctx, chunk: Bytes| Box::pin(s.clone().feed(ctx, chunk)));
+    cb.on_eom(move |ctx| Box::pin(shared.clone().eom(ctx)))
 }
 
-async fn infected(cfg: &MilterConfig, ctx: &mut indymilter::EomContext<Session>, sig: &str) -> Status {
-    tracing::info!(signature = sig, action = %cfg.on_infected, "infected message");
-    match cfg.on_infected.as_str() {
-        "quarantine" => {
-            if ctx.actions.quarantine(format!("clamgate: {sig}")).await.is_ok() {
-                return Status::Continue;
-            }
-            // Could not quarantine: never deliver it silently.
-            tempfail(&mut ctx.reply, "could not quarantine an infected message")
+pub(crate) async fn run(config: &Config, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), MilterError> {
+    let callbacks = callbacks(Arc::new(Shared::new(config)?));
+    let cfg = &config.milter;
+    let mut mcfg = indymilter::Config { max_connections: cfg.max_connections, ..Default::default() };
+    mcfg.actions = Actions::ADD_HEADER | Actions::QUARANTINE;
+    mcfg.connection_timeout = Duration::from_secs(300);
+    tracing::info!(listen = %cfg.listen, mode = %cfg.mode, "clamgate milter starting");
+    let listen_failed = |source| MilterError::Listen { addr: cfg.listen.clone(), source };
+    if let Some(path) = cfg.listen.strip_prefix("unix:") {
+        let path = Path::new(path);
+        let listener = bind_unix(path).map_err(listen_failed)?;
+        let served = indymilter::run(listener, callbacks, mcfg, shutdown).await;
+        let _ = std::fs::remove_file(path);
+        served.map_err(MilterError::Serve)
+    } else if let Some(addr) = cfg.listen.strip_prefix("inet:") {
+        let listener = tokio::net::TcpListener::bind(addr).await.map_err(listen_failed)?;
+        indymilter::run(listener, callbacks, mcfg, shutdown).await.map_err(MilterError::Serve)
+    } else {
+        Err(MilterError::BadListen(cfg.listen.clone()))
+    }
+}
+
+/// The socket is ours: a stale one is removed first (`run` removes it after),
+/// and it is not world-accessible.
+fn bind_unix(path: &Path) -> std::io::Result<tokio::net::UnixListener> {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    // A socket left by a crash would make bind fail.
+    if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
+        let _ = std::fs::remove_file(path);
+    }
+    if let Some(dir) = path.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    let listener = tokio::net::UnixListener::bind(path)?;
+    let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660));
+    Ok(listener)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn where_sessions_are_gated() {
+        use MilterMode::{Gate, Scan};
+        use Stage::{Connect, Rcpt};
+        // (mode, stage) -> gated at connect, gated at rcpt
+        for (mode, stage, want) in [(Gate, Connect, (true, false)), (Gate, Rcpt, (false, true)), (Scan, Connect, (true, true)), (Scan, Rcpt, (false, true))] {
+            assert_eq!((gates_at(mode, stage, Connect), gates_at(mode, stage, Rcpt)), want, "{mode} {stage}");
         }
-        "header" => {
-            if ctx.actions.add_header("X-Virus-Found", sig).await.is_ok() {
-                return Status::Continue;
-            }
-            tempfail(&mut ctx.reply, "could not mark an infected message")
-        }
-        _ => {
-            let _ = ctx.reply.set_error_reply("554", Some("5.7.1"), [format!("Message rejected: virus found ({sig})")]);
-            Status::Reject
-        }
+    }
+
+    #[test]
+    fn headers_reach_clamd_as_written() {
+        let line = header_line(CString::new("Subject").unwrap(), CString::new("hi there").unwrap());
+        assert_eq!(line, b"Subject: hi there\r\n");
     }
 }

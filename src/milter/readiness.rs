@@ -13,14 +13,34 @@ use tokio::sync::Mutex;
 
 /// What the milter needs to know, from one /readyz answer.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Readiness {
-    pub healthy: bool,
+pub(crate) struct Readiness {
+    pub(crate) healthy: bool,
     /// Why not, for logs.
-    pub detail: String,
-    pub release: Option<String>,
+    pub(crate) detail: String,
+    pub(crate) release: Option<String>,
 }
 
-pub struct ReadinessCache {
+/// A `milter.health_url` the milter cannot ask.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum HealthUrlError {
+    #[error("milter.health_url {url:?}: {reason}")]
+    Invalid { url: String, reason: hyper::http::uri::InvalidUri },
+    #[error("milter.health_url {url}: only http:// is supported (the endpoint listens on loopback)")]
+    NotHttp { url: hyper::Uri },
+}
+
+/// Why one /readyz request gave no answer; the milter counts it as unhealthy.
+#[derive(Debug, thiserror::Error)]
+enum FetchError {
+    #[error("cannot reach {url}: {reason}")]
+    Unreachable { url: hyper::Uri, reason: Box<hyper_util::client::legacy::Error> },
+    #[error("reading {url}: {reason}")]
+    Body { url: hyper::Uri, reason: Box<dyn std::error::Error + Send + Sync> },
+    #[error("{url} did not answer within {after:?}")]
+    Timeout { url: hyper::Uri, after: Duration },
+}
+
+pub(crate) struct ReadinessCache {
     url: hyper::Uri,
     ttl: Duration,
     timeout: Duration,
@@ -30,10 +50,10 @@ pub struct ReadinessCache {
 }
 
 impl ReadinessCache {
-    pub fn new(url: &str, ttl: Duration, timeout: Duration) -> Result<ReadinessCache, String> {
-        let url: hyper::Uri = url.parse().map_err(|e| format!("milter.health_url {url:?}: {e}"))?;
+    pub(crate) fn new(url: &str, ttl: Duration, timeout: Duration) -> Result<ReadinessCache, HealthUrlError> {
+        let url: hyper::Uri = url.parse().map_err(|reason| HealthUrlError::Invalid { url: url.to_string(), reason })?;
         if url.scheme_str() != Some("http") {
-            return Err(format!("milter.health_url {url}: only http:// is supported (the endpoint listens on loopback)"));
+            return Err(HealthUrlError::NotHttp { url });
         }
         // Idle connections are dropped before the health endpoint would
         // close them (between requests, 30 s after accept): fewer requests
@@ -42,7 +62,7 @@ impl ReadinessCache {
         Ok(ReadinessCache { url, ttl, timeout, client, cached: Mutex::new(None) })
     }
 
-    pub async fn get(&self) -> Readiness {
+    pub(crate) async fn get(&self) -> Readiness {
         let mut cached = self.cached.lock().await;
         if let Some((at, r)) = cached.as_ref() {
             if at.elapsed() < self.ttl {
@@ -55,25 +75,27 @@ impl ReadinessCache {
     }
 
     async fn fetch(&self) -> Readiness {
-        let unhealthy = |detail: String| Readiness { healthy: false, detail, release: None };
-        let req = async {
-            let resp = self.client.get(self.url.clone()).await.map_err(|e| format!("cannot reach {}: {e}", self.url))?;
-            let status = resp.status();
-            // /readyz bodies are small; refuse to buffer a large one.
-            let body = http_body_util::Limited::new(resp.into_body(), 64 * 1024).collect().await.map_err(|e| format!("reading {}: {e}", self.url))?.to_bytes();
-            Ok::<_, String>((status, body))
-        };
-        let (status, body) = match tokio::time::timeout(self.timeout, req).await {
-            Ok(Ok(x)) => x,
-            Ok(Err(e)) => return unhealthy(e),
-            Err(_) => return unhealthy(format!("{} did not answer within {:?}", self.url, self.timeout)),
-        };
-        parse(status.as_u16(), &body)
+        let answer = tokio::time::timeout(self.timeout, self.request())
+            .await
+            .unwrap_or_else(|_| Err(FetchError::Timeout { url: self.url.clone(), after: self.timeout }));
+        match answer {
+            Ok((code, body)) => parse(code, &body),
+            Err(e) => Readiness { healthy: false, detail: e.to_string(), release: None },
+        }
+    }
+
+    async fn request(&self) -> Result<(u16, Bytes), FetchError> {
+        let resp = self.client.get(self.url.clone()).await.map_err(|e| FetchError::Unreachable { url: self.url.clone(), reason: Box::new(e) })?;
+        let code = resp.status().as_u16();
+        // /readyz bodies are small; refuse to buffer a large one.
+        let body =
+            http_body_util::Limited::new(resp.into_body(), 64 * 1024).collect().await.map_err(|reason| FetchError::Body { url: self.url.clone(), reason })?;
+        Ok((code, body.to_bytes()))
     }
 }
 
 /// Healthy only on 200 with `status` pass or warn.
-pub fn parse(code: u16, body: &[u8]) -> Readiness {
+fn parse(code: u16, body: &[u8]) -> Readiness {
     let v: serde_json::Value = serde_json::from_slice(body).unwrap_or(serde_json::Value::Null);
     let status = v["status"].as_str().unwrap_or("");
     let release = v["releaseId"].as_str().map(str::to_string);
