@@ -78,10 +78,6 @@ impl Manifest {
     pub fn total_signatures(&self) -> u64 {
         self.files.iter().map(|f| f.signatures).sum()
     }
-
-    pub fn file(&self, name: &str) -> Option<&DbFile> {
-        self.files.iter().find(|f| f.name == name)
-    }
 }
 
 /// What the snapshot found and copied.

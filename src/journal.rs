@@ -7,7 +7,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
@@ -303,10 +303,6 @@ impl Journal {
         Journal { path: path.into() }
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// Appends one event and fsyncs.
     pub fn append(&self, event: Event) -> Result<(), JournalError> {
         let entry = Entry { ts: humantime::format_rfc3339_millis(SystemTime::now()).to_string(), event };
@@ -367,9 +363,10 @@ mod tests {
     #[test]
     fn appends_and_survives_a_torn_line() {
         let dir = tempfile::tempdir().unwrap();
-        let j = Journal::new(dir.path().join("journal.jsonl"));
+        let path = dir.path().join("journal.jsonl");
+        let j = Journal::new(&path);
         j.append(done("abc")).unwrap();
-        std::fs::OpenOptions::new().append(true).open(j.path()).unwrap().write_all(b"{\"ts\":\"2026").unwrap();
+        std::fs::OpenOptions::new().append(true).open(&path).unwrap().write_all(b"{\"ts\":\"2026").unwrap();
         j.append(Event::Unpin { by: "ops".into() }).unwrap();
         let entries = j.read().unwrap();
         assert_eq!(entries.len(), 2);
@@ -422,7 +419,7 @@ mod tests {
     /// line as the event it was, none as Unknown.
     #[test]
     fn reads_a_journal_written_before_typed_events() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/journal-v0.1.jsonl");
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/journal-v0.1.jsonl");
         let entries = Journal::new(&path).read().unwrap();
         let lines = std::fs::read_to_string(&path).unwrap().lines().filter(|l| !l.is_empty()).count();
         assert_eq!(entries.len(), lines, "every line parses");

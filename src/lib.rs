@@ -25,27 +25,27 @@
 //! (client and our own clamd processes), [`failpoint`] (crash points for
 //! tests), [`demo`] and [`cli`].
 
-pub mod canary;
+pub(crate) mod canary;
 pub mod candidate;
 pub mod clamd;
 pub mod cli;
 pub mod config;
-pub mod context;
+pub(crate) mod context;
 pub mod corpus;
-pub mod daemon;
-pub mod demo;
+pub(crate) mod daemon;
+pub(crate) mod demo;
 pub mod failpoint;
-pub mod gate;
+pub(crate) mod gate;
 pub mod health;
 pub mod journal;
 pub mod metrics;
-pub mod milter;
+pub(crate) mod milter;
 pub mod policy;
-pub mod production;
-pub mod promote;
+pub(crate) mod production;
+pub(crate) mod promote;
 pub mod reason;
 pub mod settings;
 pub mod status;
 pub mod store;
 pub mod validate;
-pub mod watch;
+pub(crate) mod watch;

@@ -23,7 +23,6 @@ async fn good_set_detects_test_files_and_passes_clean_mail() {
     for entry in walk(&corpus().join("clean")) {
         assert_eq!(c.scan_file(&entry).await.unwrap(), ScanVerdict::Clean, "{}", entry.display());
     }
-    assert_eq!(c.scan_bytes(b"just some text\n").await.unwrap(), ScanVerdict::Clean);
 }
 
 #[tokio::test]
@@ -89,11 +88,8 @@ async fn reload_follows_a_symlink_swapped_by_rename() {
 }
 
 #[tokio::test]
-async fn stats_and_version_parse_from_a_live_clamd() {
+async fn version_parses_from_a_live_clamd() {
     let clamd = Clamd::start(&set("good")).await.unwrap();
-    let s = clamd.client().stats().await.unwrap();
-    assert!(s.state.starts_with("VALID"), "{s:?}");
-    assert!(s.threads_max > 0);
     let v = clamd.client().version().await.unwrap();
     assert_eq!(v.database, None, "custom-only set has no daily version: {v:?}");
 }
@@ -113,7 +109,7 @@ async fn a_hung_clamd_times_out_instead_of_hanging_the_caller() {
     let clamd = Clamd::start(&set("good")).await.unwrap();
     clamd.process.signal(rustix::process::Signal::STOP);
     let c = clamd.client().with_timeout(Duration::from_millis(300));
-    let err = c.scan_bytes(b"hello").await.unwrap_err();
+    let err = c.scan_file(&sample("clean/letter.txt")).await.unwrap_err();
     assert!(err.to_string().contains("timed out"), "{err}");
 }
 

@@ -17,7 +17,7 @@ use std::time::Duration;
 use clamav_client::tokio as cc;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-pub use reply::{ReplyError, ScanVerdict, Stats, Version};
+pub use reply::{ReplyError, ScanVerdict, Version};
 
 /// Chunk size for INSTREAM; clamd's default StreamMaxLength is 100 MiB, and
 /// larger chunks mean fewer syscalls on both sides.
@@ -98,14 +98,6 @@ impl Client {
         Client::new(Endpoint::Unix(path.into()), timeout)
     }
 
-    pub fn endpoint(&self) -> &Endpoint {
-        &self.endpoint
-    }
-
-    pub fn timeout(&self) -> Duration {
-        self.timeout
-    }
-
     /// The same clamd with another per-call timeout (scans of big files).
     pub fn with_timeout(&self, timeout: Duration) -> Self {
         Client { endpoint: self.endpoint.clone(), timeout }
@@ -155,11 +147,6 @@ impl Client {
         self.parsed("RELOAD", reply::parse_reload(&raw))
     }
 
-    pub async fn scan_bytes(&self, data: &[u8]) -> Result<ScanVerdict, ClamdError> {
-        let raw = self.call("INSTREAM", async |c| cc::scan_buffer(data, c, Some(CHUNK)).await, async |c| cc::scan_buffer(data, c, Some(CHUNK)).await).await?;
-        self.parsed("INSTREAM", reply::parse_scan(&raw))
-    }
-
     /// Streams a file's content to clamd (INSTREAM), so clamd needs no access
     /// to our files: the canary and production may run as other users.
     pub async fn scan_file(&self, path: &Path) -> Result<ScanVerdict, ClamdError> {
@@ -167,20 +154,6 @@ impl Client {
         tokio::fs::metadata(path).await.map_err(|source| ClamdError::File { endpoint: self.endpoint.clone(), file: path.to_path_buf(), source })?;
         let raw = self.call("INSTREAM", async |c| cc::scan_file(path, c, Some(CHUNK)).await, async |c| cc::scan_file(path, c, Some(CHUNK)).await).await?;
         self.parsed("INSTREAM", reply::parse_scan(&raw))
-    }
-
-    pub async fn stats(&self) -> Result<Stats, ClamdError> {
-        let raw = self
-            .bounded("STATS", async {
-                let mut conn = self.connect().await?;
-                conn.write_all(b"zSTATS\0").await?;
-                conn.flush().await?;
-                let mut out = Vec::new();
-                conn.read_to_end(&mut out).await?;
-                Ok(out)
-            })
-            .await?;
-        self.parsed("STATS", reply::parse_stats(&raw))
     }
 
     /// Starts an INSTREAM scan fed chunk by chunk, for callers that receive

@@ -190,21 +190,12 @@ impl ClamdProcess {
         &self.socket
     }
 
-    pub fn log_path(&self) -> &Path {
-        &self.log
-    }
-
     pub fn log_text(&self) -> String {
         fs::read(&self.log).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default()
     }
 
     pub fn pid(&self) -> u32 {
         self.child.id()
-    }
-
-    /// Time from spawn to the first PONG.
-    pub fn load_time(&self) -> Option<Duration> {
-        self.load_time
     }
 
     /// Peak resident memory so far (`VmHWM`), in bytes.

@@ -22,14 +22,6 @@ impl ScanVerdict {
     pub fn is_infected(&self) -> bool {
         matches!(self, ScanVerdict::Infected(_))
     }
-
-    /// The signature name, when infected.
-    pub fn signature(&self) -> Option<&str> {
-        match self {
-            ScanVerdict::Infected(s) => Some(s),
-            _ => None,
-        }
-    }
 }
 
 impl fmt::Display for ScanVerdict {
@@ -54,20 +46,6 @@ pub struct Version {
     pub database: Option<u64>,
     /// Build date of that database as clamd prints it.
     pub database_date: Option<String>,
-}
-
-/// The parts of clamd's STATS reply that tell whether it is healthy and busy.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Stats {
-    pub pools: u32,
-    /// `VALID PRIMARY`, or something else while a reload is under way.
-    pub state: String,
-    pub threads_live: u32,
-    pub threads_idle: u32,
-    pub threads_max: u32,
-    pub queue_items: u32,
-    /// The whole reply, for operators who want the rest.
-    pub raw: String,
 }
 
 /// Why a reply could not be understood; carries the reply (shortened) so the
@@ -156,33 +134,6 @@ pub fn parse_scan(raw: &[u8]) -> Result<ScanVerdict, ReplyError> {
     Err(bad("unknown scan reply", t))
 }
 
-/// Parses STATS. The reply is multi-line and ends with `END`.
-pub fn parse_stats(raw: &[u8]) -> Result<Stats, ReplyError> {
-    let t = text(raw)?;
-    let body = t.trim_end();
-    if !body.ends_with("END") {
-        return Err(bad("STATS reply does not end with END", t));
-    }
-    let field = |name: &str| body.lines().find_map(|l| l.strip_prefix(name)).map(str::trim);
-    let num = |s: Option<&str>, what: &'static str| -> Result<u32, ReplyError> { s.and_then(|s| s.parse().ok()).ok_or_else(|| bad(what, t)) };
-    let pools = num(field("POOLS:"), "STATS reply has no POOLS")?;
-    let state = field("STATE:").ok_or_else(|| bad("STATS reply has no STATE", t))?.to_string();
-    // THREADS: live 1  idle 0 max 10 idle-timeout 30
-    let threads = field("THREADS:").ok_or_else(|| bad("STATS reply has no THREADS", t))?;
-    let words: Vec<&str> = threads.split_whitespace().collect();
-    let after = |key: &str| words.iter().position(|w| *w == key).and_then(|i| words.get(i + 1)).copied();
-    let queue = field("QUEUE:").and_then(|q| q.split_whitespace().next());
-    Ok(Stats {
-        pools,
-        state,
-        threads_live: num(after("live"), "STATS reply has no live thread count")?,
-        threads_idle: num(after("idle"), "STATS reply has no idle thread count")?,
-        threads_max: num(after("max"), "STATS reply has no max thread count")?,
-        queue_items: num(queue, "STATS reply has no QUEUE count")?,
-        raw: body.to_string(),
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -252,16 +203,6 @@ mod tests {
         assert!(parse_reload(b"RELOADING\0").is_ok());
         assert!(parse_reload(b"RELOAD\0").is_err());
         assert!(parse_reload(b"").is_err());
-    }
-
-    #[test]
-    fn stats_reply() {
-        let raw = b"POOLS: 1\n\nSTATE: VALID PRIMARY\nTHREADS: live 1  idle 0 max 10 idle-timeout 30\nQUEUE: 0 items\n\tSTATS 0.000002 \n\nMEMSTATS: heap N/A mmap N/A used N/A free N/A releasable N/A pools 1 pools_used 5.899M pools_total 5.980M\nEND\0";
-        let s = parse_stats(raw).unwrap();
-        assert_eq!((s.pools, s.state.as_str(), s.threads_live, s.threads_idle, s.threads_max, s.queue_items), (1, "VALID PRIMARY", 1, 0, 10, 0));
-        for raw in [&b""[..], b"POOLS: 1\nEND", b"POOLS: 1\nEND\0", b"POOLS: x\nSTATE: V\nTHREADS: live 1 idle 0 max 1\nQUEUE: 0 items\nEND\0"] {
-            assert!(parse_stats(raw).is_err(), "{:?}", String::from_utf8_lossy(raw));
-        }
     }
 
     #[test]
