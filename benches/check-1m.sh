@@ -28,7 +28,7 @@ bin=$(cd "$target_dir" && pwd)/release/clamgate
 [[ -x $bin ]] || die "$bin: not built"
 
 echo "building a $SIGS-signature daily.cud..." >&2
-build_big_daily "$SIGS" "$work/big"
+mkdir -p "$work/big" && build_daily 2 "$SIGS" "$work/big/daily.cud"
 corpus=$work/fx/corpus
 mapfile -t corpus_files < <(find "$corpus" -type f ! -name expect.toml | sort)
 printf 'LocalSocket %s\n' "$work/a.sock" > "$work/a.client"
@@ -37,7 +37,6 @@ printf 'LocalSocket %s\n' "$work/a.sock" > "$work/a.client"
 loads=(); scans=(); sums=()
 for r in $(seq "$RUNS"); do
   echo "bare run $r/$RUNS..." >&2
-  rm -f "$work/a.sock"
   SECONDS=0; t=$(now); start_clamd "$work/big" "$work/a.sock" "$work/a.conf"; pids+=("$pid")
   until ping_ok "$work/a.sock"; do
     kill -0 "$pid" 2>/dev/null || die "bare clamd exited: $(tail -3 "$work/a.conf.log")"
@@ -49,7 +48,7 @@ for r in $(seq "$RUNS"); do
   rc=0; timeout "$TIMEOUT" clamdscan --config-file="$work/a.client" --stream --no-summary "${corpus_files[@]}" >/dev/null 2>&1 || rc=$?
   (( rc <= 1 )) || die "bare corpus scan failed (clamdscan exit $rc)" # 1 = something found, as expected
   scan=$(echo "$(now) - $t" | bc)
-  kill -9 "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true
+  stop_pid "$pid"
   loads+=("$load"); scans+=("$scan"); sums+=("$(echo "$load + $scan" | bc)")
 done
 

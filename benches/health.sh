@@ -76,27 +76,11 @@ hello=$target_dir/release/clamgate-bench-hello
 testdata/make-fixtures "$work/fx" >/dev/null
 
 # --- clamgate run with a live release and a production clamd ---------------
-port=$(free_port)
-seed_daemon
-cat >> "$work/clamgate.toml" <<EOT
-settle = "1s"
-smoke_samples = [$(printf '"%s", ' "${SMOKE[@]}")]
-[clamd]
-socket = "$work/prod/clamd.sock"
-[health]
-listen = "127.0.0.1:$port"
-probe_interval = "$PROBE_INTERVAL"
-EOT
-CLAMGATE_LOG=warn "${pin_srv[@]}" "$bin" run --config "$work/clamgate.toml" > "$work/daemon.log" 2>&1 &
-pids+=("$!")
-promoted() { grep -qs '"promotion.done"' "$work/state/journal.jsonl"; }
-wait_for "first promotion" promoted
+seed_v1
+start_daemon 1s "$PROBE_INTERVAL" "smoke_samples = [$(printf '"%s", ' "${SMOKE[@]}")]" "${pin_srv[@]}"
+clamgate_pid=$pid port=$health
 # Production clamd logs every scan it does, clean ones included.
-printf 'Foreground yes\nLocalSocket %s\nDatabaseDirectory %s\nTemporaryDirectory %s\nSelfCheck 0\nConcurrentDatabaseReload yes\nLogFile %s\nLogClean yes\nLogTime no\n' \
-  "$work/prod/clamd.sock" "$work/state/current" "$work" "$work/prod.log" > "$work/prod.conf"
-/usr/sbin/clamd --config-file="$work/prod.conf" > "$work/prod.out" 2>&1 &
-pids+=("$!")
-wait_for "PONG from production clamd" ping_ok "$work/prod/clamd.sock"
+start_production "LogFile $work/prod.log" "LogClean yes" "LogTime no"
 wait_for "/readyz 200" answers_200 "http://127.0.0.1:$port/readyz"
 
 # --- the minimal responders: the small body, and /readyz's own body ----------
@@ -108,7 +92,6 @@ pids+=("$!"); hello_pid=$!
 pids+=("$!"); hello2_pid=$!
 wait_for "hello answering" answers_200 "http://127.0.0.1:$hport/readyz"
 wait_for "hello (same body) answering" answers_200 "http://127.0.0.1:$hport2/readyz"
-clamgate_pid=${pids[0]}
 
 load0=$(cut -d' ' -f1-3 /proc/loadavg)
 # --- wrk, ROUNDS times round the three servers ---------------------------------

@@ -13,15 +13,13 @@ settle_s=${SETTLE%s}
 BENCH=promote-1m
 source benches/lib.sh
 
-version_db() { printf 'zVERSION\0' | socat -t 2 - "UNIX-CONNECT:$1" 2>/dev/null | tr -d '\0' | cut -d/ -f2; }
-
 echo "building (release) and fixtures..." >&2
 cargo build --release --locked -q
 testdata/make-fixtures "$work/fx" >/dev/null
 bin=${CARGO_TARGET_DIR:-$PWD/target}/release/clamgate
 
 echo "building a $SIGS-signature daily.cud (version 2)..." >&2
-build_big_daily "$SIGS" "$work/big"
+mkdir -p "$work/big" && build_daily 2 "$SIGS" "$work/big/daily.cud"
 corpus_files=$(find "$work/fx/corpus" -type f ! -name expect.toml)
 
 # --- baseline a: bare clamd start to PONG on the update -------------------
@@ -32,40 +30,28 @@ load=$(echo "$(now) - $t" | bc)
 printf 'LocalSocket %s\n' "$work/a.sock" > "$work/a.client"
 t=$(now); clamdscan --config-file="$work/a.client" --stream --no-summary $corpus_files >/dev/null 2>&1 || true
 scan=$(echo "$(now) - $t" | bc)
-kill -9 "$pid"; wait "$pid" 2>/dev/null || true
+stop_pid "$pid"
 # --- baseline c: bare RELOAD of a clamd from v1 to the update ---------------
 ln -s "$work/fx/sets/daily-v1" "$work/link"
 start_clamd "$work/link" "$work/c.sock" "$work/c.conf"; pids+=("$pid")
 until ping_ok "$work/c.sock"; do sleep 0.01; done
 ln -sfn "$work/big" "$work/link.new" && mv -T "$work/link.new" "$work/link"
 t=$(now); printf 'zRELOAD\0' | socat -t 2 - "UNIX-CONNECT:$work/c.sock" >/dev/null
-until [[ $(version_db "$work/c.sock") == 2 ]]; do sleep 0.01; done
+until [[ $(db_version "$work/c.sock") == 2 ]]; do sleep 0.01; done
 reload=$(echo "$(now) - $t" | bc)
-kill -9 "$pid"; wait "$pid" 2>/dev/null || true
+stop_pid "$pid"
 
 # --- clamgate: the daemon with v1 live and production running ---------------
-port=$(free_port)
-seed_daemon
-cat >> "$work/clamgate.toml" <<EOT
-settle = "$SETTLE"
-[clamd]
-socket = "$work/prod/clamd.sock"
-[health]
-listen = "127.0.0.1:$port"
-probe_interval = "10s"
-EOT
-CLAMGATE_LOG=warn "$bin" run --config "$work/clamgate.toml" > "$work/daemon.log" 2>&1 &
-pids+=("$!")
-until grep -q '"promotion.done"' "$work/state/journal.jsonl" 2>/dev/null; do sleep 0.05; done
-start_clamd "$work/state/current" "$work/prod/clamd.sock" "$work/prod.conf"; pids+=("$pid")
-until ping_ok "$work/prod/clamd.sock"; do sleep 0.01; done
+seed_v1
+start_daemon "$SETTLE" 10s; daemon_pid=$pid
+start_production
 
 cp "$work/big/daily.cud" "$work/incoming/daily.cud.tmp"
 mv "$work/incoming/daily.cud.tmp" "$work/incoming/daily.cud"
 t=$(now)
-until [[ $(version_db "$work/prod/clamd.sock") == 2 ]]; do sleep 0.02; done
+until [[ $(db_version "$work/prod/clamd.sock") == 2 ]]; do sleep 0.02; done
 gate=$(echo "$(now) - $t" | bc)
-peak=$(grep VmHWM "/proc/${pids[-2]}/status" | awk '{print $2}')
+peak=$(grep VmHWM "/proc/$daemon_pid/status" | awk '{print $2}')
 
 bare=$(echo "$load + $scan + $reload" | bc)
 ratio=$(echo "scale=2; ($gate - $settle_s) / $bare" | bc)

@@ -2,29 +2,11 @@
 //! on free loopback ports, for end-to-end milter tests; plus `swaks` as the
 //! SMTP client. Everything started here is stopped when the handle drops.
 //!
-//! What it takes to run Postfix 3.7 (Debian 12) this way, found by doing it:
+//! The instance's main.cf and master.cf come from `scripts/postfix-instance`,
+//! the one Postfix set-up the benches and the soak run too; what it takes to
+//! run Postfix that way (as root, no /etc/postfix, chroot off, the retry
+//! timings) is written down there. What matters to the tests on top:
 //!
-//! - `postfix -c DIR start` works as root with only `DIR/main.cf` and
-//!   `DIR/master.cf`: no `/etc/postfix/main.cf` (there is none here) and no
-//!   `alternate_config_directories` are needed. `queue_directory` and
-//!   `data_directory` point into the temporary directory, so instances in
-//!   parallel test binaries share nothing but the `postfix` user; each one
-//!   has its own `master.lock`, `pid/master.pid` and sockets.
-//! - `queue_directory` itself must exist (the `postfix` command chdirs into
-//!   it first: "fatal: chdir(…/queue): No such file or directory");
-//!   `postfix start` (via `postfix-script check-fatal`) creates the queue's
-//!   subdirectories with the right owners itself; `post-install` and
-//!   `set-permissions` are not needed. `data_directory` must NOT be created
-//!   by us: owned by root, master dies with "open lock file
-//!   …/master.lock: … Permission denied"; left missing, Postfix creates it
-//!   owned by `postfix`. The temporary directory itself must be 0755.
-//! - Every service in master.cf runs with `chroot = n` (Debian's default
-//!   master.cf chroots smtpd, smtp, cleanup…, which would need copies of
-//!   /etc files under the queue directory).
-//! - `maillog_file` needs the `postlog unix-dgram … postlogd` service in
-//!   master.cf and a path under `maillog_file_prefixes` (default `/var,
-//!   /dev/stdout`: a file under /tmp is refused with "does not match any
-//!   prefix in maillog_file_prefixes").
 //! - The `postfix` command writes its errors to stderr only when stderr is a
 //!   terminal (otherwise to syslog, absent here), so a failing `postfix
 //!   check` or `start` is silent with exit 1. Commands are run under
@@ -35,11 +17,6 @@
 //!   up to 5 s before `kill -9`. An smtpd in the middle of DATA dies with it:
 //!   the client sees the connection close without a reply to its message,
 //!   and after `postfix start` the queue holds nothing of that transaction.
-//! - Retries: with `queue_run_delay = 1s` and `minimal_backoff_time = 1s`,
-//!   qmgr once picked up a just-deferred message while the smtp process
-//!   still held its lock, logged "skipped, still being delivered", and did
-//!   not try it again within 60 s. A 2 s minimal backoff leaves the
-//!   delivery agent time to let go; deliveries are still awaited for 90 s.
 //! - With the milter unreachable, `milter_default_action = tempfail` makes
 //!   smtpd log "milter-reject: CONNECT … 451 4.7.1" but, with the default
 //!   `smtpd_delay_reject = yes`, the client still gets 220 and 250 to EHLO:
@@ -69,7 +46,7 @@ const MAIL_OWNER: &str = "postfix";
 /// Bound on one `postfix` command and on every wait in here; only a hang hits it.
 const WAIT: Duration = Duration::from_secs(60);
 /// Bound on a delivery: beyond qmgr's 60 s "still being delivered" delay
-/// (see the module doc), so that rare race costs time, not a failure.
+/// (see scripts/postfix-instance), so that rare race costs time, not a failure.
 const DELIVERY_WAIT: Duration = Duration::from_secs(90);
 
 /// One Postfix instance (its own config, queue and data directory) relaying
@@ -89,24 +66,11 @@ impl Postfix {
     /// `unix:PATH`); with `None`, Postfix runs without a milter.
     pub fn start(milter: Option<&str>) -> Postfix {
         let root = tempfile::Builder::new().prefix("pfx-").tempdir_in("/tmp").unwrap();
-        let r = root.path();
-        set_mode(r, 0o755);
-        fs::create_dir_all(r.join("etc")).unwrap();
-        // The `postfix` command chdirs into it before anything else.
-        fs::create_dir_all(r.join("queue")).unwrap();
-        let sink_dir = r.join("sink");
-        fs::create_dir_all(&sink_dir).unwrap();
-        run_checked(Command::new("chown").arg(MAIL_OWNER).arg(&sink_dir));
-
         let smtpd = free_port();
         let sink_addr = free_port();
-        let mut main_cf = main_cf(r, sink_addr);
-        if let Some(milter) = milter {
-            main_cf.push_str("\n# from systemd/postfix/main.cf, smtpd_milters pointed at the test's milter\n");
-            main_cf.push_str(&shipped_milter_lines(milter));
-        }
-        fs::write(r.join("etc/main.cf"), main_cf).unwrap();
-        fs::write(r.join("etc/master.cf"), master_cf(smtpd)).unwrap();
+        let mut cmd = Command::new(repo().join("scripts/postfix-instance"));
+        cmd.arg(root.path()).arg(smtpd.port().to_string()).arg(sink_addr.port().to_string()).args(milter);
+        run_checked(&mut cmd);
 
         let mut pf = Postfix { smtpd, sink_addr, sink: None, root };
         pf.start_sink();
@@ -267,94 +231,6 @@ impl Drop for Postfix {
     }
 }
 
-/// The shipped milter lines (comments dropped), with `smtpd_milters` set to
-/// `milter`: the test runs what operators install.
-pub fn shipped_milter_lines(milter: &str) -> String {
-    let text = fs::read_to_string(repo().join("systemd/postfix/main.cf")).unwrap();
-    let mut out = String::new();
-    let mut pointed = false;
-    for line in text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
-        let (key, _) = line.split_once('=').unwrap_or_else(|| panic!("not a main.cf line: {line}"));
-        if key.trim() == "smtpd_milters" {
-            out.push_str(&format!("smtpd_milters = {milter}\n"));
-            pointed = true;
-        } else {
-            out.push_str(line);
-            out.push('\n');
-        }
-    }
-    assert!(pointed, "systemd/postfix/main.cf has no smtpd_milters line");
-    out
-}
-
-fn main_cf(root: &Path, sink: SocketAddr) -> String {
-    let r = root.display();
-    format!(
-        "# generated by tests/support/postfix.rs\n\
-         compatibility_level = 3.6\n\
-         queue_directory = {r}/queue\n\
-         data_directory = {r}/data\n\
-         mail_owner = {MAIL_OWNER}\n\
-         setgid_group = postdrop\n\
-         maillog_file = {r}/maillog\n\
-         maillog_file_prefixes = {r}\n\
-         myhostname = mx.clamgate.test\n\
-         mydomain = clamgate.test\n\
-         myorigin = $myhostname\n\
-         mydestination =\n\
-         local_recipient_maps =\n\
-         alias_maps =\n\
-         alias_database =\n\
-         inet_interfaces = 127.0.0.1\n\
-         inet_protocols = ipv4\n\
-         mynetworks = 127.0.0.0/8\n\
-         smtpd_relay_restrictions = permit_mynetworks, reject\n\
-         smtpd_peername_lookup = no\n\
-         relayhost = [{ip}]:{port}\n\
-         smtp_dns_support_level = disabled\n\
-         smtp_connect_timeout = 5s\n\
-         biff = no\n\
-         # retries within seconds, so a deferred message is seen delivered\n\
-         queue_run_delay = 1s\n\
-         minimal_backoff_time = 2s\n\
-         maximal_backoff_time = 4s\n",
-        ip = sink.ip(),
-        port = sink.port(),
-    )
-}
-
-fn master_cf(smtpd: SocketAddr) -> String {
-    // Debian's master.cf minus chroot and the pipe transports; smtpd only on
-    // the test's port.
-    let services = [
-        (smtpd.to_string(), "inet", "n", "-", "-", "smtpd"),
-        ("pickup".into(), "unix", "n", "60", "1", "pickup"),
-        ("cleanup".into(), "unix", "n", "-", "0", "cleanup"),
-        ("qmgr".into(), "unix", "n", "300", "1", "qmgr"),
-        ("rewrite".into(), "unix", "-", "-", "-", "trivial-rewrite"),
-        ("bounce".into(), "unix", "-", "-", "0", "bounce"),
-        ("defer".into(), "unix", "-", "-", "0", "bounce"),
-        ("trace".into(), "unix", "-", "-", "0", "bounce"),
-        ("verify".into(), "unix", "-", "-", "1", "verify"),
-        ("flush".into(), "unix", "n", "1000?", "0", "flush"),
-        ("proxymap".into(), "unix", "-", "-", "-", "proxymap"),
-        ("smtp".into(), "unix", "-", "-", "-", "smtp"),
-        ("relay".into(), "unix", "-", "-", "-", "smtp"),
-        ("showq".into(), "unix", "n", "-", "-", "showq"),
-        ("error".into(), "unix", "-", "-", "-", "error"),
-        ("retry".into(), "unix", "-", "-", "-", "error"),
-        ("discard".into(), "unix", "-", "-", "-", "discard"),
-        ("anvil".into(), "unix", "-", "-", "1", "anvil"),
-        ("scache".into(), "unix", "-", "-", "1", "scache"),
-        ("postlog".into(), "unix-dgram", "n", "-", "1", "postlogd"),
-    ];
-    let mut out = String::from("# service type private unpriv chroot wakeup maxproc command\n");
-    for (name, kind, private, wakeup, maxproc, command) in services {
-        out.push_str(&format!("{name} {kind} {private} - n {wakeup} {maxproc} {command}\n"));
-    }
-    out
-}
-
 /// What an SMTP client saw: the final reply line to each command.
 #[derive(Debug)]
 pub struct Transcript {
@@ -446,11 +322,6 @@ fn wait_connect(addr: SocketAddr, msg: impl Fn() -> String) {
 fn count_files(dir: &Path) -> usize {
     let Ok(rd) = fs::read_dir(dir) else { return 0 };
     rd.flatten().map(|e| if e.path().is_dir() { count_files(&e.path()) } else { 1 }).sum()
-}
-
-fn set_mode(p: &Path, mode: u32) {
-    use std::os::unix::fs::PermissionsExt;
-    fs::set_permissions(p, fs::Permissions::from_mode(mode)).unwrap();
 }
 
 fn run_checked(cmd: &mut Command) {
