@@ -15,20 +15,20 @@ use crate::settings::human_size;
 
 /// Figures a canary run produced, kept for reports and metrics.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct CanaryStats {
-    pub load_ms: Option<u64>,
-    pub peak_rss_bytes: Option<u64>,
-    pub scan_ms: Option<u64>,
+pub(crate) struct CanaryStats {
+    pub(crate) load_ms: Option<u64>,
+    pub(crate) peak_rss_bytes: Option<u64>,
+    pub(crate) scan_ms: Option<u64>,
 }
 
 #[derive(Debug)]
-pub struct CanaryRun {
-    pub stats: CanaryStats,
-    pub verdicts: Verdicts,
+pub(crate) struct CanaryRun {
+    pub(crate) stats: CanaryStats,
+    pub(crate) verdicts: Verdicts,
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum CanaryError {
+pub(crate) enum CanaryError {
     /// The candidate made clamd fail: a rejection.
     #[error("{reason}")]
     Rejected { reason: Reason, stats: CanaryStats, log: String },
@@ -37,15 +37,15 @@ pub enum CanaryError {
     Environment(StartError),
 }
 
-pub struct Canary<'a> {
-    pub binary: &'a Path,
-    pub policy: &'a Policy,
+pub(crate) struct Canary<'a> {
+    pub(crate) binary: &'a Path,
+    pub(crate) policy: &'a Policy,
 }
 
 impl Canary<'_> {
     /// Loads `db_dir` in a fresh clamd whose files live in `work_dir`, scans
     /// the corpus, and reports verdicts and figures.
-    pub async fn run(&self, db_dir: &Path, work_dir: &Path, corpus: &Corpus) -> Result<CanaryRun, CanaryError> {
+    pub(crate) async fn run(&self, db_dir: &Path, work_dir: &Path, corpus: &Corpus) -> Result<CanaryRun, CanaryError> {
         let mut opts = Options::new(db_dir, work_dir);
         opts.binary = self.binary.to_path_buf();
         let mut stats = CanaryStats::default();

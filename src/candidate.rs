@@ -19,8 +19,8 @@ use crate::reason::{Code, Reason};
 use crate::validate::cvd::CvdHeader;
 
 /// Extensions of files clamd loads as databases.
-pub const CONTAINER_EXTS: &[&str] = &["cvd", "cld", "cud"];
-pub const OTHER_EXTS: &[&str] = &["cbc", "yar", "yara", "crt"];
+pub(crate) const CONTAINER_EXTS: &[&str] = &["cvd", "cld", "cud"];
+pub(crate) const OTHER_EXTS: &[&str] = &["cbc", "yar", "yara", "crt"];
 
 /// One database file of a release or candidate.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -39,16 +39,16 @@ impl DbFile {
     /// The database this file is a version of: `daily` for `daily.cvd` and
     /// `daily.cld` alike (freshclam switches between the two), the whole
     /// name for text databases.
-    pub fn database(&self) -> &str {
+    pub(crate) fn database(&self) -> &str {
         database_of(&self.name)
     }
 
-    pub fn extension(&self) -> &str {
+    pub(crate) fn extension(&self) -> &str {
         self.name.rsplit_once('.').map_or("", |(_, e)| e)
     }
 }
 
-pub fn database_of(name: &str) -> &str {
+pub(crate) fn database_of(name: &str) -> &str {
     match name.rsplit_once('.') {
         Some((stem, ext)) if CONTAINER_EXTS.contains(&ext) => stem,
         _ => name,
@@ -60,7 +60,7 @@ pub fn database_of(name: &str) -> &str {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Manifest {
     pub id: String,
-    pub digest: String,
+    pub(crate) digest: String,
     pub files: Vec<DbFile>,
 }
 
@@ -75,26 +75,26 @@ impl Manifest {
         Manifest { id: digest[..12].to_string(), digest, files }
     }
 
-    pub fn total_signatures(&self) -> u64 {
+    pub(crate) fn total_signatures(&self) -> u64 {
         self.files.iter().map(|f| f.signatures).sum()
     }
 }
 
 /// What the snapshot found and copied.
 #[derive(Debug)]
-pub struct Snapshot {
+pub(crate) struct Snapshot {
     /// The private copy; the canary loads this directory.
-    pub dir: PathBuf,
-    pub files: Vec<DbFile>,
+    pub(crate) dir: PathBuf,
+    pub(crate) files: Vec<DbFile>,
     /// File-rule violations; any one rejects the candidate.
-    pub rejected: Vec<Reason>,
+    pub(crate) rejected: Vec<Reason>,
     /// freshclam's own housekeeping, skipped on purpose.
-    pub ignored: Vec<String>,
+    pub(crate) ignored: Vec<String>,
 }
 
 /// A failure of our environment, not of the candidate.
 #[derive(Debug, thiserror::Error)]
-pub enum SnapshotError {
+pub(crate) enum SnapshotError {
     #[error("cannot read candidate directory {dir}: {source}")]
     ReadDir {
         dir: PathBuf,
@@ -111,14 +111,14 @@ pub enum SnapshotError {
 
 /// How a directory entry is treated, from its name alone.
 #[derive(Debug, PartialEq, Eq)]
-pub enum NameClass {
+pub(crate) enum NameClass {
     Database,
     /// freshclam's state and temporary downloads.
     Housekeeping,
     Bad(String),
 }
 
-pub fn classify_name(name: &std::ffi::OsStr) -> NameClass {
+pub(crate) fn classify_name(name: &std::ffi::OsStr) -> NameClass {
     let Some(n) = name.to_str() else { return NameClass::Bad("name is not valid UTF-8".into()) };
     if matches!(n, "freshclam.dat" | "mirrors.dat" | "freshclam.log")
         || n.starts_with("tmp.")
@@ -144,7 +144,7 @@ pub fn classify_name(name: &std::ffi::OsStr) -> NameClass {
 
 /// Copies the database files of `src` into `dst` (created, must not exist),
 /// applying the file rules of DESIGN.md step 2.
-pub fn snapshot(src: &Path, dst: &Path, policy: &Policy) -> Result<Snapshot, SnapshotError> {
+pub(crate) fn snapshot(src: &Path, dst: &Path, policy: &Policy) -> Result<Snapshot, SnapshotError> {
     let read_dir = |source| SnapshotError::ReadDir { dir: src.to_path_buf(), source };
     let write = |file: &Path| {
         let file = file.to_path_buf();
@@ -272,8 +272,8 @@ fn copy_file(from: &Path, to: &Path, limit: u64) -> Result<Copied, CopyError> {
 /// The open(2) flags we need, from rustix so no libc crate is pulled in.
 mod libc_flags {
     use rustix::fs::OFlags;
-    pub const O_NOFOLLOW: i32 = OFlags::NOFOLLOW.bits() as i32;
-    pub const O_NONBLOCK: i32 = OFlags::NONBLOCK.bits() as i32;
+    pub(crate) const O_NOFOLLOW: i32 = OFlags::NOFOLLOW.bits() as i32;
+    pub(crate) const O_NONBLOCK: i32 = OFlags::NONBLOCK.bits() as i32;
 }
 
 #[cfg(test)]

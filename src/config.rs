@@ -11,82 +11,82 @@ use crate::settings::{Fields, SettingsError};
 
 /// Where things live when the config does not say: the one table every
 /// default path comes from (config keys, CLI flags, messages).
-pub mod defaults {
-    pub const CONFIG: &str = "/etc/clamgate/clamgate.toml";
-    pub const STATE_DIR: &str = "/var/lib/clamgate";
+pub(crate) mod defaults {
+    pub(crate) const CONFIG: &str = "/etc/clamgate/clamgate.toml";
+    pub(crate) const STATE_DIR: &str = "/var/lib/clamgate";
     /// Where freshclam writes.
-    pub const INCOMING_DIR: &str = "/var/lib/clamav";
-    pub const CORPUS_DIR: &str = "/usr/share/clamgate/corpus";
-    pub const POLICY: &str = "/etc/clamgate/policies/default.toml";
+    pub(crate) const INCOMING_DIR: &str = "/var/lib/clamav";
+    pub(crate) const CORPUS_DIR: &str = "/usr/share/clamgate/corpus";
+    pub(crate) const POLICY: &str = "/etc/clamgate/policies/default.toml";
     /// Debian's clamd `LocalSocket`.
-    pub const CLAMD_SOCKET: &str = "/run/clamav/clamd.ctl";
-    pub const CLAMD_BINARY: &str = "/usr/sbin/clamd";
+    pub(crate) const CLAMD_SOCKET: &str = "/run/clamav/clamd.ctl";
+    pub(crate) const CLAMD_BINARY: &str = "/usr/sbin/clamd";
     /// The health endpoint, and where the milter asks it.
-    pub const HEALTH_LISTEN: &str = "127.0.0.1:3311";
-    pub const HEALTH_URL: &str = "http://127.0.0.1:3311/readyz";
+    pub(crate) const HEALTH_LISTEN: &str = "127.0.0.1:3311";
+    pub(crate) const HEALTH_URL: &str = "http://127.0.0.1:3311/readyz";
     /// The milter's socket: Postfix's `smtpd_milters` must name the same.
-    pub const MILTER_LISTEN: &str = "unix:/run/clamgate/milter.sock";
+    pub(crate) const MILTER_LISTEN: &str = "unix:/run/clamgate/milter.sock";
 }
 
 #[derive(Debug, Clone)]
-pub struct Config {
+pub(crate) struct Config {
     /// The file it came from, if any (for messages).
-    pub file: Option<PathBuf>,
-    pub state_dir: PathBuf,
-    pub incoming_dir: PathBuf,
-    pub corpus_dir: PathBuf,
+    pub(crate) file: Option<PathBuf>,
+    pub(crate) state_dir: PathBuf,
+    pub(crate) incoming_dir: PathBuf,
+    pub(crate) corpus_dir: PathBuf,
     /// Policy file; the built-in defaults apply when it does not exist.
-    pub policy: PathBuf,
+    pub(crate) policy: PathBuf,
     /// Quiet time before a change in incoming_dir becomes a candidate.
-    pub settle: Duration,
+    pub(crate) settle: Duration,
     /// Full rescan of incoming_dir, so a missed file event only delays.
-    pub rescan_interval: Duration,
+    pub(crate) rescan_interval: Duration,
     /// Corpus samples scanned through production after a promotion and by the
     /// health prober: at least one under infected/ and one under clean/.
-    pub smoke_samples: Vec<String>,
-    pub clamd: ClamdConfig,
-    pub health: HealthConfig,
-    pub milter: MilterConfig,
+    pub(crate) smoke_samples: Vec<String>,
+    pub(crate) clamd: ClamdConfig,
+    pub(crate) health: HealthConfig,
+    pub(crate) milter: MilterConfig,
 }
 
 #[derive(Debug, Clone)]
-pub struct ClamdConfig {
-    pub endpoint: Endpoint,
+pub(crate) struct ClamdConfig {
+    pub(crate) endpoint: Endpoint,
     /// clamd binary started for canaries.
-    pub binary: PathBuf,
+    pub(crate) binary: PathBuf,
     /// Bound on every command to production clamd.
-    pub timeout: Duration,
+    pub(crate) timeout: Duration,
     /// How long production may take to show a new release after RELOAD.
-    pub reload_timeout: Duration,
+    pub(crate) reload_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
-pub struct HealthConfig {
-    pub listen: String,
-    pub probe_interval: Duration,
+pub(crate) struct HealthConfig {
+    pub(crate) listen: String,
+    pub(crate) probe_interval: Duration,
     /// Probe scans slower than this make readiness `warn`.
-    pub latency_budget: Duration,
+    pub(crate) latency_budget: Duration,
 }
 
 #[derive(Debug, Clone)]
-pub struct MilterConfig {
-    pub listen: String,
-    pub health_url: String,
+pub(crate) struct MilterConfig {
+    pub(crate) listen: String,
+    pub(crate) health_url: String,
     /// `gate` (tempfail when scanning is unhealthy) or `scan` (also scan).
-    pub mode: MilterMode,
+    pub(crate) mode: MilterMode,
     /// `connect` or `rcpt`: where an unhealthy scan tempfails the session.
-    pub stage: Stage,
+    pub(crate) stage: Stage,
     /// Text of the 451 4.7.1 reply.
-    pub tempfail_text: String,
+    pub(crate) tempfail_text: String,
     /// How long one /readyz answer is trusted.
-    pub health_ttl: Duration,
+    pub(crate) health_ttl: Duration,
     /// Bound on one /readyz request.
-    pub health_timeout: Duration,
+    pub(crate) health_timeout: Duration,
     /// In scan mode, what to do with infected mail: `reject`, `quarantine`, `header`.
-    pub on_infected: OnInfected,
+    pub(crate) on_infected: OnInfected,
     /// In scan mode, add `X-Virus-Scanned: clamgate (release ID)`.
-    pub add_header: bool,
-    pub max_connections: usize,
+    pub(crate) add_header: bool,
+    pub(crate) max_connections: usize,
 }
 
 impl ClamdConfig {
@@ -137,7 +137,7 @@ impl MilterConfig {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
+pub(crate) enum ConfigError {
     #[error("cannot read config {file}: {source}")]
     Read {
         file: PathBuf,
@@ -151,7 +151,7 @@ pub enum ConfigError {
 impl Config {
     /// `--config F`, else `$CLAMGATE_CONFIG`, else the default path; the
     /// default path may be missing (all defaults), an explicit one may not.
-    pub fn locate(explicit: Option<&Path>) -> Result<Config, ConfigError> {
+    pub(crate) fn locate(explicit: Option<&Path>) -> Result<Config, ConfigError> {
         let chosen = explicit.map(Path::to_path_buf).or_else(|| std::env::var_os("CLAMGATE_CONFIG").map(PathBuf::from));
         match chosen {
             Some(f) => Config::load(&f),
@@ -163,12 +163,12 @@ impl Config {
         }
     }
 
-    pub fn load(file: &Path) -> Result<Config, ConfigError> {
+    pub(crate) fn load(file: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(file).map_err(|source| ConfigError::Read { file: file.to_path_buf(), source })?;
         Ok(Config::parse(file, &text)?)
     }
 
-    pub fn parse(file: &Path, text: &str) -> Result<Config, SettingsError> {
+    pub(crate) fn parse(file: &Path, text: &str) -> Result<Config, SettingsError> {
         let mut f = Fields::parse(file, text)?;
         let mut problems = Vec::new();
         let config = Config {
@@ -198,13 +198,13 @@ impl Config {
     }
 
     /// The config file for messages: its path, or "(defaults)".
-    pub fn display_file(&self) -> PathBuf {
+    pub(crate) fn display_file(&self) -> PathBuf {
         self.file.clone().unwrap_or_else(|| PathBuf::from("(defaults)"))
     }
 
     /// The policy file's thresholds, or the built-in defaults when the
     /// configured file does not exist.
-    pub fn load_policy(&self) -> Result<crate::policy::Policy, crate::policy::PolicyError> {
+    pub(crate) fn load_policy(&self) -> Result<crate::policy::Policy, crate::policy::PolicyError> {
         if self.policy.exists() { crate::policy::Policy::load(&self.policy) } else { Ok(crate::policy::Policy::default()) }
     }
 }

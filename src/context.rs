@@ -13,13 +13,13 @@ use crate::store::{Store, StoreError};
 /// Whether the state dir may be created: only the daemon makes one; a CLI
 /// command on a missing state dir means a wrong config.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StateDir {
+pub(crate) enum StateDir {
     Create,
     MustExist,
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum ContextError {
+pub(crate) enum ContextError {
     #[error("state dir {0} does not exist yet (has `clamgate run` ever started?)")]
     NoStateDir(PathBuf),
     #[error(transparent)]
@@ -38,16 +38,16 @@ pub enum ContextError {
 
 /// The parts of a running clamgate that the config describes.
 #[derive(Debug)]
-pub struct Context {
-    pub config: Config,
-    pub store: Store,
-    pub policy: Policy,
-    pub corpus: Corpus,
-    pub production: Production,
+pub(crate) struct Context {
+    pub(crate) config: Config,
+    pub(crate) store: Store,
+    pub(crate) policy: Policy,
+    pub(crate) corpus: Corpus,
+    pub(crate) production: Production,
 }
 
 impl Context {
-    pub fn open(config: Config, state: StateDir) -> Result<Context, ContextError> {
+    pub(crate) fn open(config: Config, state: StateDir) -> Result<Context, ContextError> {
         let store = open_store(&config, state)?;
         let policy = config.load_policy()?;
         let corpus = Corpus::load(&config.corpus_dir)?;
@@ -57,7 +57,7 @@ impl Context {
 }
 
 /// The state dir alone, for the read-only commands.
-pub fn open_store(config: &Config, state: StateDir) -> Result<Store, ContextError> {
+pub(crate) fn open_store(config: &Config, state: StateDir) -> Result<Store, ContextError> {
     if state == StateDir::MustExist && !config.state_dir.is_dir() {
         return Err(ContextError::NoStateDir(config.state_dir.clone()));
     }
@@ -65,7 +65,7 @@ pub fn open_store(config: &Config, state: StateDir) -> Result<Store, ContextErro
 }
 
 /// The production clamd, with the configured smoke samples from `corpus`.
-pub fn production(config: &Config, corpus: &Corpus) -> Result<Production, ContextError> {
+pub(crate) fn production(config: &Config, corpus: &Corpus) -> Result<Production, ContextError> {
     let smoke = smoke_samples(corpus, &config.smoke_samples).map_err(|source| ContextError::Smoke { file: config.display_file(), source })?;
     let client = crate::clamd::Client::new(config.clamd.endpoint.clone(), config.clamd.timeout);
     Ok(Production { client, reload_timeout: config.clamd.reload_timeout, smoke })

@@ -19,7 +19,7 @@ use crate::settings::Fields;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Expect {
+pub(crate) enum Expect {
     Infected,
     Clean,
 }
@@ -27,19 +27,19 @@ pub enum Expect {
 #[derive(Debug, Clone)]
 pub struct Sample {
     /// Path relative to the corpus root, e.g. `infected/archives/clam.zip`.
-    pub name: String,
-    pub path: PathBuf,
-    pub expect: Expect,
+    pub(crate) name: String,
+    pub(crate) path: PathBuf,
+    pub(crate) expect: Expect,
     /// From `expect.toml`: the signature name must match.
-    pub pattern: Option<Regex>,
+    pub(crate) pattern: Option<Regex>,
 }
 
 #[derive(Debug, Clone)]
 pub struct Corpus {
-    pub dir: PathBuf,
+    pub(crate) dir: PathBuf,
     pub samples: Vec<Sample>,
     /// Over names and contents: baseline verdicts are cached per digest.
-    pub digest: String,
+    pub(crate) digest: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -158,13 +158,13 @@ impl From<Result<ScanVerdict, ClamdError>> for Outcome {
 }
 
 impl Outcome {
-    pub fn detected(&self) -> bool {
+    pub(crate) fn detected(&self) -> bool {
         matches!(self, Outcome::Infected(_))
     }
 }
 
 /// Verdicts by sample name.
-pub type Verdicts = BTreeMap<String, Outcome>;
+pub(crate) type Verdicts = BTreeMap<String, Outcome>;
 
 /// Scans every sample, at most `parallelism` at once, each bounded by
 /// `timeout`.
@@ -190,13 +190,13 @@ pub async fn scan(client: &Client, corpus: &Corpus, parallelism: usize, timeout:
 
 /// One sample's line in the report.
 #[derive(Debug, Clone, Serialize)]
-pub struct SampleResult {
-    pub sample: String,
-    pub expect: Expect,
-    pub outcome: Outcome,
+pub(crate) struct SampleResult {
+    pub(crate) sample: String,
+    pub(crate) expect: Expect,
+    pub(crate) outcome: Outcome,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub baseline: Option<Outcome>,
-    pub ok: bool,
+    pub(crate) baseline: Option<Outcome>,
+    pub(crate) ok: bool,
 }
 
 #[derive(Debug, Default)]
@@ -204,8 +204,8 @@ pub struct Judgement {
     /// Reasons that reject the candidate.
     pub reasons: Vec<Reason>,
     /// Findings within the policy's allowances.
-    pub warnings: Vec<Reason>,
-    pub samples: Vec<SampleResult>,
+    pub(crate) warnings: Vec<Reason>,
+    pub(crate) samples: Vec<SampleResult>,
 }
 
 /// Compares the canary's verdicts with the corpus's expectations and, when
@@ -308,7 +308,9 @@ mod tests {
         let p = Policy::default();
         let one_fp = Policy { allowed_false_positives: 1, ..Policy::default() };
         let base = v(inf("Good.A"), inf("Good.B"), Clean);
-        let cases: Vec<(&str, Verdicts, Option<&Verdicts>, &Policy, Vec<Code>, usize)> = vec![
+        // (name, verdicts, baseline, policy, reasons, warnings)
+        type Case<'a> = (&'a str, Verdicts, Option<&'a Verdicts>, &'a Policy, Vec<Code>, usize);
+        let cases: Vec<Case> = vec![
             ("all as expected", v(inf("Good.A"), inf("X"), Clean), None, &p, vec![], 0),
             ("false positive", v(inf("Good.A"), inf("X"), inf("Oops")), None, &p, vec![Code::CorpusFalsePositive], 0),
             ("false positive allowed", v(inf("Good.A"), inf("X"), inf("Oops")), None, &one_fp, vec![], 1),

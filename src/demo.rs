@@ -25,7 +25,7 @@ const CLEAN: &[(&str, &[u8])] = &[
 const INFECTED: &[&str] = &["clam.exe", "clam.zip", "clam.pdf", "clam.ole.doc", "clam.mail", "clam.exe.mbox.base64"];
 
 #[derive(Debug, thiserror::Error)]
-pub enum DemoError {
+pub(crate) enum DemoError {
     #[error("demo needs Debian's clamav-testfiles in {TESTFILES} (run scripts/install-deps)")]
     NoTestfiles,
     #[error("demo: {what}: {source}")]
@@ -69,7 +69,7 @@ struct Demo {
 }
 
 /// Runs the demo; `Ok(true)` when every step behaved.
-pub async fn run(keep: bool, shutdown: impl std::future::Future<Output = ()>) -> Result<bool, DemoError> {
+pub(crate) async fn run(keep: bool, shutdown: impl std::future::Future<Output = ()>) -> Result<bool, DemoError> {
     if !Path::new(TESTFILES).join("clam.exe").exists() {
         return Err(DemoError::NoTestfiles);
     }

@@ -42,7 +42,7 @@ points! {
 
 /// Dies (or stops) here, if the test asked for it.
 #[cfg(debug_assertions)]
-pub fn hit(point: Point) {
+pub(crate) fn hit(point: Point) {
     use rustix::process::{Signal, getpid, kill_process};
     let Ok(v) = std::env::var("CLAMGATE_FAILPOINT") else { return };
     let name = point.name();
@@ -62,4 +62,4 @@ pub fn hit(point: Point) {
 /// Release builds have no crash points.
 #[cfg(not(debug_assertions))]
 #[inline(always)]
-pub fn hit(_: Point) {}
+pub(crate) fn hit(_: Point) {}

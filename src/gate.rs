@@ -18,7 +18,7 @@ use crate::validate;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Verdict {
+pub(crate) enum Verdict {
     Pass,
     Reject,
 }
@@ -26,7 +26,7 @@ pub enum Verdict {
 /// The gate's steps, in the order they run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Step {
+pub(crate) enum Step {
     Files,
     Format,
     Known,
@@ -36,7 +36,7 @@ pub enum Step {
 }
 
 impl Step {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Step::Files => "files",
             Step::Format => "format",
@@ -56,65 +56,68 @@ impl std::fmt::Display for Step {
 
 /// One step's line in the report.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Check {
-    pub step: Step,
-    pub status: Status,
-    pub detail: String,
+pub(crate) struct Check {
+    pub(crate) step: Step,
+    pub(crate) status: Status,
+    pub(crate) detail: String,
 }
 
 /// The release a candidate would replace: what it is compared with.
 #[derive(Debug, Clone)]
-pub struct Baseline {
+pub(crate) struct Baseline {
     /// A directory clamd can load (a release directory).
-    pub dir: PathBuf,
-    pub manifest: Manifest,
+    pub(crate) dir: PathBuf,
+    pub(crate) manifest: Manifest,
     /// The baseline's verdicts on this corpus, if already known; scanned once
     /// per baseline and corpus, then cached by the caller.
-    pub verdicts: Option<Verdicts>,
+    pub(crate) verdicts: Option<Verdicts>,
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct Report {
-    pub verdict: Verdict,
+pub(crate) struct Report {
+    pub(crate) verdict: Verdict,
     /// Candidate id (manifest digest prefix); absent when nothing was copied.
-    pub candidate: Option<String>,
-    pub source: PathBuf,
-    pub reasons: Vec<Reason>,
-    pub warnings: Vec<Reason>,
-    pub checks: Vec<Check>,
-    pub manifest: Option<Manifest>,
-    pub ignored: Vec<String>,
-    pub canary: Option<CanaryStats>,
-    pub baseline: Option<String>,
-    pub samples: Vec<SampleResult>,
+    pub(crate) candidate: Option<String>,
+    pub(crate) source: PathBuf,
+    pub(crate) reasons: Vec<Reason>,
+    pub(crate) warnings: Vec<Reason>,
+    pub(crate) checks: Vec<Check>,
+    pub(crate) manifest: Option<Manifest>,
+    pub(crate) ignored: Vec<String>,
+    pub(crate) canary: Option<CanaryStats>,
+    pub(crate) baseline: Option<String>,
+    pub(crate) samples: Vec<SampleResult>,
     /// Baseline verdicts computed during this run, for the caller to cache.
     #[serde(skip)]
-    pub new_baseline_verdicts: Option<Verdicts>,
+    pub(crate) new_baseline_verdicts: Option<Verdicts>,
     /// The canary clamd's output when it failed, for the quarantine.
     #[serde(skip)]
-    pub canary_log: Option<String>,
+    pub(crate) canary_log: Option<String>,
     /// The snapshot directory holding the checked copy of the files.
     #[serde(skip)]
-    pub snapshot_dir: Option<PathBuf>,
+    pub(crate) snapshot_dir: Option<PathBuf>,
 }
 
 /// Our own failure, not the candidate's: the caller retries later and
 /// production is untouched.
 #[derive(Debug, thiserror::Error)]
-pub enum GateError {
+pub(crate) enum GateError {
     #[error(transparent)]
     Snapshot(#[from] SnapshotError),
     #[error("cannot start a canary clamd: {0}")]
     Canary(StartError),
 }
 
-pub struct Gate<'a> {
-    pub policy: &'a Policy,
-    pub clamd_binary: &'a Path,
-    pub corpus: &'a Corpus,
+/// Says why a manifest is not to be checked again, if it is not.
+pub(crate) type KnownCheck<'a> = &'a (dyn Fn(&Manifest) -> Option<Reason> + Sync);
+
+pub(crate) struct Gate<'a> {
+    pub(crate) policy: &'a Policy,
+    pub(crate) clamd_binary: &'a Path,
+    pub(crate) corpus: &'a Corpus,
     /// Stops the run before any canary when it returns a reason: the daemon
     /// uses it so a quarantined digest (or the live one) is not canaried again.
-    pub known: Option<&'a (dyn Fn(&Manifest) -> Option<Reason> + Sync)>,
+    pub(crate) known: Option<KnownCheck<'a>>,
 }
 
 impl Report {
@@ -149,7 +152,7 @@ impl Report {
 impl Gate<'_> {
     /// Checks the database files in `src`. `work` must not exist; it is
     /// created and holds the snapshot and the canary's files.
-    pub async fn check(&self, src: &Path, work: &Path, baseline: Option<&Baseline>) -> Result<Report, GateError> {
+    pub(crate) async fn check(&self, src: &Path, work: &Path, baseline: Option<&Baseline>) -> Result<Report, GateError> {
         std::fs::create_dir_all(work).map_err(|source| SnapshotError::Write { file: work.to_path_buf(), source })?;
         let mut r = Report::new(src, baseline);
         let snap = candidate::snapshot(src, &work.join("snapshot"), self.policy)?;

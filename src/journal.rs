@@ -30,13 +30,13 @@ pub enum JournalError {
 /// One journal line: when, and what happened.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Entry {
-    pub ts: String,
+    pub(crate) ts: String,
     #[serde(flatten)]
-    pub event: Event,
+    pub(crate) event: Event,
 }
 
 impl Entry {
-    pub fn time(&self) -> Option<SystemTime> {
+    pub(crate) fn time(&self) -> Option<SystemTime> {
         humantime::parse_rfc3339(&self.ts).ok()
     }
 
@@ -54,7 +54,7 @@ impl Entry {
 /// Everything clamgate journals. The serde names are the on-disk contract.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "event")]
-pub enum Event {
+pub(crate) enum Event {
     #[serde(rename = "daemon.started")]
     DaemonStarted { pid: u32, incoming: PathBuf },
     #[serde(rename = "daemon.stopped")]
@@ -114,69 +114,69 @@ pub enum Event {
 /// A candidate's verdict. `details` is absent when incoming held nothing
 /// usable (no manifest, no canary).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Checked {
-    pub id: Option<String>,
-    pub verdict: Verdict,
-    pub reasons: Vec<Reason>,
+pub(crate) struct Checked {
+    pub(crate) id: Option<String>,
+    pub(crate) verdict: Verdict,
+    pub(crate) reasons: Vec<Reason>,
     #[serde(flatten)]
-    pub details: Option<CheckDetails>,
+    pub(crate) details: Option<CheckDetails>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct CheckDetails {
-    pub warnings: Vec<Reason>,
-    pub baseline: Option<String>,
-    pub canary: Option<CanaryStats>,
-    pub checks: Vec<Check>,
+pub(crate) struct CheckDetails {
+    pub(crate) warnings: Vec<Reason>,
+    pub(crate) baseline: Option<String>,
+    pub(crate) canary: Option<CanaryStats>,
+    pub(crate) checks: Vec<Check>,
 }
 
 /// The start of an activation: a crash after this line is resumed from it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Begin {
-    pub id: String,
-    pub from: Option<String>,
+pub(crate) struct Begin {
+    pub(crate) id: String,
+    pub(crate) from: Option<String>,
     /// A release to mark bad once `id` is live (a rollback's reason to be).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mark_bad: Option<String>,
+    pub(crate) mark_bad: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
+    pub(crate) reason: Option<String>,
     /// Set on the rollback that follows a failed promotion.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub automatic: Option<bool>,
+    pub(crate) automatic: Option<bool>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Done {
-    pub id: String,
-    pub from: Option<String>,
+pub(crate) struct Done {
+    pub(crate) id: String,
+    pub(crate) from: Option<String>,
     /// `scanning`, or `down: …` when production was not running.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub production: Option<String>,
+    pub(crate) production: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
+    pub(crate) reason: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub automatic: Option<bool>,
+    pub(crate) automatic: Option<bool>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Failed {
-    pub id: String,
-    pub reason: String,
+pub(crate) struct Failed {
+    pub(crate) id: String,
+    pub(crate) reason: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub from: Option<String>,
+    pub(crate) from: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rolled_back: Option<bool>,
+    pub(crate) rolled_back: Option<bool>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Interrupted {
-    pub id: String,
-    pub live: Option<String>,
+pub(crate) struct Interrupted {
+    pub(crate) id: String,
+    pub(crate) live: Option<String>,
 }
 
 /// Where an activation stands, as its journal lines say.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Phase {
+pub(crate) enum Phase {
     Begin,
     Done,
     Failed,
@@ -184,28 +184,28 @@ pub enum Phase {
 }
 
 impl Event {
-    pub fn begin(kind: Activation, b: Begin) -> Event {
+    pub(crate) fn begin(kind: Activation, b: Begin) -> Event {
         match kind {
             Activation::Promotion => Event::PromotionBegin(b),
             Activation::Rollback => Event::RollbackBegin(b),
         }
     }
 
-    pub fn done(kind: Activation, d: Done) -> Event {
+    pub(crate) fn done(kind: Activation, d: Done) -> Event {
         match kind {
             Activation::Promotion => Event::PromotionDone(d),
             Activation::Rollback => Event::RollbackDone(d),
         }
     }
 
-    pub fn failed(kind: Activation, f: Failed) -> Event {
+    pub(crate) fn failed(kind: Activation, f: Failed) -> Event {
         match kind {
             Activation::Promotion => Event::PromotionFailed(f),
             Activation::Rollback => Event::RollbackFailed(f),
         }
     }
 
-    pub fn interrupted(kind: Activation, i: Interrupted) -> Event {
+    pub(crate) fn interrupted(kind: Activation, i: Interrupted) -> Event {
         match kind {
             Activation::Promotion => Event::PromotionInterrupted(i),
             Activation::Rollback => Event::RollbackInterrupted(i),
@@ -213,7 +213,7 @@ impl Event {
     }
 
     /// Which activation this event is a step of, and which step.
-    pub fn activation(&self) -> Option<(Activation, Phase)> {
+    pub(crate) fn activation(&self) -> Option<(Activation, Phase)> {
         use Activation::{Promotion, Rollback};
         Some(match self {
             Event::PromotionBegin(_) => (Promotion, Phase::Begin),
@@ -229,7 +229,7 @@ impl Event {
     }
 
     /// The `.begin` of an activation, if this is one.
-    pub fn as_begin(&self) -> Option<(Activation, &Begin)> {
+    pub(crate) fn as_begin(&self) -> Option<(Activation, &Begin)> {
         match self {
             Event::PromotionBegin(b) => Some((Activation::Promotion, b)),
             Event::RollbackBegin(b) => Some((Activation::Rollback, b)),
@@ -238,14 +238,14 @@ impl Event {
     }
 
     /// The `.done` of an activation, if this is one.
-    pub fn as_done(&self) -> Option<&Done> {
+    pub(crate) fn as_done(&self) -> Option<&Done> {
         match self {
             Event::PromotionDone(d) | Event::RollbackDone(d) => Some(d),
             _ => None,
         }
     }
 
-    pub fn name(&self) -> &'static str {
+    pub(crate) fn name(&self) -> &'static str {
         match self {
             Event::DaemonStarted { .. } => "daemon.started",
             Event::DaemonStopped { .. } => "daemon.stopped",
@@ -274,7 +274,7 @@ impl Event {
         }
     }
 
-    pub fn id(&self) -> Option<&str> {
+    pub(crate) fn id(&self) -> Option<&str> {
         match self {
             Event::CandidateChecked(c) => c.id.as_deref(),
             Event::CandidateKnownBad { id, .. }
@@ -304,7 +304,7 @@ impl Journal {
     }
 
     /// Appends one event and fsyncs.
-    pub fn append(&self, event: Event) -> Result<(), JournalError> {
+    pub(crate) fn append(&self, event: Event) -> Result<(), JournalError> {
         let entry = Entry { ts: humantime::format_rfc3339_millis(SystemTime::now()).to_string(), event };
         let mut line = serde_json::to_vec(&entry).expect("journal entries serialize");
         line.push(b'\n');

@@ -11,18 +11,18 @@ use prometheus_client::registry::Registry;
 
 type Labels = Vec<(String, String)>;
 
-pub struct Metrics {
+pub(crate) struct Metrics {
     registry: Registry,
-    pub probes: Family<Labels, Counter>,
-    pub probe_latency: Histogram,
-    pub probe_up: Gauge,
-    pub candidates: Family<Labels, Counter>,
-    pub promotions: Counter,
-    pub rollbacks: Counter,
-    pub canary_load_seconds: Gauge<f64, AtomicU64>,
-    pub canary_peak_bytes: Gauge,
-    pub live_database_version: Gauge,
-    pub live_database_age_seconds: Gauge,
+    pub(crate) probes: Family<Labels, Counter>,
+    pub(crate) probe_latency: Histogram,
+    pub(crate) probe_up: Gauge,
+    pub(crate) candidates: Family<Labels, Counter>,
+    pub(crate) promotions: Counter,
+    pub(crate) rollbacks: Counter,
+    pub(crate) canary_load_seconds: Gauge<f64, AtomicU64>,
+    pub(crate) canary_peak_bytes: Gauge,
+    pub(crate) live_database_version: Gauge,
+    pub(crate) live_database_age_seconds: Gauge,
 }
 
 impl Default for Metrics {
@@ -57,14 +57,14 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    pub fn encode(&self) -> String {
+    pub(crate) fn encode(&self) -> String {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");
         out
     }
 
     /// Counts a gate result, labelled `pass` or `reject` and its first reason code.
-    pub fn candidate(&self, verdict: crate::gate::Verdict, reason: Option<crate::reason::Code>) {
+    pub(crate) fn candidate(&self, verdict: crate::gate::Verdict, reason: Option<crate::reason::Code>) {
         let outcome = match verdict {
             crate::gate::Verdict::Pass => "pass",
             crate::gate::Verdict::Reject => "reject",

@@ -9,26 +9,26 @@ use crate::settings::{Fields, SettingsError};
 
 /// The policy shipped in `policies/default.toml`, also used when no policy
 /// file is given, so the documented file and the built-in defaults agree.
-pub const DEFAULT_TOML: &str = include_str!("../policies/default.toml");
+pub(crate) const DEFAULT_TOML: &str = include_str!("../policies/default.toml");
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Policy {
-    pub load_timeout: Duration,
-    pub memory_budget: u64,
-    pub scan_timeout: Duration,
-    pub scan_parallelism: usize,
-    pub allowed_false_positives: usize,
-    pub allowed_regressions: usize,
-    pub max_signature_drop_percent: f64,
-    pub allow_downgrade: bool,
-    pub keep_releases: usize,
-    pub max_file_size: u64,
-    pub max_files: usize,
-    pub max_database_age: Duration,
+    pub(crate) load_timeout: Duration,
+    pub(crate) memory_budget: u64,
+    pub(crate) scan_timeout: Duration,
+    pub(crate) scan_parallelism: usize,
+    pub(crate) allowed_false_positives: usize,
+    pub(crate) allowed_regressions: usize,
+    pub(crate) max_signature_drop_percent: f64,
+    pub(crate) allow_downgrade: bool,
+    pub(crate) keep_releases: usize,
+    pub(crate) max_file_size: u64,
+    pub(crate) max_files: usize,
+    pub(crate) max_database_age: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum PolicyError {
+pub(crate) enum PolicyError {
     #[error("cannot read policy {file}: {source}")]
     Read {
         file: std::path::PathBuf,
@@ -46,12 +46,12 @@ impl Default for Policy {
 }
 
 impl Policy {
-    pub fn load(file: &Path) -> Result<Policy, PolicyError> {
+    pub(crate) fn load(file: &Path) -> Result<Policy, PolicyError> {
         let text = std::fs::read_to_string(file).map_err(|source| PolicyError::Read { file: file.to_path_buf(), source })?;
         Ok(Policy::parse(file, &text)?)
     }
 
-    pub fn parse(file: &Path, text: &str) -> Result<Policy, SettingsError> {
+    pub(crate) fn parse(file: &Path, text: &str) -> Result<Policy, SettingsError> {
         let mut f = Fields::parse(file, text)?;
         let policy = Policy {
             load_timeout: f.duration("load_timeout", "180s"),

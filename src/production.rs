@@ -15,21 +15,21 @@ const RELOAD_AGAIN: Duration = Duration::from_secs(2);
 
 /// A corpus sample scanned through production to prove it really scans.
 #[derive(Debug, Clone)]
-pub struct SmokeSample {
-    pub name: String,
-    pub path: PathBuf,
-    pub expect: Expect,
+pub(crate) struct SmokeSample {
+    pub(crate) name: String,
+    pub(crate) path: PathBuf,
+    pub(crate) expect: Expect,
 }
 
 #[derive(Debug, thiserror::Error)]
 #[error("smoke sample {sample:?} is not in the corpus {}", corpus.display())]
-pub struct MissingSample {
-    pub sample: String,
-    pub corpus: PathBuf,
+pub(crate) struct MissingSample {
+    pub(crate) sample: String,
+    pub(crate) corpus: PathBuf,
 }
 
 /// Picks the configured smoke samples out of the corpus.
-pub fn smoke_samples(corpus: &Corpus, names: &[String]) -> Result<Vec<SmokeSample>, MissingSample> {
+pub(crate) fn smoke_samples(corpus: &Corpus, names: &[String]) -> Result<Vec<SmokeSample>, MissingSample> {
     let find = |n: &String| {
         let s = corpus.samples.iter().find(|s| &s.name == n).ok_or_else(|| MissingSample { sample: n.clone(), corpus: corpus.dir.clone() })?;
         Ok(SmokeSample { name: s.name.clone(), path: s.path.clone(), expect: s.expect })
@@ -39,7 +39,7 @@ pub fn smoke_samples(corpus: &Corpus, names: &[String]) -> Result<Vec<SmokeSampl
 
 /// Production does not scan a smoke sample as it should.
 #[derive(Debug, thiserror::Error)]
-pub enum SmokeError {
+pub(crate) enum SmokeError {
     #[error("smoke scan of {sample}: {source}")]
     Scan {
         sample: String,
@@ -52,7 +52,7 @@ pub enum SmokeError {
 
 /// Production does not run the release it was asked to.
 #[derive(Debug, thiserror::Error)]
-pub enum VerifyError {
+pub(crate) enum VerifyError {
     #[error("RELOAD failed: {0}")]
     Reload(#[source] ClamdError),
     /// It took the RELOAD and died (OOM while holding two engines, or the
@@ -67,15 +67,15 @@ pub enum VerifyError {
 
 /// The production clamd, as promotion sees it.
 #[derive(Debug, Clone)]
-pub struct Production {
-    pub client: Client,
-    pub reload_timeout: Duration,
-    pub smoke: Vec<SmokeSample>,
+pub(crate) struct Production {
+    pub(crate) client: Client,
+    pub(crate) reload_timeout: Duration,
+    pub(crate) smoke: Vec<SmokeSample>,
 }
 
 /// What verification found.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Verified {
+pub(crate) enum Verified {
     /// Production runs the release and scans as expected.
     Scanning { database: Option<u64> },
     /// Production clamd is not running: it will load `current` when it starts.
@@ -84,14 +84,14 @@ pub enum Verified {
 
 /// The database version VERSION will show once production runs `m`: the
 /// `daily` container's, when the release has one.
-pub fn expected_version(m: &Manifest) -> Option<u64> {
+pub(crate) fn expected_version(m: &Manifest) -> Option<u64> {
     m.files.iter().filter(|f| f.database() == "daily").filter_map(|f| f.header.as_ref().map(|h| h.version)).max()
 }
 
 impl Production {
     /// RELOAD, wait for the release to show, smoke-scan. `after_reload` is
     /// the crash point right after the RELOAD was sent.
-    pub async fn verify(&self, m: &Manifest, after_reload: Point) -> Result<Verified, VerifyError> {
+    pub(crate) async fn verify(&self, m: &Manifest, after_reload: Point) -> Result<Verified, VerifyError> {
         match self.client.reload().await {
             Ok(()) => {}
             Err(e) if e.is_unreachable() => return Ok(Verified::Down(e.to_string())),
@@ -143,7 +143,7 @@ impl Production {
     }
 
     /// Scans the smoke samples through production; every one must match.
-    pub async fn smoke(&self) -> Result<(), SmokeError> {
+    pub(crate) async fn smoke(&self) -> Result<(), SmokeError> {
         for s in &self.smoke {
             let got = self.client.scan_file(&s.path).await.map_err(|source| SmokeError::Scan { sample: s.name.clone(), source })?;
             let ok = matches!((&got, s.expect), (ScanVerdict::Infected(_), Expect::Infected) | (ScanVerdict::Clean, Expect::Clean));

@@ -16,13 +16,13 @@ use crate::store::{Source, StateLock, Store, StoreError};
 /// Why `current` moves: the journal's event names and the crash points
 /// follow from it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Activation {
+pub(crate) enum Activation {
     Promotion,
     Rollback,
 }
 
 impl Activation {
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Activation::Promotion => "promotion",
             Activation::Rollback => "rollback",
@@ -52,7 +52,7 @@ impl fmt::Display for Activation {
 
 /// How an activation ended.
 #[derive(Debug)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// The release is live and verified (or production is down and will
     /// load it when it starts).
     Live(Verified),
@@ -64,7 +64,7 @@ pub enum Outcome {
 
 /// The state dir could not record a step: production keeps what it runs.
 #[derive(Debug, thiserror::Error)]
-pub enum PromoteError {
+pub(crate) enum PromoteError {
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -73,10 +73,10 @@ pub enum PromoteError {
 
 /// What moving `current` needs: the state, proof that we hold its lock, and
 /// the production clamd that must run the result.
-pub struct Activator<'a> {
-    pub store: &'a Store,
-    pub lock: &'a StateLock,
-    pub prod: &'a Production,
+pub(crate) struct Activator<'a> {
+    pub(crate) store: &'a Store,
+    pub(crate) lock: &'a StateLock,
+    pub(crate) prod: &'a Production,
 }
 
 /// One move of `current`: to `id`, from `from`, and where to go back if
@@ -95,7 +95,7 @@ struct Switch<'a> {
 impl Activator<'_> {
     /// Makes `id` live; if production does not scan it, it is quarantined
     /// (source `production`) and the previous release made live again.
-    pub async fn activate(&self, kind: Activation, id: &str, mark_bad: Option<&str>) -> Result<Outcome, PromoteError> {
+    pub(crate) async fn activate(&self, kind: Activation, id: &str, mark_bad: Option<&str>) -> Result<Outcome, PromoteError> {
         let from = self.store.current()?;
         self.switch(Switch { kind, id, fallback: from.clone(), from, mark_bad }).await
     }
@@ -106,7 +106,7 @@ impl Activator<'_> {
     /// where it came from is quarantined); if it had not moved, a promotion
     /// is dropped (production never heard of it; the candidate is checked
     /// again from incoming) and a rollback is done again.
-    pub async fn resume(&self, kind: Activation, begin: &Begin) -> Result<Option<Outcome>, PromoteError> {
+    pub(crate) async fn resume(&self, kind: Activation, begin: &Begin) -> Result<Option<Outcome>, PromoteError> {
         let target = begin.id.as_str();
         let current = self.store.current()?;
         tracing::warn!(release = target, "the last {kind} of {target} was interrupted (live: {current:?}); finishing it");
@@ -135,10 +135,10 @@ impl Activator<'_> {
         let why = begin.reason.clone().unwrap_or_else(|| "rolled back; interrupted".into());
         let (source, code) =
             if begin.automatic == Some(true) { (Source::Production, Code::ProductionFailed) } else { (Source::Operator, Code::OperatorRollback) };
-        if let Ok(m) = self.store.manifest(bad) {
-            if let Err(e) = self.store.quarantine(self.lock, &m, &[Reason::new(code, None, why)], source, None, None) {
-                tracing::error!(release = bad, "cannot mark {bad} bad: {e}");
-            }
+        if let Ok(m) = self.store.manifest(bad)
+            && let Err(e) = self.store.quarantine(self.lock, &m, &[Reason::new(code, None, why)], source, None, None)
+        {
+            tracing::error!(release = bad, "cannot mark {bad} bad: {e}");
         }
     }
 

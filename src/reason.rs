@@ -15,7 +15,7 @@ macro_rules! codes {
         }
 
         impl Code {
-            pub fn as_str(self) -> &'static str {
+            pub(crate) fn as_str(self) -> &'static str {
                 match self {
                     $(Code::$variant => $code,)*
                 }
@@ -66,16 +66,16 @@ pub struct Reason {
     pub reason: Code,
     /// The database file (or corpus sample) concerned, as the operator knows it.
     #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub file: Option<String>,
-    pub message: String,
+    pub(crate) file: Option<String>,
+    pub(crate) message: String,
 }
 
 impl Reason {
-    pub fn new(reason: Code, file: Option<&str>, message: impl Into<String>) -> Self {
+    pub(crate) fn new(reason: Code, file: Option<&str>, message: impl Into<String>) -> Self {
         Reason { reason, file: file.map(str::to_string), message: message.into() }
     }
 
-    pub fn file(reason: Code, file: &str, message: impl Into<String>) -> Self {
+    pub(crate) fn file(reason: Code, file: &str, message: impl Into<String>) -> Self {
         Reason::new(reason, Some(file), message)
     }
 }
@@ -89,24 +89,9 @@ impl fmt::Display for Reason {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn codes_are_spelled_as_documented() {
-        assert_eq!(Code::FileSymlink.as_str(), "file.symlink");
-        assert_eq!(Code::CvdMd5Mismatch.to_string(), "cvd.md5_mismatch");
-        let r = Reason::file(Code::FileSymlink, "daily.cvd", "is a symbolic link");
-        assert_eq!(r.to_string(), "daily.cvd: is a symbolic link [file.symlink]");
-        let json = serde_json::to_value(&r).unwrap();
-        assert_eq!(json["reason"], "file.symlink");
-    }
-}
-
 impl Code {
     /// What the operator should do about it, one short sentence.
-    pub fn hint(self) -> &'static str {
+    pub(crate) fn hint(self) -> &'static str {
         use Code::*;
         match self {
             CandidateEmpty => "point clamgate at the directory freshclam writes to",
@@ -130,5 +115,20 @@ impl Code {
             ProductionFailed => "production clamd could not run it; see `clamgate history` and clamd's log",
             OperatorRollback => "an operator rolled it back; `clamgate promote --force ID` overrides",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_spelled_as_documented() {
+        assert_eq!(Code::FileSymlink.as_str(), "file.symlink");
+        assert_eq!(Code::CvdMd5Mismatch.to_string(), "cvd.md5_mismatch");
+        let r = Reason::file(Code::FileSymlink, "daily.cvd", "is a symbolic link");
+        assert_eq!(r.to_string(), "daily.cvd: is a symbolic link [file.symlink]");
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["reason"], "file.symlink");
     }
 }

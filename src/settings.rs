@@ -11,19 +11,19 @@ use std::time::Duration;
 #[derive(Debug, thiserror::Error)]
 #[error("{}: {}", file.display(), problems.join("; "))]
 pub struct SettingsError {
-    pub file: PathBuf,
-    pub problems: Vec<String>,
+    pub(crate) file: PathBuf,
+    pub(crate) problems: Vec<String>,
 }
 
 /// Takes keys out of a TOML table, recording problems instead of stopping.
-pub struct Fields {
+pub(crate) struct Fields {
     prefix: String,
     table: toml::Table,
     problems: Vec<String>,
 }
 
 impl Fields {
-    pub fn parse(file: &Path, text: &str) -> Result<Fields, SettingsError> {
+    pub(crate) fn parse(file: &Path, text: &str) -> Result<Fields, SettingsError> {
         let table: toml::Table = text
             .parse()
             .map_err(|e: toml::de::Error| SettingsError { file: file.to_path_buf(), problems: vec![format!("not valid TOML: {}", e.message())] })?;
@@ -44,7 +44,7 @@ impl Fields {
     }
 
     /// A `[section]`: its keys are checked by `f` with `section.` in messages.
-    pub fn section<T>(&mut self, key: &str, f: impl FnOnce(&mut Fields) -> T) -> T {
+    pub(crate) fn section<T>(&mut self, key: &str, f: impl FnOnce(&mut Fields) -> T) -> T {
         let table = match self.take(key) {
             None => toml::Table::new(),
             Some(toml::Value::Table(t)) => t,
@@ -59,11 +59,11 @@ impl Fields {
         out
     }
 
-    pub fn string(&mut self, key: &str, default: &str) -> String {
+    pub(crate) fn string(&mut self, key: &str, default: &str) -> String {
         self.opt_string(key).unwrap_or_else(|| default.to_string())
     }
 
-    pub fn opt_string(&mut self, key: &str) -> Option<String> {
+    pub(crate) fn opt_string(&mut self, key: &str) -> Option<String> {
         match self.take(key)? {
             toml::Value::String(s) => Some(s),
             other => {
@@ -75,7 +75,7 @@ impl Fields {
 
     /// One of a fixed set of spellings (`mode = "scan"`), parsed into its
     /// enum; a value that is none of them is a problem naming the key.
-    pub fn choice<T: std::str::FromStr>(&mut self, key: &str, default: T) -> T
+    pub(crate) fn choice<T: std::str::FromStr>(&mut self, key: &str, default: T) -> T
     where
         T::Err: std::fmt::Display,
     {
@@ -87,7 +87,7 @@ impl Fields {
     }
 
     /// A list of strings: `key = ["a", "b"]`.
-    pub fn strings(&mut self, key: &str, default: &[&str]) -> Vec<String> {
+    pub(crate) fn strings(&mut self, key: &str, default: &[&str]) -> Vec<String> {
         match self.take(key) {
             None => default.iter().map(|s| s.to_string()).collect(),
             Some(toml::Value::Array(a)) => {
@@ -104,11 +104,11 @@ impl Fields {
         }
     }
 
-    pub fn path(&mut self, key: &str, default: &str) -> PathBuf {
+    pub(crate) fn path(&mut self, key: &str, default: &str) -> PathBuf {
         PathBuf::from(self.string(key, default))
     }
 
-    pub fn bool(&mut self, key: &str, default: bool) -> bool {
+    pub(crate) fn bool(&mut self, key: &str, default: bool) -> bool {
         match self.take(key) {
             None => default,
             Some(toml::Value::Boolean(b)) => b,
@@ -120,7 +120,7 @@ impl Fields {
     }
 
     /// An integer within `range` (inclusive).
-    pub fn int(&mut self, key: &str, default: u64, range: std::ops::RangeInclusive<u64>) -> u64 {
+    pub(crate) fn int(&mut self, key: &str, default: u64, range: std::ops::RangeInclusive<u64>) -> u64 {
         match self.take(key) {
             None => default,
             Some(toml::Value::Integer(i)) if i >= 0 && range.contains(&(i as u64)) => i as u64,
@@ -135,7 +135,7 @@ impl Fields {
         }
     }
 
-    pub fn float(&mut self, key: &str, default: f64, range: std::ops::RangeInclusive<f64>) -> f64 {
+    pub(crate) fn float(&mut self, key: &str, default: f64, range: std::ops::RangeInclusive<f64>) -> f64 {
         let v = match self.take(key) {
             None => return default,
             Some(toml::Value::Float(f)) => f,
@@ -154,7 +154,7 @@ impl Fields {
     }
 
     /// A duration written like `"500ms"`, `"10s"`, `"5m"`, `"7d"`.
-    pub fn duration(&mut self, key: &str, default: &str) -> Duration {
+    pub(crate) fn duration(&mut self, key: &str, default: &str) -> Duration {
         let fallback = parse_duration(default).expect("default durations are valid");
         let Some(text) = self.opt_string(key) else { return fallback };
         match parse_duration(&text) {
@@ -171,7 +171,7 @@ impl Fields {
     }
 
     /// A byte size written like `"512MiB"`, `"2GiB"`, `"100MB"` or a bare number.
-    pub fn size(&mut self, key: &str, default: &str) -> u64 {
+    pub(crate) fn size(&mut self, key: &str, default: &str) -> u64 {
         let fallback = parse_size(default).expect("default sizes are valid");
         let text = match self.take(key) {
             None => return fallback,
@@ -203,18 +203,18 @@ impl Fields {
     }
 
     /// Reports every problem, unknown keys included, or nothing.
-    pub fn finish(self, file: &Path) -> Result<(), SettingsError> {
+    pub(crate) fn finish(self, file: &Path) -> Result<(), SettingsError> {
         let mut problems = Vec::new();
         self.finish_into(&mut problems);
         if problems.is_empty() { Ok(()) } else { Err(SettingsError { file: file.to_path_buf(), problems }) }
     }
 }
 
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text.trim()).map_err(|e| format!("invalid duration {text:?} ({e}; write it like \"500ms\", \"10s\", \"5m\")"))
 }
 
-pub fn parse_size(text: &str) -> Result<u64, String> {
+pub(crate) fn parse_size(text: &str) -> Result<u64, String> {
     let t = text.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
@@ -234,7 +234,7 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
 }
 
 /// Formats bytes for people: `178.0 MiB`.
-pub fn human_size(bytes: u64) -> String {
+pub(crate) fn human_size(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut v = bytes as f64;
     let mut u = 0;

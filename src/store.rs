@@ -58,32 +58,32 @@ pub struct StateLock {
 
 /// Held for the daemon's whole life: one daemon per state dir.
 #[derive(Debug)]
-pub struct DaemonLock {
+pub(crate) struct DaemonLock {
     _file: File,
 }
 
 /// The operator's hold on the live release.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Pin {
-    pub id: Option<String>,
-    pub by: String,
-    pub at: String,
+pub(crate) struct Pin {
+    pub(crate) id: Option<String>,
+    pub(crate) by: String,
+    pub(crate) at: String,
 }
 
 /// Why a candidate sits in quarantine.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct QuarantineRecord {
-    pub id: String,
-    pub digest: String,
-    pub at: String,
-    pub reasons: Vec<Reason>,
-    pub source: Source,
+pub(crate) struct QuarantineRecord {
+    pub(crate) id: String,
+    pub(crate) digest: String,
+    pub(crate) at: String,
+    pub(crate) reasons: Vec<Reason>,
+    pub(crate) source: Source,
 }
 
 /// Who marked a release or candidate bad.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Source {
+pub(crate) enum Source {
     /// The gate rejected it.
     Gate,
     /// It failed verification in production and was rolled back.
@@ -103,11 +103,11 @@ impl std::fmt::Display for Source {
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct ReleaseInfo {
-    pub id: String,
-    pub created: Option<String>,
-    pub manifest: Manifest,
-    pub live: bool,
+pub(crate) struct ReleaseInfo {
+    pub(crate) id: String,
+    pub(crate) created: Option<String>,
+    pub(crate) manifest: Manifest,
+    pub(crate) live: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -133,19 +133,19 @@ impl Store {
         Ok(Store { root: root.to_path_buf() })
     }
 
-    pub fn journal(&self) -> Journal {
+    pub(crate) fn journal(&self) -> Journal {
         Journal::new(self.root.join("journal.jsonl"))
     }
 
-    pub fn work_dir(&self) -> PathBuf {
+    pub(crate) fn work_dir(&self) -> PathBuf {
         self.root.join("work")
     }
 
-    pub fn current_link(&self) -> PathBuf {
+    pub(crate) fn current_link(&self) -> PathBuf {
         self.root.join("current")
     }
 
-    pub fn release_dir(&self, id: &str) -> PathBuf {
+    pub(crate) fn release_dir(&self, id: &str) -> PathBuf {
         self.root.join("releases").join(id)
     }
 
@@ -164,7 +164,7 @@ impl Store {
         }
     }
 
-    pub fn daemon_lock(&self) -> Result<DaemonLock, StoreError> {
+    pub(crate) fn daemon_lock(&self) -> Result<DaemonLock, StoreError> {
         let path = self.root.join("daemon.pid");
         let mut file = File::options().create(true).truncate(false).read(true).write(true).open(&path).map_err(io("cannot open", &path))?;
         match file.try_lock() {
@@ -182,7 +182,7 @@ impl Store {
 
     /// Removes what a crash can leave: half-written releases, a new
     /// `current` link not yet renamed, candidate work directories.
-    pub fn recover(&self, _lock: &StateLock) -> Result<Vec<PathBuf>, StoreError> {
+    pub(crate) fn recover(&self, _lock: &StateLock) -> Result<Vec<PathBuf>, StoreError> {
         let mut removed = Vec::new();
         let rel = self.root.join("releases");
         for e in fs::read_dir(&rel).map_err(io("cannot read", &rel))?.flatten() {
@@ -202,7 +202,7 @@ impl Store {
 
     /// Empties `work/`: candidate snapshots and canary files are never
     /// worth keeping once their run is over or was interrupted.
-    pub fn clear_work(&self) -> Result<Vec<PathBuf>, StoreError> {
+    pub(crate) fn clear_work(&self) -> Result<Vec<PathBuf>, StoreError> {
         let work = self.work_dir();
         let mut removed = Vec::new();
         for e in fs::read_dir(&work).map_err(io("cannot read", &work))?.flatten() {
@@ -213,7 +213,7 @@ impl Store {
     }
 
     /// The live release id, from the `current` link.
-    pub fn current(&self) -> Result<Option<String>, StoreError> {
+    pub(crate) fn current(&self) -> Result<Option<String>, StoreError> {
         let link = self.current_link();
         match fs::read_link(&link) {
             Ok(target) => Ok(target.file_name().map(|n| n.to_string_lossy().into_owned())),
@@ -222,7 +222,7 @@ impl Store {
         }
     }
 
-    pub fn manifest(&self, id: &str) -> Result<Manifest, StoreError> {
+    pub(crate) fn manifest(&self, id: &str) -> Result<Manifest, StoreError> {
         let path = self.release_dir(id).join("manifest.json");
         let text = fs::read_to_string(&path).map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => StoreError::NoRelease(id.to_string()),
@@ -232,7 +232,7 @@ impl Store {
     }
 
     /// Kept releases, newest first.
-    pub fn releases(&self) -> Result<Vec<ReleaseInfo>, StoreError> {
+    pub(crate) fn releases(&self) -> Result<Vec<ReleaseInfo>, StoreError> {
         let live = self.current()?;
         let rel = self.root.join("releases");
         let mut out = Vec::new();
@@ -258,7 +258,7 @@ impl Store {
     }
 
     /// Resolves a full id or a unique prefix of a kept release.
-    pub fn resolve(&self, prefix: &str) -> Result<String, StoreError> {
+    pub(crate) fn resolve(&self, prefix: &str) -> Result<String, StoreError> {
         let ids: Vec<String> = self.releases()?.into_iter().map(|r| r.id).filter(|id| id.starts_with(prefix)).collect();
         match ids.as_slice() {
             [one] => Ok(one.clone()),
@@ -269,7 +269,7 @@ impl Store {
 
     /// Writes a release from a checked snapshot: files copied and fsynced
     /// into a temporary directory, then renamed into place. Idempotent.
-    pub fn add_release(&self, _lock: &StateLock, snapshot: &Path, manifest: &Manifest) -> Result<PathBuf, StoreError> {
+    pub(crate) fn add_release(&self, _lock: &StateLock, snapshot: &Path, manifest: &Manifest) -> Result<PathBuf, StoreError> {
         let dest = self.release_dir(&manifest.id);
         if dest.join("manifest.json").exists() {
             return Ok(dest);
@@ -302,7 +302,7 @@ impl Store {
 
     /// Points `current` at a kept release: a new symlink, renamed over the
     /// old one, then the directory fsynced.
-    pub fn set_current(&self, _lock: &StateLock, id: &str) -> Result<(), StoreError> {
+    pub(crate) fn set_current(&self, _lock: &StateLock, id: &str) -> Result<(), StoreError> {
         if !self.release_dir(id).join("manifest.json").exists() {
             return Err(StoreError::NoRelease(id.to_string()));
         }
@@ -314,18 +314,18 @@ impl Store {
         sync_dir(&self.root)
     }
 
-    pub fn quarantine_dir(&self, id: &str) -> PathBuf {
+    pub(crate) fn quarantine_dir(&self, id: &str) -> PathBuf {
         self.root.join("quarantine").join(id)
     }
 
-    pub fn quarantined(&self, id: &str) -> Option<QuarantineRecord> {
+    pub(crate) fn quarantined(&self, id: &str) -> Option<QuarantineRecord> {
         let text = fs::read_to_string(self.quarantine_dir(id).join("reasons.json")).ok()?;
         serde_json::from_str(&text).ok()
     }
 
     /// Records a rejected candidate (or a release marked bad), with its
     /// reasons, manifest, the canary log and, when given, its files.
-    pub fn quarantine(
+    pub(crate) fn quarantine(
         &self,
         _lock: &StateLock,
         manifest: &Manifest,
@@ -361,7 +361,7 @@ impl Store {
 
     /// Deletes the oldest releases beyond `keep`, never the live one or the
     /// one before it (the rollback target).
-    pub fn prune(&self, _lock: &StateLock, keep: usize, previous: Option<&str>) -> Result<Vec<String>, StoreError> {
+    pub(crate) fn prune(&self, _lock: &StateLock, keep: usize, previous: Option<&str>) -> Result<Vec<String>, StoreError> {
         let releases = self.releases()?;
         let mut removed = Vec::new();
         let mut kept = 0;
@@ -381,11 +381,11 @@ impl Store {
         Ok(removed)
     }
 
-    pub fn pinned(&self) -> Option<Pin> {
+    pub(crate) fn pinned(&self) -> Option<Pin> {
         serde_json::from_str(&fs::read_to_string(self.root.join("pinned")).ok()?).ok()
     }
 
-    pub fn pin(&self, _lock: &StateLock, pin: &Pin) -> Result<(), StoreError> {
+    pub(crate) fn pin(&self, _lock: &StateLock, pin: &Pin) -> Result<(), StoreError> {
         let path = self.root.join("pinned");
         let tmp = self.root.join("pinned.new");
         write_synced(&tmp, &serde_json::to_vec(pin).expect("serializes"))?;
@@ -393,7 +393,7 @@ impl Store {
         sync_dir(&self.root)
     }
 
-    pub fn unpin(&self, _lock: &StateLock) -> Result<bool, StoreError> {
+    pub(crate) fn unpin(&self, _lock: &StateLock) -> Result<bool, StoreError> {
         let path = self.root.join("pinned");
         match fs::remove_file(&path) {
             Ok(()) => sync_dir(&self.root).map(|_| true),
@@ -404,12 +404,12 @@ impl Store {
 
     /// Cached verdicts of a release on a corpus (by digest): a baseline is
     /// scanned once, not once per candidate.
-    pub fn cached_verdicts(&self, id: &str, corpus_digest: &str) -> Option<Verdicts> {
+    pub(crate) fn cached_verdicts(&self, id: &str, corpus_digest: &str) -> Option<Verdicts> {
         let text = fs::read_to_string(self.root.join("cache").join(format!("{id}-{corpus_digest}.json"))).ok()?;
         serde_json::from_str(&text).ok()
     }
 
-    pub fn cache_verdicts(&self, id: &str, corpus_digest: &str, v: &Verdicts) -> Result<(), StoreError> {
+    pub(crate) fn cache_verdicts(&self, id: &str, corpus_digest: &str, v: &Verdicts) -> Result<(), StoreError> {
         let path = self.root.join("cache").join(format!("{id}-{corpus_digest}.json"));
         let tmp = path.with_extension("tmp");
         write_synced(&tmp, &serde_json::to_vec(v).expect("serializes"))?;
@@ -417,7 +417,7 @@ impl Store {
     }
 }
 
-pub fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+pub(crate) fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
     let mut f = File::create(path).map_err(io("cannot create", path))?;
     f.write_all(bytes).map_err(io("cannot write", path))?;
     f.sync_all().map_err(io("cannot fsync", path))

@@ -11,12 +11,12 @@ use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
 /// File events for one directory, coalesced into "something changed".
-pub struct Watcher {
+pub(crate) struct Watcher {
     _inner: RecommendedWatcher,
-    pub changes: mpsc::Receiver<()>,
+    pub(crate) changes: mpsc::Receiver<()>,
 }
 
-pub fn watch(dir: &Path) -> Result<Watcher, notify::Error> {
+pub(crate) fn watch(dir: &Path) -> Result<Watcher, notify::Error> {
     // Capacity 1: a pending signal already says "look again"; more add nothing.
     let (tx, changes) = mpsc::channel(1);
     let mut inner = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
@@ -33,7 +33,7 @@ pub fn watch(dir: &Path) -> Result<Watcher, notify::Error> {
 /// Names, sizes, mtimes and inodes of the directory's entries: equal
 /// fingerprints mean nothing worth a new candidate happened. `None` when
 /// the directory cannot be read.
-pub fn fingerprint(dir: &Path) -> Option<String> {
+pub(crate) fn fingerprint(dir: &Path) -> Option<String> {
     let mut entries: Vec<_> = fs::read_dir(dir).ok()?.flatten().collect();
     entries.sort_by_key(|e| e.file_name());
     let mut h = Sha256::new();

@@ -221,7 +221,7 @@ async fn a_flood_of_updates_settles_to_the_last_one() {
     env.wait_after(from, "the last update promoted", |e| e.name() == "promotion.done" && e.id() == Some(&v2)).await;
     let promoted: Vec<String> =
         env.journal().into_iter().skip(from).filter(|e| e.name() == "promotion.done").filter_map(|e| e.id().map(str::to_string)).collect();
-    assert_eq!(promoted, [v2.clone()], "only the last update may be promoted");
+    assert_eq!(promoted, std::slice::from_ref(&v2), "only the last update may be promoted");
     assert_eq!(prod.client().version().await.unwrap().database, Some(2));
 }
 

@@ -7,7 +7,7 @@
 //! hang the gate or the milter with it.
 
 pub mod process;
-pub mod reply;
+pub(crate) mod reply;
 
 use std::fmt;
 use std::future::Future;
@@ -90,11 +90,11 @@ trait Conn: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Conn for T {}
 
 impl Client {
-    pub fn new(endpoint: Endpoint, timeout: Duration) -> Self {
+    pub(crate) fn new(endpoint: Endpoint, timeout: Duration) -> Self {
         Client { endpoint, timeout }
     }
 
-    pub fn unix(path: impl Into<PathBuf>, timeout: Duration) -> Self {
+    pub(crate) fn unix(path: impl Into<PathBuf>, timeout: Duration) -> Self {
         Client::new(Endpoint::Unix(path.into()), timeout)
     }
 

@@ -16,13 +16,13 @@ use super::Client;
 /// How to start one clamd.
 #[derive(Debug, Clone)]
 pub struct Options {
-    pub binary: PathBuf,
-    pub database_dir: PathBuf,
+    pub(crate) binary: PathBuf,
+    pub(crate) database_dir: PathBuf,
     /// Private directory for the config, socket, log and clamd's temp files.
-    pub work_dir: PathBuf,
+    pub(crate) work_dir: PathBuf,
     /// `ConcurrentDatabaseReload`: with `yes` a failed RELOAD keeps the old
     /// engine, with `no` clamd answers PING but cannot scan until restarted.
-    pub concurrent_reload: bool,
+    pub(crate) concurrent_reload: bool,
     /// Extra `clamd.conf` lines, appended verbatim (tests, tuning).
     pub extra_config: Vec<String>,
 }
@@ -94,7 +94,7 @@ impl ClamdProcess {
     }
 
     /// Starts clamd without waiting; call [`ClamdProcess::wait_ready`].
-    pub fn spawn(opts: Options) -> Result<Self, StartError> {
+    pub(crate) fn spawn(opts: Options) -> Result<Self, StartError> {
         let setup = |file: &Path| {
             let file = file.to_path_buf();
             move |source| StartError::Setup { file, source }
@@ -151,7 +151,7 @@ impl ClamdProcess {
     /// Waits until clamd answers PING, it exits, `timeout` passes, or `check`
     /// (called every tick, e.g. a memory budget) returns a reason to stop.
     /// On every failure the process is killed and reaped before returning.
-    pub async fn wait_ready(&mut self, timeout: Duration, mut check: impl FnMut(&Self) -> Option<String>) -> Result<Duration, StartError> {
+    pub(crate) async fn wait_ready(&mut self, timeout: Duration, mut check: impl FnMut(&Self) -> Option<String>) -> Result<Duration, StartError> {
         let client = self.client(Duration::from_millis(500));
         let deadline = Instant::now() + timeout;
         let mut tick = Duration::from_millis(5);
@@ -199,17 +199,17 @@ impl ClamdProcess {
     }
 
     /// Peak resident memory so far (`VmHWM`), in bytes.
-    pub fn peak_rss(&self) -> Option<u64> {
+    pub(crate) fn peak_rss(&self) -> Option<u64> {
         proc_status_kib(self.pid(), "VmHWM:").map(|k| k * 1024)
     }
 
     /// Current resident memory (`VmRSS`), in bytes.
-    pub fn rss(&self) -> Option<u64> {
+    pub(crate) fn rss(&self) -> Option<u64> {
         proc_status_kib(self.pid(), "VmRSS:").map(|k| k * 1024)
     }
 
     /// Whether the process is still running (not exited, not yet reaped).
-    pub fn is_running(&mut self) -> bool {
+    pub(crate) fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
     }
 
@@ -226,7 +226,7 @@ impl ClamdProcess {
     }
 
     /// Asks clamd to stop (SIGTERM), waits up to `grace`, then kills.
-    pub async fn stop(&mut self, grace: Duration) {
+    pub(crate) async fn stop(&mut self, grace: Duration) {
         if let Some(pid) = Pid::from_raw(self.child.id() as i32) {
             let _ = rustix::process::kill_process(pid, Signal::TERM);
         }
@@ -262,7 +262,7 @@ fn proc_status_kib(pid: u32, key: &str) -> Option<u64> {
 
 /// Picks the lines of clamd's output that say why it failed: the libclamav
 /// errors, joined, most specific first; else the last line it printed.
-pub fn explain(log: &str) -> String {
+pub(crate) fn explain(log: &str) -> String {
     let errors: Vec<&str> = log
         .lines()
         .map(|l| l.split_once(" -> ").map_or(l, |(_, msg)| msg).trim())

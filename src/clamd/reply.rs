@@ -45,7 +45,7 @@ pub struct Version {
     /// Version of the loaded `daily` database, if any.
     pub database: Option<u64>,
     /// Build date of that database as clamd prints it.
-    pub database_date: Option<String>,
+    pub(crate) database_date: Option<String>,
 }
 
 /// Why a reply could not be understood; carries the reply (shortened) so the
@@ -53,8 +53,8 @@ pub struct Version {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{reason}: {reply:?}")]
 pub struct ReplyError {
-    pub reason: &'static str,
-    pub reply: String,
+    pub(crate) reason: &'static str,
+    pub(crate) reply: String,
 }
 
 fn bad(reason: &'static str, reply: &str) -> ReplyError {
@@ -74,7 +74,7 @@ fn bad(reason: &'static str, reply: &str) -> ReplyError {
 ///
 /// A reply without terminator is truncated: clamd always terminates, so a
 /// missing one means the connection was cut mid-reply.
-pub fn text(raw: &[u8]) -> Result<&str, ReplyError> {
+pub(crate) fn text(raw: &[u8]) -> Result<&str, ReplyError> {
     let text = std::str::from_utf8(raw).map_err(|_| bad("reply is not UTF-8", &String::from_utf8_lossy(raw)))?;
     if text.is_empty() {
         return Err(bad("empty reply (clamd closed the connection)", text));
@@ -82,17 +82,17 @@ pub fn text(raw: &[u8]) -> Result<&str, ReplyError> {
     text.strip_suffix('\0').or_else(|| text.strip_suffix('\n')).ok_or_else(|| bad("truncated reply (no terminator)", text))
 }
 
-pub fn parse_ping(raw: &[u8]) -> Result<(), ReplyError> {
+pub(crate) fn parse_ping(raw: &[u8]) -> Result<(), ReplyError> {
     let t = text(raw)?;
     if t == "PONG" { Ok(()) } else { Err(bad("expected PONG", t)) }
 }
 
-pub fn parse_reload(raw: &[u8]) -> Result<(), ReplyError> {
+pub(crate) fn parse_reload(raw: &[u8]) -> Result<(), ReplyError> {
     let t = text(raw)?;
     if t == "RELOADING" { Ok(()) } else { Err(bad("expected RELOADING", t)) }
 }
 
-pub fn parse_version(raw: &[u8]) -> Result<Version, ReplyError> {
+pub(crate) fn parse_version(raw: &[u8]) -> Result<Version, ReplyError> {
     let t = text(raw)?;
     let rest = t.strip_prefix("ClamAV ").ok_or_else(|| bad("VERSION reply does not start with 'ClamAV '", t))?;
     let mut parts = rest.splitn(3, '/');
@@ -114,7 +114,7 @@ pub fn parse_version(raw: &[u8]) -> Result<Version, ReplyError> {
 }
 
 /// Parses an INSTREAM reply: `stream: OK`, `stream: NAME FOUND`, `… ERROR`.
-pub fn parse_scan(raw: &[u8]) -> Result<ScanVerdict, ReplyError> {
+pub(crate) fn parse_scan(raw: &[u8]) -> Result<ScanVerdict, ReplyError> {
     let t = text(raw)?;
     if let Some(body) = t.strip_suffix(" ERROR") {
         let body = body.strip_prefix("stream: ").unwrap_or(body);

@@ -24,21 +24,21 @@ fn lock_wait() -> Duration {
 #[derive(Debug, Args)]
 pub struct RollbackArgs {
     #[command(flatten)]
-    pub config: ConfigArg,
+    pub(crate) config: ConfigArg,
     /// Release to go to (full id or unique prefix); default: the one before the live one.
     #[arg(long)]
-    pub to: Option<String>,
+    pub(crate) to: Option<String>,
 }
 
 #[derive(Debug, Args)]
 pub struct PromoteArgs {
     #[command(flatten)]
-    pub config: ConfigArg,
+    pub(crate) config: ConfigArg,
     /// Release id or unique prefix (see `clamgate releases`).
-    pub id: String,
+    pub(crate) id: String,
     /// Promote even a release marked bad.
     #[arg(long)]
-    pub force: bool,
+    pub(crate) force: bool,
 }
 
 fn lock(store: &Store) -> Result<StateLock, CliError> {
@@ -81,7 +81,7 @@ fn activator<'a>(c: &'a Context, lock: &'a StateLock) -> Activator<'a> {
     Activator { store: &c.store, lock, prod: &c.production }
 }
 
-pub async fn rollback(args: RollbackArgs) -> Result<Exit, CliError> {
+pub(crate) async fn rollback(args: RollbackArgs) -> Result<Exit, CliError> {
     let c = args.config.context()?;
     let lock = lock(&c.store)?;
     let live = c.store.current().map_err(store_err)?.ok_or_else(|| CliError::refused("rollback.nothing_live", "no release is live; nothing to roll back"))?;
@@ -122,7 +122,7 @@ fn previous_release(store: &Store, live: &str) -> Result<String, CliError> {
         .ok_or_else(|| CliError::refused("rollback.no_previous", format!("no release before {live} to roll back to; see `clamgate releases`")))
 }
 
-pub async fn promote(args: PromoteArgs) -> Result<Exit, CliError> {
+pub(crate) async fn promote(args: PromoteArgs) -> Result<Exit, CliError> {
     let c = args.config.context()?;
     let lock = lock(&c.store)?;
     let id = c.store.resolve(&args.id).map_err(|e| CliError::refused("promote.no_such_release", format!("{e}; see `clamgate releases`")))?;
@@ -147,7 +147,7 @@ pub async fn promote(args: PromoteArgs) -> Result<Exit, CliError> {
     report(outcome, &id, "promoted")
 }
 
-pub async fn pin(args: ConfigArg) -> Result<Exit, CliError> {
+pub(crate) async fn pin(args: ConfigArg) -> Result<Exit, CliError> {
     let c = args.context()?;
     let lock = lock(&c.store)?;
     let live = c.store.current().map_err(store_err)?;
@@ -159,7 +159,7 @@ pub async fn pin(args: ConfigArg) -> Result<Exit, CliError> {
     Ok(Exit::Ok)
 }
 
-pub async fn unpin(args: ConfigArg) -> Result<Exit, CliError> {
+pub(crate) async fn unpin(args: ConfigArg) -> Result<Exit, CliError> {
     let c = args.context()?;
     let lock = lock(&c.store)?;
     if c.store.unpin(&lock).map_err(store_err)? {

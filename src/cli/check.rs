@@ -17,29 +17,29 @@ use crate::validate;
 #[derive(Debug, Args)]
 pub struct CheckArgs {
     /// Directory of database files (as freshclam writes them).
-    pub dir: PathBuf,
+    pub(crate) dir: PathBuf,
     /// Corpus directory with clean/ and infected/.
     #[arg(long, default_value = defaults::CORPUS_DIR)]
-    pub corpus: PathBuf,
+    pub(crate) corpus: PathBuf,
     /// The release the candidate would replace (a release directory or any
     /// directory of database files): versions, counts and verdicts are compared.
     #[arg(long)]
-    pub baseline: Option<PathBuf>,
+    pub(crate) baseline: Option<PathBuf>,
     /// Policy file (default: /etc/clamgate/policies/default.toml if present, else built-in defaults).
     #[arg(long)]
-    pub policy: Option<PathBuf>,
+    pub(crate) policy: Option<PathBuf>,
     /// clamd binary started for the canary.
     #[arg(long, default_value = defaults::CLAMD_BINARY)]
-    pub clamd: PathBuf,
+    pub(crate) clamd: PathBuf,
     /// Print one JSON object instead of text.
     #[arg(long)]
-    pub json: bool,
+    pub(crate) json: bool,
     /// Keep the work directory (snapshot, canary config and log) and print its path.
     #[arg(long)]
-    pub keep_work: bool,
+    pub(crate) keep_work: bool,
 }
 
-pub async fn run(args: CheckArgs) -> Result<Exit, CliError> {
+pub(crate) async fn run(args: CheckArgs) -> Result<Exit, CliError> {
     if !args.dir.is_dir() {
         return Err(CliError::usage("usage.not_a_directory", format!("{}: not a directory", args.dir.display())));
     }

@@ -1,10 +1,10 @@
 //! The `clamgate` command line: argument definitions and one module per
 //! command. Commands return an [`Exit`] or a [`CliError`]; `main` prints.
 
-pub mod change;
-pub mod check;
-pub mod run;
-pub mod show;
+pub(crate) mod change;
+pub(crate) mod check;
+pub(crate) mod run;
+pub(crate) mod show;
 
 use std::path::PathBuf;
 
@@ -59,21 +59,21 @@ pub enum Command {
 pub struct ConfigArg {
     /// Config file (default: $CLAMGATE_CONFIG, else /etc/clamgate/clamgate.toml).
     #[arg(long)]
-    pub config: Option<PathBuf>,
+    pub(crate) config: Option<PathBuf>,
 }
 
 impl ConfigArg {
-    pub fn load(&self) -> Result<crate::config::Config, CliError> {
+    pub(crate) fn load(&self) -> Result<crate::config::Config, CliError> {
         crate::config::Config::locate(self.config.as_deref()).map_err(|e| CliError::usage("config.invalid", e))
     }
 
     /// Everything a command that changes state needs.
-    pub fn context(&self) -> Result<crate::context::Context, CliError> {
+    pub(crate) fn context(&self) -> Result<crate::context::Context, CliError> {
         crate::context::Context::open(self.load()?, crate::context::StateDir::MustExist).map_err(CliError::from)
     }
 
     /// The config and its state dir, for the read-only commands.
-    pub fn store(&self) -> Result<(crate::config::Config, crate::store::Store), CliError> {
+    pub(crate) fn store(&self) -> Result<(crate::config::Config, crate::store::Store), CliError> {
         let config = self.load()?;
         let store = crate::context::open_store(&config, crate::context::StateDir::MustExist)?;
         Ok((config, store))
@@ -95,7 +95,7 @@ impl From<crate::context::ContextError> for CliError {
 
 /// Resolves on SIGINT or SIGTERM: the one cancellation signal every
 /// long-running command is handed.
-pub async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler installs");
     tokio::select! {
@@ -118,21 +118,21 @@ pub enum Exit {
 #[error("{message}")]
 pub struct CliError {
     pub exit: Exit,
-    pub code: &'static str,
-    pub message: String,
+    pub(crate) code: &'static str,
+    pub(crate) message: String,
 }
 
 impl CliError {
-    pub fn usage(code: &'static str, message: impl std::fmt::Display) -> Self {
+    pub(crate) fn usage(code: &'static str, message: impl std::fmt::Display) -> Self {
         CliError { exit: Exit::Usage, code, message: message.to_string() }
     }
 
-    pub fn environment(code: &'static str, message: impl std::fmt::Display) -> Self {
+    pub(crate) fn environment(code: &'static str, message: impl std::fmt::Display) -> Self {
         CliError { exit: Exit::Environment, code, message: message.to_string() }
     }
 
     /// The command was refused or failed (exit 1).
-    pub fn refused(code: &'static str, message: impl std::fmt::Display) -> Self {
+    pub(crate) fn refused(code: &'static str, message: impl std::fmt::Display) -> Self {
         CliError { exit: Exit::Rejected, code, message: message.to_string() }
     }
 
@@ -189,13 +189,13 @@ pub async fn run(cli: Cli) -> Result<Exit, (CliError, bool)> {
 }
 
 /// The default policy file, when it exists; else the built-in defaults.
-pub fn default_policy_path() -> Option<PathBuf> {
+pub(crate) fn default_policy_path() -> Option<PathBuf> {
     let p = PathBuf::from(crate::config::defaults::POLICY);
     p.exists().then_some(p)
 }
 
 /// An RFC 3339 time as the operator reads it: local time and how long ago.
-pub fn when(ts: &str) -> String {
+pub(crate) fn when(ts: &str) -> String {
     let Ok(t) = ts.parse::<jiff::Timestamp>() else { return ts.to_string() };
     let local = t.to_zoned_datetime(jiff::tz::TimeZone::system()).strftime("%Y-%m-%d %H:%M:%S").to_string();
     let secs = jiff::Timestamp::now().as_second() - t.as_second();

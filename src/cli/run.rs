@@ -5,7 +5,7 @@ use crate::context::ContextError;
 use crate::daemon::{Daemon, DaemonError};
 use crate::store::StoreError;
 
-pub async fn run(args: ConfigArg) -> Result<Exit, CliError> {
+pub(crate) async fn run(args: ConfigArg) -> Result<Exit, CliError> {
     let config = args.load()?;
     let daemon = Daemon::new(config).map_err(classify)?;
     daemon.run(super::shutdown_signal()).await.map_err(classify)?;

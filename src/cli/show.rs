@@ -21,19 +21,19 @@ use crate::store::{Pin, Store};
 #[derive(Debug, Args)]
 pub struct ShowArgs {
     #[command(flatten)]
-    pub config: ConfigArg,
+    pub(crate) config: ConfigArg,
     /// Print JSON instead of text.
     #[arg(long)]
-    pub json: bool,
+    pub(crate) json: bool,
 }
 
 #[derive(Debug, Args)]
 pub struct HistoryArgs {
     #[command(flatten)]
-    pub show: ShowArgs,
+    pub(crate) show: ShowArgs,
     /// How many entries, newest first.
     #[arg(short = 'n', default_value_t = 20)]
-    pub n: usize,
+    pub(crate) n: usize,
 }
 
 fn databases(m: &Manifest) -> Vec<Database> {
@@ -97,7 +97,7 @@ fn pin_or_false<S: serde::Serializer>(pin: &Option<Pin>, s: S) -> Result<S::Ok, 
     }
 }
 
-pub async fn status(args: ShowArgs) -> Result<Exit, CliError> {
+pub(crate) async fn status(args: ShowArgs) -> Result<Exit, CliError> {
     let (config, store) = args.config.store()?;
     let entries = journal(&store)?;
     let pinned = store.pinned();
@@ -199,7 +199,7 @@ async fn production_health(config: &crate::config::Config) -> ProductionHealth {
     }
 }
 
-pub async fn history(args: HistoryArgs) -> Result<Exit, CliError> {
+pub(crate) async fn history(args: HistoryArgs) -> Result<Exit, CliError> {
     let (_, store) = args.show.config.store()?;
     let entries = journal(&store)?;
     let newest: Vec<&Entry> = entries.iter().rev().take(args.n).collect();
@@ -231,7 +231,7 @@ fn detail(event: &Event) -> String {
     detail.join(" ")
 }
 
-pub async fn releases(args: ShowArgs) -> Result<Exit, CliError> {
+pub(crate) async fn releases(args: ShowArgs) -> Result<Exit, CliError> {
     let (_, store) = args.config.store()?;
     let list = store.releases().map_err(|e| CliError::environment("state.unreadable", e))?;
     let rows: Vec<Value> = list

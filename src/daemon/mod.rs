@@ -30,7 +30,7 @@ use crate::watch;
 use schedule::{DuringRun, Schedule};
 
 #[derive(Debug, thiserror::Error)]
-pub enum DaemonError {
+pub(crate) enum DaemonError {
     #[error(transparent)]
     Context(#[from] ContextError),
     #[error(transparent)]
@@ -54,7 +54,7 @@ pub enum DaemonError {
 }
 
 /// Everything the daemon decides with, built once at start.
-pub struct Daemon {
+pub(crate) struct Daemon {
     cx: Context,
     health: Arc<Health>,
     /// Set while a checked candidate is being quarantined or promoted: a
@@ -92,7 +92,7 @@ enum Flow {
 }
 
 impl Daemon {
-    pub fn new(config: crate::config::Config) -> Result<Daemon, DaemonError> {
+    pub(crate) fn new(config: crate::config::Config) -> Result<Daemon, DaemonError> {
         let cx = Context::open(config, StateDir::Create)?;
         let settings = ProbeSettings {
             interval: cx.config.health.probe_interval,
@@ -105,7 +105,7 @@ impl Daemon {
 
     /// Runs until `shutdown` completes: the gate loop, the prober and the
     /// health endpoint, all stopped by the same signal and awaited.
-    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
+    pub(crate) async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
         let _daemon = self.cx.store.daemon_lock()?;
         let addr = self.cx.config.health.listen.clone();
         let listener = tokio::net::TcpListener::bind(&addr).await.map_err(|source| DaemonError::Listen { addr: addr.clone(), source })?;
@@ -336,10 +336,10 @@ impl Daemon {
             }
             None => {}
         }
-        if let (Some(b), Some(v)) = (baseline, &report.new_baseline_verdicts) {
-            if let Err(e) = self.cx.store.cache_verdicts(&b.manifest.id, &self.cx.corpus.digest, v) {
-                tracing::warn!("cannot cache the live release's verdicts: {e}");
-            }
+        if let (Some(b), Some(v)) = (baseline, &report.new_baseline_verdicts)
+            && let Err(e) = self.cx.store.cache_verdicts(&b.manifest.id, &self.cx.corpus.digest, v)
+        {
+            tracing::warn!("cannot cache the live release's verdicts: {e}");
         }
         self.record_verdict(report, id)?;
         let lock = self.lock().await?;

@@ -11,10 +11,10 @@ use tokio::time::Instant;
 
 /// A fingerprint of incoming (see [`crate::watch::fingerprint`]); `None`
 /// when the directory cannot be read.
-pub type Fingerprint = Option<String>;
+pub(crate) type Fingerprint = Option<String>;
 
 #[derive(Debug)]
-pub struct Schedule {
+pub(crate) struct Schedule {
     settle: Duration,
     retry_after: Duration,
     /// What incoming looks like now, and since when.
@@ -30,7 +30,7 @@ pub struct Schedule {
 
 /// What a change during a run means for it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DuringRun {
+pub(crate) enum DuringRun {
     /// Nothing changed after all, or it is too late to cancel: the change
     /// is checked on the next run.
     GoOn,
@@ -39,12 +39,12 @@ pub enum DuringRun {
 }
 
 impl Schedule {
-    pub fn new(settle: Duration, retry_after: Duration, seen: Fingerprint, now: Instant) -> Schedule {
+    pub(crate) fn new(settle: Duration, retry_after: Duration, seen: Fingerprint, now: Instant) -> Schedule {
         Schedule { settle, retry_after, seen, last_change: now, processed: None, retry_at: None, running: None }
     }
 
     /// A file event or a rescan looked at incoming.
-    pub fn observe(&mut self, now_seen: Fingerprint, now: Instant) {
+    pub(crate) fn observe(&mut self, now_seen: Fingerprint, now: Instant) {
         if now_seen != self.seen {
             self.seen = now_seen;
             self.last_change = now;
@@ -52,7 +52,7 @@ impl Schedule {
     }
 
     /// The periodic rescan: also where a failed run's retry comes due.
-    pub fn rescan(&mut self, now_seen: Fingerprint, now: Instant) {
+    pub(crate) fn rescan(&mut self, now_seen: Fingerprint, now: Instant) {
         self.observe(now_seen, now);
         if self.retry_at.is_some_and(|t| now >= t) {
             self.retry_at = None;
@@ -62,17 +62,17 @@ impl Schedule {
 
     /// When the next run should start: once incoming is readable, differs
     /// from what was processed, and has been quiet for `settle`.
-    pub fn due(&self) -> Option<Instant> {
+    pub(crate) fn due(&self) -> Option<Instant> {
         (self.running.is_none() && self.seen.is_some() && self.seen != self.processed).then_some(self.last_change + self.settle)
     }
 
-    pub fn start(&mut self) {
+    pub(crate) fn start(&mut self) {
         self.running = Some(self.seen.clone());
     }
 
     /// Incoming changed while a run is under way; `deciding` says the run
     /// is past its check.
-    pub fn changed_during_run(&mut self, now_seen: Fingerprint, now: Instant, deciding: bool) -> DuringRun {
+    pub(crate) fn changed_during_run(&mut self, now_seen: Fingerprint, now: Instant, deciding: bool) -> DuringRun {
         let Some(started_on) = &self.running else { return DuringRun::GoOn };
         if &now_seen == started_on {
             return DuringRun::GoOn;
@@ -87,7 +87,7 @@ impl Schedule {
 
     /// The run ended. After our own failure the same files are tried again
     /// one retry interval later, not in a tight loop.
-    pub fn finished(&mut self, failed: bool, now: Instant) {
+    pub(crate) fn finished(&mut self, failed: bool, now: Instant) {
         if let Some(started_on) = self.running.take() {
             self.processed = started_on;
         }

@@ -18,7 +18,7 @@ use tokio::task::JoinSet;
 use super::{Health, Status};
 
 /// Most connections served at once; more are closed on accept.
-pub const MAX_CONNECTIONS: usize = 256;
+pub(crate) const MAX_CONNECTIONS: usize = 256;
 /// A connection's life, keep-alive included; then it is closed between
 /// requests.
 const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
@@ -26,7 +26,7 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 /// Request head limit: our requests are a line and a few headers.
 const MAX_HEAD: usize = 16 * 1024;
 
-pub async fn serve(listener: TcpListener, health: Arc<Health>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+pub(crate) async fn serve(listener: TcpListener, health: Arc<Health>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
     let limit = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     let mut conns = JoinSet::new();
     loop {
@@ -60,7 +60,7 @@ pub async fn serve(listener: TcpListener, health: Arc<Health>, mut shutdown: tok
 
 /// Serves one connection, bounded in time and request size. Public so the
 /// fuzz target drives exactly this code with arbitrary bytes.
-pub async fn serve_connection<I>(io: I, health: Arc<Health>)
+pub(crate) async fn serve_connection<I>(io: I, health: Arc<Health>)
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -93,11 +93,11 @@ fn reply(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Resp
 }
 
 /// Pure routing on method and path; no I/O.
-pub fn route(health: &Health, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+pub(crate) fn route(health: &Health, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     respond(health, req.method(), req.uri().path())
 }
 
-pub fn respond(health: &Health, method: &Method, path: &str) -> Response<Full<Bytes>> {
+pub(crate) fn respond(health: &Health, method: &Method, path: &str) -> Response<Full<Bytes>> {
     let known = matches!(path, "/livez" | "/readyz" | "/metrics");
     if !known {
         return reply(StatusCode::NOT_FOUND, "text/plain", "not found\n");

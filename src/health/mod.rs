@@ -3,7 +3,7 @@
 //! an interval, and keeps the last result. The HTTP endpoint ([`http`])
 //! answers from that result only, so requests never reach clamd.
 
-pub mod http;
+pub(crate) mod http;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -14,60 +14,60 @@ use serde_json::{Value, json};
 
 use crate::metrics::Metrics;
 use crate::production::Production;
-pub use crate::status::Status;
+pub(crate) use crate::status::Status;
 use crate::store::Store;
 
 /// One probe's findings.
 #[derive(Debug, Clone, Serialize)]
-pub struct Probe {
-    pub status: Status,
+pub(crate) struct Probe {
+    pub(crate) status: Status,
     /// Why it is not `pass`.
-    pub output: Option<String>,
-    pub at: SystemTime,
-    pub latency: Duration,
-    pub release: Option<String>,
-    pub engine: Option<String>,
-    pub database: Option<u64>,
-    pub database_age: Option<Duration>,
+    pub(crate) output: Option<String>,
+    pub(crate) at: SystemTime,
+    pub(crate) latency: Duration,
+    pub(crate) release: Option<String>,
+    pub(crate) engine: Option<String>,
+    pub(crate) database: Option<u64>,
+    pub(crate) database_age: Option<Duration>,
 }
 
 /// What the prober needs beyond production itself.
-pub struct ProbeSettings {
-    pub interval: Duration,
+pub(crate) struct ProbeSettings {
+    pub(crate) interval: Duration,
     /// Scans slower than this make the probe `warn`.
-    pub latency_budget: Duration,
+    pub(crate) latency_budget: Duration,
     /// A live daily database older than this makes the probe `warn`.
-    pub max_database_age: Duration,
+    pub(crate) max_database_age: Duration,
 }
 
 /// Shared between the prober, the HTTP endpoint and the daemon's loops.
-pub struct Health {
+pub(crate) struct Health {
     last: RwLock<Option<Probe>>,
     /// `/readyz`'s body, rendered once per probe result (and per second of
     /// staleness), so a flood of requests costs a clone, not a render.
     rendered: RwLock<Option<Rendered>>,
-    pub settings: ProbeSettings,
-    pub metrics: Arc<Metrics>,
+    pub(crate) settings: ProbeSettings,
+    pub(crate) metrics: Arc<Metrics>,
     started: Instant,
     /// Milliseconds since `started` of the main loop's last heartbeat.
     heartbeat: AtomicU64,
 }
 
 impl Health {
-    pub fn new(settings: ProbeSettings, metrics: Arc<Metrics>) -> Arc<Health> {
+    pub(crate) fn new(settings: ProbeSettings, metrics: Arc<Metrics>) -> Arc<Health> {
         Arc::new(Health { last: RwLock::new(None), rendered: RwLock::new(None), settings, metrics, started: Instant::now(), heartbeat: AtomicU64::new(0) })
     }
 
-    pub fn last(&self) -> Option<Probe> {
+    pub(crate) fn last(&self) -> Option<Probe> {
         self.last.read().expect("probe lock").clone()
     }
 
     /// The loops call this each time round; `/livez` fails when they stop.
-    pub fn beat(&self) {
+    pub(crate) fn beat(&self) {
         self.heartbeat.store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
 
-    pub fn alive(&self) -> bool {
+    pub(crate) fn alive(&self) -> bool {
         let last = Duration::from_millis(self.heartbeat.load(Ordering::Relaxed));
         self.started.elapsed().saturating_sub(last) < self.stale_after()
     }
@@ -78,10 +78,10 @@ impl Health {
 
     /// [`Health::readiness`] serialized, from the cache when the probe
     /// result it was rendered from is still the last one.
-    pub fn readiness_body(&self) -> (Status, bytes::Bytes) {
+    pub(crate) fn readiness_body(&self) -> (Status, bytes::Bytes) {
         let key = self.last.read().expect("probe lock").as_ref().map(|p| {
             let age = SystemTime::now().duration_since(p.at).unwrap_or_default();
-            (p.at, (age > self.stale_after()).then(|| age.as_secs()))
+            (p.at, (age > self.stale_after()).then_some(age.as_secs()))
         });
         if let Some(r) = self.rendered.read().expect("render lock").as_ref().filter(|r| Some(r.key) == key) {
             return (r.status, r.body.clone());
@@ -95,7 +95,7 @@ impl Health {
     }
 
     /// The readiness verdict right now: the last probe, failed if missing or stale.
-    pub fn readiness(&self) -> (Status, Value) {
+    pub(crate) fn readiness(&self) -> (Status, Value) {
         let Some(p) = self.last() else {
             return (Status::Fail, json!({ "status": "fail", "output": "no probe has run yet" }));
         };
@@ -161,7 +161,7 @@ struct Rendered {
 }
 
 /// One probe: VERSION, then every smoke sample through production.
-pub async fn probe_once(prod: &Production, store: &Store, settings: &ProbeSettings) -> Probe {
+pub(crate) async fn probe_once(prod: &Production, store: &Store, settings: &ProbeSettings) -> Probe {
     let at = SystemTime::now();
     let release = store.current().ok().flatten();
     let manifest = release.as_deref().and_then(|id| store.manifest(id).ok());
@@ -214,7 +214,7 @@ pub async fn probe_once(prod: &Production, store: &Store, settings: &ProbeSettin
 }
 
 /// Probes every interval until `shutdown` flips.
-pub async fn run_prober(
+pub(crate) async fn run_prober(
     health: Arc<Health>,
     prod: Production,
     store: Store,

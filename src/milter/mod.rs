@@ -18,7 +18,7 @@ use indymilter::{Actions, Callbacks, Context, ContextActions, EomContext, SetErr
 
 use crate::clamd::{ClamdError, Client, ScanVerdict, StreamScan};
 use crate::config::{Config, MilterConfig};
-pub use options::{MilterMode, OnInfected, Stage};
+pub(crate) use options::{MilterMode, OnInfected, Stage};
 use readiness::{HealthUrlError, ReadinessCache};
 
 #[derive(Debug, thiserror::Error)]

@@ -7,7 +7,7 @@ use std::str::FromStr;
 
 /// What the milter does with each message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MilterMode {
+pub(crate) enum MilterMode {
     /// Only ask `/readyz`, and tempfail while scanning is unhealthy.
     Gate,
     /// Gate, and also stream every message to the production clamd.
@@ -16,7 +16,7 @@ pub enum MilterMode {
 
 /// Where an unhealthy scan tempfails the SMTP session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Stage {
+pub(crate) enum Stage {
     /// At connect: the whole session, before the sender says who it is.
     Connect,
     /// At each RCPT TO: the client sees a per-recipient 451.
@@ -25,7 +25,7 @@ pub enum Stage {
 
 /// In scan mode, what happens to a message clamd finds infected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OnInfected {
+pub(crate) enum OnInfected {
     /// 554 5.7.1 at the end of the message.
     Reject,
     /// Accepted into Postfix's hold queue.
@@ -38,7 +38,7 @@ pub enum OnInfected {
 /// reads the config (`milter.on_infected: "drop" is not …`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{value:?} is not {expected}")]
-pub struct UnknownValue {
+pub(crate) struct UnknownValue {
     value: String,
     expected: String,
 }

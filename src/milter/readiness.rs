@@ -64,10 +64,10 @@ impl ReadinessCache {
 
     pub(crate) async fn get(&self) -> Readiness {
         let mut cached = self.cached.lock().await;
-        if let Some((at, r)) = cached.as_ref() {
-            if at.elapsed() < self.ttl {
-                return r.clone();
-            }
+        if let Some((at, r)) = cached.as_ref()
+            && at.elapsed() < self.ttl
+        {
+            return r.clone();
         }
         let r = self.fetch().await;
         *cached = Some((Instant::now(), r.clone()));

@@ -12,23 +12,23 @@ use std::io::Read;
 use md5::{Digest, Md5};
 use serde::{Deserialize, Serialize};
 
-pub const HEADER_LEN: usize = 512;
+pub(crate) const HEADER_LEN: usize = 512;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CvdHeader {
-    pub build_time: String,
-    pub version: u64,
-    pub signatures: u64,
-    pub functionality_level: u32,
-    pub md5: String,
+    pub(crate) build_time: String,
+    pub(crate) version: u64,
+    pub(crate) signatures: u64,
+    pub(crate) functionality_level: u32,
+    pub(crate) md5: String,
     /// Cisco's digital signature, `X` for unsigned containers.
-    pub dsig: String,
-    pub builder: String,
-    pub build_epoch: Option<u64>,
+    pub(crate) dsig: String,
+    pub(crate) builder: String,
+    pub(crate) build_epoch: Option<u64>,
 }
 
 /// Parses the 512-byte header. Never panics, whatever the bytes.
-pub fn parse_header(bytes: &[u8]) -> Result<CvdHeader, String> {
+pub(crate) fn parse_header(bytes: &[u8]) -> Result<CvdHeader, String> {
     if bytes.len() < HEADER_LEN {
         return Err(format!("truncated: {} bytes, a container header alone is {HEADER_LEN}", bytes.len()));
     }
@@ -59,7 +59,7 @@ pub fn parse_header(bytes: &[u8]) -> Result<CvdHeader, String> {
 }
 
 /// MD5 of everything after the header, streamed.
-pub fn body_md5(mut r: impl Read) -> std::io::Result<String> {
+pub(crate) fn body_md5(mut r: impl Read) -> std::io::Result<String> {
     let mut h = Md5::new();
     let mut buf = vec![0u8; 64 * 1024];
     loop {

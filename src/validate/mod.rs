@@ -2,9 +2,9 @@
 //! format, then the sanity of the whole set against the live release.
 //! Cheap and exact, so they run before any canary is started.
 
-pub mod cvd;
-pub mod sanity;
-pub mod text;
+pub(crate) mod cvd;
+pub(crate) mod sanity;
+pub(crate) mod text;
 
 use std::fs::File;
 use std::io::{BufReader, Read};
@@ -14,7 +14,7 @@ use crate::candidate::{CONTAINER_EXTS, DbFile};
 use crate::reason::{Code, Reason};
 
 /// Checks one copied file and fills in its header and signature count.
-pub fn inspect(dir: &Path, file: &mut DbFile) -> Result<(), Reason> {
+pub(crate) fn inspect(dir: &Path, file: &mut DbFile) -> Result<(), Reason> {
     let path = dir.join(&file.name);
     let unreadable = |e: std::io::Error| Reason::file(Code::FileUnreadable, &file.name, format!("cannot read: {e}"));
     let ext = file.extension().to_string();

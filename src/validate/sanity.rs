@@ -27,7 +27,7 @@ fn databases(files: &[DbFile]) -> BTreeMap<&str, (&DbFile, Option<u64>, u64)> {
     out
 }
 
-pub fn check(candidate: &Manifest, baseline: &Manifest, policy: &Policy) -> Vec<Reason> {
+pub(crate) fn check(candidate: &Manifest, baseline: &Manifest, policy: &Policy) -> Vec<Reason> {
     let mut reasons = Vec::new();
     let new = databases(&candidate.files);
     let old = databases(&baseline.files);
@@ -43,14 +43,15 @@ pub fn check(candidate: &Manifest, baseline: &Manifest, policy: &Policy) -> Vec<
             ));
             continue;
         };
-        if let (Some(o), Some(n)) = (old_version, new_version) {
-            if n < o && !policy.allow_downgrade {
-                reasons.push(Reason::file(
-                    Code::SanityDowngrade,
-                    &new_file.name,
-                    format!("version {n} is older than the live {o} (stale mirror?; policy allow_downgrade = false)"),
-                ));
-            }
+        if let (Some(o), Some(n)) = (old_version, new_version)
+            && n < o
+            && !policy.allow_downgrade
+        {
+            reasons.push(Reason::file(
+                Code::SanityDowngrade,
+                &new_file.name,
+                format!("version {n} is older than the live {o} (stale mirror?; policy allow_downgrade = false)"),
+            ));
         }
         if dropped_too_much(*old_sigs, *new_sigs) {
             reasons.push(Reason::file(
@@ -106,7 +107,9 @@ mod tests {
     fn table() {
         let p = Policy::default();
         let lenient = Policy { allow_downgrade: true, max_signature_drop_percent: 100.0, ..Policy::default() };
-        let cases: Vec<(&str, Vec<DbFile>, Vec<DbFile>, &Policy, Vec<Code>)> = vec![
+        // (name, candidate, live, policy, reasons)
+        type Case<'a> = (&'a str, Vec<DbFile>, Vec<DbFile>, &'a Policy, Vec<Code>);
+        let cases: Vec<Case> = vec![
             ("newer is fine", vec![cvd("daily.cvd", 2, 120)], vec![cvd("daily.cvd", 1, 100)], &p, vec![]),
             ("cvd to cld is the same database", vec![cvd("daily.cld", 2, 100)], vec![cvd("daily.cvd", 1, 100)], &p, vec![]),
             ("downgrade", vec![cvd("daily.cvd", 1, 120)], vec![cvd("daily.cvd", 2, 120)], &p, vec![Code::SanityDowngrade]),

@@ -8,21 +8,21 @@
 use std::io::BufRead;
 
 /// The text formats checked here, by extension.
-pub const FORMATS: &[&str] = &[
+pub(crate) const FORMATS: &[&str] = &[
     "hdb", "hsb", "hdu", "hsu", "mdb", "msb", "mdu", "msu", "ndb", "ndu", "ldb", "ldu", "cdb", "fp", "sfp", "ign", "ign2", "ftm", "cfg", "info", "idb", "pdb",
     "gdb", "wdb", "crb", "cat", "pwdb", "imp",
 ];
 
 /// A line that does not parse: 1-based line number and what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LineError {
-    pub line: usize,
-    pub problem: String,
+pub(crate) struct LineError {
+    pub(crate) line: usize,
+    pub(crate) problem: String,
 }
 
 /// Checks every line of a text database; returns how many signatures
 /// (non-blank, non-comment lines) it holds.
-pub fn check(ext: &str, r: impl BufRead) -> Result<u64, LineError> {
+pub(crate) fn check(ext: &str, r: impl BufRead) -> Result<u64, LineError> {
     let mut count = 0;
     for (i, line) in r.split(b'\n').enumerate() {
         let line = line.map_err(|e| LineError { line: i + 1, problem: format!("read error: {e}") })?;

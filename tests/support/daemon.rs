@@ -231,9 +231,11 @@ impl Env {
             .stderr(log)
             .spawn()
             .unwrap();
+        // Owned at once, so a panic below still kills and reaps it.
+        let milter = MilterProc { child, addr };
         for _ in 0..400 {
             if std::net::TcpStream::connect(addr).is_ok() {
-                return MilterProc { child, addr };
+                return milter;
             }
             std::thread::sleep(Duration::from_millis(25));
         }

@@ -219,12 +219,12 @@ impl Drop for Postfix {
         // `postfix stop` bounds itself (5 s, then kill -9 of the group);
         // the pid file check covers a failed stop.
         let _ = self.postfix("stop");
-        if let Ok(pid) = fs::read_to_string(self.dir().join("queue/pid/master.pid")) {
-            if let Some(pid) = pid.trim().parse::<i32>().ok().and_then(rustix::process::Pid::from_raw) {
-                let comm = fs::read_to_string(format!("/proc/{}/comm", pid.as_raw_pid())).unwrap_or_default();
-                if comm.trim() == "master" {
-                    let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
-                }
+        if let Ok(pid) = fs::read_to_string(self.dir().join("queue/pid/master.pid"))
+            && let Some(pid) = pid.trim().parse::<i32>().ok().and_then(rustix::process::Pid::from_raw)
+        {
+            let comm = fs::read_to_string(format!("/proc/{}/comm", pid.as_raw_pid())).unwrap_or_default();
+            if comm.trim() == "master" {
+                let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
             }
         }
         self.stop_sink();
