@@ -135,7 +135,7 @@ pub(crate) fn classify_name(name: &std::ffi::OsStr) -> NameClass {
         return NameClass::Bad("name is not a plain database file name (letters, digits, . _ -)".into());
     }
     let ext = n.rsplit_once('.').map_or("", |(_, e)| e);
-    if CONTAINER_EXTS.contains(&ext) || crate::validate::text::FORMATS.contains(&ext) || OTHER_EXTS.contains(&ext) {
+    if CONTAINER_EXTS.contains(&ext) || crate::validate::text::format_of(ext).is_some() || OTHER_EXTS.contains(&ext) {
         NameClass::Database
     } else {
         NameClass::Bad(format!("extension {ext:?} is not a ClamAV database extension"))
@@ -143,83 +143,89 @@ pub(crate) fn classify_name(name: &std::ffi::OsStr) -> NameClass {
 }
 
 /// Copies the database files of `src` into `dst` (created, must not exist),
-/// applying the file rules of DESIGN.md step 2.
+/// applying the file rules (docs/ARCHITECTURE.md, "candidate"). A file that
+/// breaks one is rejected by name; freshclam's housekeeping files are skipped.
 pub(crate) fn snapshot(src: &Path, dst: &Path, policy: &Policy) -> Result<Snapshot, SnapshotError> {
     let read_dir = |source| SnapshotError::ReadDir { dir: src.to_path_buf(), source };
-    let write = |file: &Path| {
-        let file = file.to_path_buf();
-        move |source| SnapshotError::Write { file, source }
-    };
-    fs::create_dir(dst).map_err(write(dst))?;
+    fs::create_dir(dst).map_err(|source| SnapshotError::Write { file: dst.to_path_buf(), source })?;
     let mut entries: Vec<_> = fs::read_dir(src).map_err(read_dir)?.collect::<Result<_, _>>().map_err(read_dir)?;
     entries.sort_by_key(|e| e.file_name());
 
     let mut snap = Snapshot { dir: dst.to_path_buf(), files: Vec::new(), rejected: Vec::new(), ignored: Vec::new() };
     for entry in entries {
         let os_name = entry.file_name();
-        let shown = os_name.to_str().map_or_else(
-            || format!("{os_name:?}"),
-            |n| {
-                if n.contains(char::is_control) { format!("{n:?}") } else { n.to_string() }
-            },
-        );
-        let reject = |code, msg: String| Reason::file(code, &shown, msg);
+        let shown = shown_name(&os_name);
         let class = classify_name(&os_name);
         if class == NameClass::Housekeeping {
             snap.ignored.push(shown);
             continue;
         }
-        let meta = match fs::symlink_metadata(entry.path()) {
-            Ok(m) => m,
-            Err(e) => {
-                snap.rejected.push(reject(Code::FileUnreadable, format!("cannot stat: {e}")));
-                continue;
-            }
-        };
-        let ft = meta.file_type();
-        let kind = if ft.is_symlink() {
-            let to = fs::read_link(entry.path()).map(|t| t.display().to_string()).unwrap_or_default();
-            snap.rejected.push(reject(Code::FileSymlink, format!("is a symbolic link (to {to:?}); copy the file itself into the directory")));
-            continue;
-        } else if ft.is_dir() {
-            Some("a directory")
-        } else if ft.is_fifo() {
-            Some("a FIFO")
-        } else if ft.is_socket() {
-            Some("a socket")
-        } else if ft.is_block_device() || ft.is_char_device() {
-            Some("a device node")
-        } else {
-            None
-        };
-        if let Some(kind) = kind {
-            snap.rejected.push(reject(Code::FileNotRegular, format!("is {kind}, not a regular file")));
-            continue;
-        }
-        if let NameClass::Bad(why) = class {
-            snap.rejected.push(reject(Code::FileBadName, why));
-            continue;
-        }
-        if meta.len() > policy.max_file_size {
-            snap.rejected.push(reject(Code::FileTooLarge, too_large(meta.len(), policy)));
+        if let Err((code, why)) = admit(&entry, class, policy) {
+            snap.rejected.push(Reason::file(code, &shown, why));
             continue;
         }
         if snap.files.len() >= policy.max_files {
-            snap.rejected.push(reject(Code::FileTooMany, format!("more than {} database files (policy max_files)", policy.max_files)));
+            snap.rejected.push(Reason::file(Code::FileTooMany, &shown, format!("more than {} database files (policy max_files)", policy.max_files)));
             break;
         }
         let to = dst.join(&os_name);
+        let rejected = |code, why: String| Reason::file(code, &shown, why);
         match copy_file(&entry.path(), &to, policy.max_file_size) {
             Ok(Copied::File { size, sha256 }) => snap.files.push(DbFile { name: shown, size, sha256, signatures: 0, header: None }),
             Ok(Copied::NotRegular) => {
-                snap.rejected.push(reject(Code::FileNotRegular, "changed into something that is not a regular file while being read".into()))
+                snap.rejected.push(rejected(Code::FileNotRegular, "changed into something that is not a regular file while being read".into()))
             }
-            Ok(Copied::TooLarge) => snap.rejected.push(reject(Code::FileTooLarge, too_large(policy.max_file_size + 1, policy))),
-            Err(CopyError::Read(e)) => snap.rejected.push(reject(Code::FileUnreadable, format!("cannot read: {e}"))),
-            Err(CopyError::Write(e)) => return Err(write(&to)(e)),
+            Ok(Copied::TooLarge) => snap.rejected.push(rejected(Code::FileTooLarge, too_large(policy.max_file_size + 1, policy))),
+            Err(CopyError::Read(e)) => snap.rejected.push(rejected(Code::FileUnreadable, format!("cannot read: {e}"))),
+            Err(CopyError::Write(source)) => return Err(SnapshotError::Write { file: to, source }),
         }
     }
     Ok(snap)
+}
+
+/// A file name as the operator should see it: control characters and
+/// invalid UTF-8 quoted, so a hostile name cannot forge a log line.
+fn shown_name(os_name: &std::ffi::OsStr) -> String {
+    match os_name.to_str() {
+        Some(n) if n.contains(char::is_control) => format!("{n:?}"),
+        Some(n) => n.to_string(),
+        None => format!("{os_name:?}"),
+    }
+}
+
+/// The file rules one directory entry must pass before it is copied: a
+/// regular file, not a link, with a database name, within the size limit.
+fn admit(entry: &fs::DirEntry, class: NameClass, policy: &Policy) -> Result<(), (Code, String)> {
+    let meta = fs::symlink_metadata(entry.path()).map_err(|e| (Code::FileUnreadable, format!("cannot stat: {e}")))?;
+    let ft = meta.file_type();
+    if ft.is_symlink() {
+        let to = fs::read_link(entry.path()).map(|t| t.display().to_string()).unwrap_or_default();
+        return Err((Code::FileSymlink, format!("is a symbolic link (to {to:?}); copy the file itself into the directory")));
+    }
+    if let Some(kind) = special_kind(ft) {
+        return Err((Code::FileNotRegular, format!("is {kind}, not a regular file")));
+    }
+    if let NameClass::Bad(why) = class {
+        return Err((Code::FileBadName, why));
+    }
+    if meta.len() > policy.max_file_size {
+        return Err((Code::FileTooLarge, too_large(meta.len(), policy)));
+    }
+    Ok(())
+}
+
+fn special_kind(ft: fs::FileType) -> Option<&'static str> {
+    if ft.is_dir() {
+        Some("a directory")
+    } else if ft.is_fifo() {
+        Some("a FIFO")
+    } else if ft.is_socket() {
+        Some("a socket")
+    } else if ft.is_block_device() || ft.is_char_device() {
+        Some("a device node")
+    } else {
+        None
+    }
 }
 
 fn too_large(size: u64, policy: &Policy) -> String {

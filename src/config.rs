@@ -168,7 +168,7 @@ impl Config {
         Ok(Config::parse(file, &text)?)
     }
 
-    pub(crate) fn parse(file: &Path, text: &str) -> Result<Config, SettingsError> {
+    pub fn parse(file: &Path, text: &str) -> Result<Config, SettingsError> {
         let mut f = Fields::parse(file, text)?;
         let mut problems = Vec::new();
         let config = Config {

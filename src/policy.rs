@@ -51,7 +51,7 @@ impl Policy {
         Ok(Policy::parse(file, &text)?)
     }
 
-    pub(crate) fn parse(file: &Path, text: &str) -> Result<Policy, SettingsError> {
+    pub fn parse(file: &Path, text: &str) -> Result<Policy, SettingsError> {
         let mut f = Fields::parse(file, text)?;
         let policy = Policy {
             load_timeout: f.duration("load_timeout", "180s"),

@@ -210,11 +210,22 @@ impl Fields {
     }
 }
 
-pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text.trim()).map_err(|e| format!("invalid duration {text:?} ({e}; write it like \"500ms\", \"10s\", \"5m\")"))
+/// A value that does not parse, in words for the operator.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct BadValue(pub String);
+
+impl From<String> for BadValue {
+    fn from(s: String) -> Self {
+        BadValue(s)
+    }
 }
 
-pub(crate) fn parse_size(text: &str) -> Result<u64, String> {
+pub fn parse_duration(text: &str) -> Result<Duration, BadValue> {
+    humantime::parse_duration(text.trim()).map_err(|e| format!("invalid duration {text:?} ({e}; write it like \"500ms\", \"10s\", \"5m\")").into())
+}
+
+pub fn parse_size(text: &str) -> Result<u64, BadValue> {
     let t = text.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
@@ -228,9 +239,9 @@ pub(crate) fn parse_size(text: &str) -> Result<u64, String> {
         "KB" | "kB" => 1_000,
         "MB" => 1_000_000,
         "GB" => 1_000_000_000,
-        u => return Err(format!("invalid size unit {u:?} in {text:?} (use B, KiB, MiB, GiB, KB, MB, GB)")),
+        u => return Err(format!("invalid size unit {u:?} in {text:?} (use B, KiB, MiB, GiB, KB, MB, GB)").into()),
     };
-    num.checked_mul(mult).ok_or_else(|| format!("size {text:?} is too large"))
+    num.checked_mul(mult).ok_or_else(|| format!("size {text:?} is too large").into())
 }
 
 /// Formats bytes for people: `178.0 MiB`.

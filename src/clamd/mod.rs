@@ -7,7 +7,7 @@
 //! hang the gate or the milter with it.
 
 pub mod process;
-pub(crate) mod reply;
+pub mod reply;
 
 use std::fmt;
 use std::future::Future;

@@ -82,17 +82,17 @@ pub(crate) fn text(raw: &[u8]) -> Result<&str, ReplyError> {
     text.strip_suffix('\0').or_else(|| text.strip_suffix('\n')).ok_or_else(|| bad("truncated reply (no terminator)", text))
 }
 
-pub(crate) fn parse_ping(raw: &[u8]) -> Result<(), ReplyError> {
+pub fn parse_ping(raw: &[u8]) -> Result<(), ReplyError> {
     let t = text(raw)?;
     if t == "PONG" { Ok(()) } else { Err(bad("expected PONG", t)) }
 }
 
-pub(crate) fn parse_reload(raw: &[u8]) -> Result<(), ReplyError> {
+pub fn parse_reload(raw: &[u8]) -> Result<(), ReplyError> {
     let t = text(raw)?;
     if t == "RELOADING" { Ok(()) } else { Err(bad("expected RELOADING", t)) }
 }
 
-pub(crate) fn parse_version(raw: &[u8]) -> Result<Version, ReplyError> {
+pub fn parse_version(raw: &[u8]) -> Result<Version, ReplyError> {
     let t = text(raw)?;
     let rest = t.strip_prefix("ClamAV ").ok_or_else(|| bad("VERSION reply does not start with 'ClamAV '", t))?;
     let mut parts = rest.splitn(3, '/');
@@ -114,7 +114,7 @@ pub(crate) fn parse_version(raw: &[u8]) -> Result<Version, ReplyError> {
 }
 
 /// Parses an INSTREAM reply: `stream: OK`, `stream: NAME FOUND`, `… ERROR`.
-pub(crate) fn parse_scan(raw: &[u8]) -> Result<ScanVerdict, ReplyError> {
+pub fn parse_scan(raw: &[u8]) -> Result<ScanVerdict, ReplyError> {
     let t = text(raw)?;
     if let Some(body) = t.strip_suffix(" ERROR") {
         let body = body.strip_prefix("stream: ").unwrap_or(body);

@@ -60,7 +60,7 @@ pub(crate) async fn serve(listener: TcpListener, health: Arc<Health>, mut shutdo
 
 /// Serves one connection, bounded in time and request size. Public so the
 /// fuzz target drives exactly this code with arbitrary bytes.
-pub(crate) async fn serve_connection<I>(io: I, health: Arc<Health>)
+pub async fn serve_connection<I>(io: I, health: Arc<Health>)
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {

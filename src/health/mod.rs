@@ -3,7 +3,7 @@
 //! an interval, and keeps the last result. The HTTP endpoint ([`http`])
 //! answers from that result only, so requests never reach clamd.
 
-pub(crate) mod http;
+pub mod http;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -41,7 +41,7 @@ pub(crate) struct ProbeSettings {
 }
 
 /// Shared between the prober, the HTTP endpoint and the daemon's loops.
-pub(crate) struct Health {
+pub struct Health {
     last: RwLock<Option<Probe>>,
     /// `/readyz`'s body, rendered once per probe result (and per second of
     /// staleness), so a flood of requests costs a clone, not a render.

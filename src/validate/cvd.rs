@@ -27,23 +27,40 @@ pub struct CvdHeader {
     pub(crate) build_epoch: Option<u64>,
 }
 
+/// What is wrong with a container header, in words for the operator.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct BadHeader(pub String);
+
+impl From<String> for BadHeader {
+    fn from(s: String) -> Self {
+        BadHeader(s)
+    }
+}
+
+impl From<&str> for BadHeader {
+    fn from(s: &str) -> Self {
+        BadHeader(s.to_string())
+    }
+}
+
 /// Parses the 512-byte header. Never panics, whatever the bytes.
-pub(crate) fn parse_header(bytes: &[u8]) -> Result<CvdHeader, String> {
+pub fn parse_header(bytes: &[u8]) -> Result<CvdHeader, BadHeader> {
     if bytes.len() < HEADER_LEN {
-        return Err(format!("truncated: {} bytes, a container header alone is {HEADER_LEN}", bytes.len()));
+        return Err(format!("truncated: {} bytes, a container header alone is {HEADER_LEN}", bytes.len()).into());
     }
     let raw = &bytes[..HEADER_LEN];
     let text = std::str::from_utf8(raw).map_err(|_| "header is not text".to_string())?;
     let text = text.trim_end_matches([' ', '\0', '\n']);
-    let rest = text.strip_prefix("ClamAV-VDB:").ok_or("does not start with \"ClamAV-VDB:\"")?;
+    let rest = text.strip_prefix("ClamAV-VDB:").ok_or(BadHeader::from("does not start with \"ClamAV-VDB:\""))?;
     let f: Vec<&str> = rest.split(':').collect();
     if f.len() < 7 {
-        return Err(format!("header has {} fields, expected at least 7", f.len()));
+        return Err(format!("header has {} fields, expected at least 7", f.len()).into());
     }
     let num = |i: usize, what: &str| -> Result<u64, String> { f[i].trim().parse::<u64>().map_err(|_| format!("{what} {:?} is not a number", f[i])) };
     let md5 = f[4].trim();
     if md5.len() != 32 || !md5.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(format!("MD5 field {md5:?} is not 32 hex digits"));
+        return Err(format!("MD5 field {md5:?} is not 32 hex digits").into());
     }
     let functionality_level = num(3, "functionality level")?;
     Ok(CvdHeader {
@@ -104,7 +121,7 @@ mod tests {
         ];
         for (bytes, want) in cases {
             let err = parse_header(&bytes).unwrap_err();
-            assert!(err.contains(want), "{want}: {err}");
+            assert!(err.0.contains(want), "{want}: {err}");
         }
     }
 

@@ -7,22 +7,75 @@
 
 use std::io::BufRead;
 
-/// The text formats checked here, by extension.
-pub(crate) const FORMATS: &[&str] = &[
-    "hdb", "hsb", "hdu", "hsu", "mdb", "msb", "mdu", "msu", "ndb", "ndu", "ldb", "ldu", "cdb", "fp", "sfp", "ign", "ign2", "ftm", "cfg", "info", "idb", "pdb",
-    "gdb", "wdb", "crb", "cat", "pwdb", "imp",
-];
+/// How the lines of a text database are shaped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// `hash:size:name` (hdb, hsb, fp …).
+    HashFirst,
+    /// `size:hash:name` (mdb, msb …).
+    SizeFirst,
+    Body,
+    Logical,
+    Container,
+    FileTypeMagic,
+    Ignore,
+    Info,
+    /// Colon-separated fields, at least two (idb, pdb, wdb, cfg …).
+    Fields,
+}
+
+/// Every text format, by extension: the one list that both the file-name
+/// rules and the line checks read.
+pub const FORMATS: &[(&str, Format)] = {
+    use Format::*;
+    &[
+        ("hdb", HashFirst),
+        ("hsb", HashFirst),
+        ("hdu", HashFirst),
+        ("hsu", HashFirst),
+        ("fp", HashFirst),
+        ("sfp", HashFirst),
+        ("mdb", SizeFirst),
+        ("msb", SizeFirst),
+        ("mdu", SizeFirst),
+        ("msu", SizeFirst),
+        ("ndb", Body),
+        ("ndu", Body),
+        ("ldb", Logical),
+        ("ldu", Logical),
+        ("cdb", Container),
+        ("ftm", FileTypeMagic),
+        ("ign", Ignore),
+        ("ign2", Ignore),
+        ("info", Info),
+        ("idb", Fields),
+        ("pdb", Fields),
+        ("gdb", Fields),
+        ("wdb", Fields),
+        ("crb", Fields),
+        ("cat", Fields),
+        ("pwdb", Fields),
+        ("imp", Fields),
+        ("cfg", Fields),
+    ]
+};
+
+/// The text format of a file extension, if it is one.
+pub fn format_of(ext: &str) -> Option<Format> {
+    FORMATS.iter().find(|(e, _)| *e == ext).map(|(_, f)| *f)
+}
 
 /// A line that does not parse: 1-based line number and what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct LineError {
-    pub(crate) line: usize,
-    pub(crate) problem: String,
+pub struct LineError {
+    pub line: usize,
+    pub problem: String,
 }
 
 /// Checks every line of a text database; returns how many signatures
 /// (non-blank, non-comment lines) it holds.
-pub(crate) fn check(ext: &str, r: impl BufRead) -> Result<u64, LineError> {
+pub fn check(ext: &str, r: impl BufRead) -> Result<u64, LineError> {
+    let format = format_of(ext);
     let mut count = 0;
     for (i, line) in r.split(b'\n').enumerate() {
         let line = line.map_err(|e| LineError { line: i + 1, problem: format!("read error: {e}") })?;
@@ -35,30 +88,26 @@ pub(crate) fn check(ext: &str, r: impl BufRead) -> Result<u64, LineError> {
         if text.trim().is_empty() || text.starts_with('#') {
             continue;
         }
-        check_line(ext, text).map_err(err)?;
+        if let Some(format) = format {
+            check_line(format, text).map_err(err)?;
+        }
         count += 1;
     }
     Ok(count)
 }
 
-fn check_line(ext: &str, line: &str) -> Result<(), String> {
-    match ext {
-        "hdb" | "hsb" | "hdu" | "hsu" | "fp" | "sfp" => hash_line(line, HashOrder::HashFirst),
-        "mdb" | "msb" | "mdu" | "msu" => hash_line(line, HashOrder::SizeFirst),
-        "ndb" | "ndu" => ndb_line(line),
-        "ldb" | "ldu" => ldb_line(line),
-        "cdb" => min_fields(line, ':', 10, "VirusName:ContainerType:ContainerSize:FileNameREGEX:…"),
-        "ftm" => min_fields(line, ':', 6, "magictype:offset:magicbytes:name:rtype:type"),
-        "ign" | "ign2" => {
-            if line.contains(char::is_control) {
-                Err("contains control characters".into())
-            } else {
-                Ok(())
-            }
-        }
-        "info" => info_line(line),
-        "idb" | "pdb" | "gdb" | "wdb" | "crb" | "cat" | "pwdb" | "imp" | "cfg" => min_fields(line, ':', 2, "colon-separated fields"),
-        _ => Ok(()),
+fn check_line(format: Format, line: &str) -> Result<(), String> {
+    match format {
+        Format::HashFirst => hash_line(line, HashOrder::HashFirst),
+        Format::SizeFirst => hash_line(line, HashOrder::SizeFirst),
+        Format::Body => ndb_line(line),
+        Format::Logical => ldb_line(line),
+        Format::Container => min_fields(line, ':', 10, "VirusName:ContainerType:ContainerSize:FileNameREGEX:…"),
+        Format::FileTypeMagic => min_fields(line, ':', 6, "magictype:offset:magicbytes:name:rtype:type"),
+        Format::Ignore if line.contains(char::is_control) => Err("contains control characters".into()),
+        Format::Ignore => Ok(()),
+        Format::Info => info_line(line),
+        Format::Fields => min_fields(line, ':', 2, "colon-separated fields"),
     }
 }
 
