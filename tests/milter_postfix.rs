@@ -10,15 +10,33 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use support::daemon::{MilterProc, live_v1, set_id, wait_ready};
+use support::daemon::{DaemonProc, Env, MilterProc, live_v1, set_id, wait_ready};
 use support::postfix::{Postfix, Transcript, parse_swaks};
 use support::*;
 
 const TEMPFAIL_TEXT: &str = "4.7.1 Virus scanning is temporarily unavailable, please try again later";
 
-/// Postfix whose smtpd_milters is `m`.
-fn postfix_with(m: &MilterProc) -> Postfix {
-    Postfix::start(Some(&format!("inet:{}", m.addr)))
+/// The daemon on daily-v1 with production scanning, a milter with the
+/// given `[milter]` settings, and Postfix whose smtpd_milters is that milter.
+struct Stack {
+    env: Env,
+    _daemon: DaemonProc,
+    prod: Clamd,
+    milter: MilterProc,
+    pf: Postfix,
+}
+
+async fn stack(milter: &str) -> Stack {
+    let (env, _daemon, prod) = live_v1("").await;
+    let milter = env.spawn_milter(milter);
+    let pf = Postfix::start(Some(&format!("inet:{}", milter.addr)));
+    Stack { env, _daemon, prod, milter, pf }
+}
+
+/// Postfix's queue has drained and exactly `n` messages reached the sink.
+async fn relayed(pf: &Postfix, n: usize) {
+    pf.wait_queue_empty().await;
+    assert_eq!(pf.sent(), n, "{}", pf.maillog());
 }
 
 fn subject(s: &str) -> String {
@@ -63,9 +81,7 @@ fn swaks_transcripts_parse_into_stages() {
 /// after clamd is back is delivered. Each message arrives exactly once.
 #[tokio::test(flavor = "multi_thread")]
 async fn gate_mode_tempfails_at_rcpt_while_clamd_is_down_and_loses_nothing() {
-    let (env, _d, mut prod) = live_v1("").await;
-    let m = env.spawn_milter("mode = \"gate\"\nhealth_ttl = \"100ms\"\n");
-    let mut pf = postfix_with(&m);
+    let Stack { env, _daemon, mut prod, milter: _milter, mut pf } = stack("mode = \"gate\"\nhealth_ttl = \"100ms\"\n").await;
 
     let t = pf.swaks(&["--header", &subject("gate-healthy")]).await;
     assert_eq!(code_at(&t, "RCPT"), 250, "{}", t.raw);
@@ -108,8 +124,7 @@ async fn gate_mode_tempfails_at_rcpt_while_clamd_is_down_and_loses_nothing() {
     for s in ["gate-healthy", "gate-queued", "gate-retried"] {
         assert_eq!(count_subject(&got, s), 1, "{s}: {got:#?}");
     }
-    pf.wait_queue_empty().await;
-    assert_eq!(pf.sent(), 3);
+    relayed(&pf, 3).await;
 }
 
 /// Scan mode through Postfix: the infected test mail is refused at the end
@@ -118,9 +133,7 @@ async fn gate_mode_tempfails_at_rcpt_while_clamd_is_down_and_loses_nothing() {
 /// release.
 #[tokio::test(flavor = "multi_thread")]
 async fn scan_mode_rejects_infected_mail_with_554_and_marks_clean_mail() {
-    let (env, _d, _prod) = live_v1("").await;
-    let m = env.spawn_milter("mode = \"scan\"\nhealth_ttl = \"60s\"\n");
-    let pf = postfix_with(&m);
+    let Stack { env: _env, _daemon, prod: _prod, milter: _milter, pf } = stack("mode = \"scan\"\nhealth_ttl = \"60s\"\n").await;
 
     let infected = sample("infected/mail/clam.mail");
     let t = pf.swaks(&["--data", &format!("@{}", infected.display())]).await;
@@ -144,8 +157,7 @@ async fn scan_mode_rejects_infected_mail_with_554_and_marks_clean_mail() {
     let clean_subject = std::fs::read_to_string(&clean).unwrap().lines().find(|l| l.starts_with("Subject:")).unwrap().to_string();
     assert!(got[0].lines().any(|l| l == clean_subject), "{}", got[0]);
     assert!(!got.iter().any(|m| m.contains("ClamAV Test File")), "the infected mail was delivered");
-    pf.wait_queue_empty().await;
-    assert_eq!(pf.sent(), 1);
+    relayed(&pf, 1).await;
 }
 
 /// With the milter process gone, `milter_default_action = tempfail` (from
@@ -153,9 +165,7 @@ async fn scan_mode_rejects_infected_mail_with_554_and_marks_clean_mail() {
 /// unchecked.
 #[tokio::test(flavor = "multi_thread")]
 async fn postfix_tempfails_when_the_milter_is_down() {
-    let (env, _d, _prod) = live_v1("").await;
-    let m = env.spawn_milter("mode = \"gate\"\nhealth_ttl = \"100ms\"\n");
-    let pf = postfix_with(&m);
+    let Stack { env: _env, _daemon, prod: _prod, milter: m, pf } = stack("mode = \"gate\"\nhealth_ttl = \"100ms\"\n").await;
     let t = pf.swaks(&["--header", &subject("milter-up")]).await;
     assert_eq!(code_at(&t, "EOM"), 250, "{}", t.raw);
     pf.wait_delivered(1).await;
@@ -173,8 +183,7 @@ async fn postfix_tempfails_when_the_milter_is_down() {
     let refused = format!("warning: connect to Milter service inet:{addr}: Connection refused");
     pf.wait_log("Postfix's milter connect failure", |l| l.contains(&refused)).await;
     // Nothing new was queued or delivered.
-    pf.wait_queue_empty().await;
-    assert_eq!(pf.sent(), 1);
+    relayed(&pf, 1).await;
     assert_eq!(count_subject(&pf.delivered(), "milter-down"), 0);
 }
 
@@ -199,9 +208,7 @@ fn read_reply(r: &mut BufReader<TcpStream>) -> Option<String> {
 /// and no part of the interrupted transaction is ever delivered.
 #[tokio::test(flavor = "multi_thread")]
 async fn postfix_stopped_mid_data_delivers_nothing_half_and_the_retry_once() {
-    let (env, _d, _prod) = live_v1("").await;
-    let m = env.spawn_milter("mode = \"gate\"\nhealth_ttl = \"100ms\"\n");
-    let pf = postfix_with(&m);
+    let Stack { env: _env, _daemon, prod: _prod, milter: _milter, pf } = stack("mode = \"gate\"\nhealth_ttl = \"100ms\"\n").await;
 
     let s = TcpStream::connect(pf.smtpd).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
@@ -231,8 +238,7 @@ async fn postfix_stopped_mid_data_delivers_nothing_half_and_the_retry_once() {
     assert_eq!(got.len(), 1, "{got:#?}");
     assert_eq!(count_subject(&got, "interrupted"), 1, "{got:#?}");
     assert!(got[0].contains("first half") && got[0].contains("second half"), "delivered whole: {}", got[0]);
-    pf.wait_queue_empty().await;
-    assert_eq!(pf.sent(), 1, "{}", pf.maillog());
+    relayed(&pf, 1).await;
 }
 
 /// Gate mode answers Accept at RCPT; Postfix scopes that to the message, so
@@ -240,9 +246,7 @@ async fn postfix_stopped_mid_data_delivers_nothing_half_and_the_retry_once() {
 /// and is tempfailed once scanning broke in between.
 #[tokio::test(flavor = "multi_thread")]
 async fn accept_covers_one_message_the_next_one_on_the_connection_is_gated_again() {
-    let (env, _d, mut prod) = live_v1("").await;
-    let m = env.spawn_milter("mode = \"gate\"\nhealth_ttl = \"100ms\"\n");
-    let pf = postfix_with(&m);
+    let Stack { env, _daemon, mut prod, milter: _milter, pf } = stack("mode = \"gate\"\nhealth_ttl = \"100ms\"\n").await;
 
     let s = TcpStream::connect(pf.smtpd).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
