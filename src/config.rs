@@ -29,7 +29,7 @@ pub(crate) mod defaults {
 }
 
 #[derive(Debug, Clone)]
-pub(crate) struct Config {
+pub struct Config {
     /// The file it came from, if any (for messages).
     pub(crate) file: Option<PathBuf>,
     pub(crate) state_dir: PathBuf,

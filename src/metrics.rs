@@ -11,7 +11,7 @@ use prometheus_client::registry::Registry;
 
 type Labels = Vec<(String, String)>;
 
-pub(crate) struct Metrics {
+pub struct Metrics {
     registry: Registry,
     pub(crate) probes: Family<Labels, Counter>,
     pub(crate) probe_latency: Histogram,

@@ -39,9 +39,7 @@ async fn first_release_then_a_good_update_is_promoted() {
 /// and checks it is quarantined with `code` while production keeps scanning.
 async fn bad_updates_against(live: &str, version: Option<u64>, cases: &[(&str, &str)]) -> (Env, support::daemon::DaemonProc) {
     let env = Env::new("", "");
-    env.put(live);
-    let d = env.spawn();
-    env.wait_event("promotion.done", Some(&set_id(live))).await;
+    let d = env.promoted(live).await;
     let prod = env.start_production(&[]).await;
     for &(name, code) in cases {
         env.put(name);
@@ -103,9 +101,7 @@ async fn an_update_that_fails_the_production_smoke_scan_is_rolled_back() {
     // clam.zip by its own hash, v2 only through unpacking: v2 passes the
     // canary and fails in production.
     let env = Env::new("smoke_samples = [\"infected/archives/clam.zip\", \"clean/letter.txt\"]", "");
-    env.put("daily-v1-zip");
-    let _d = env.spawn();
-    env.wait_event("promotion.done", Some(&set_id("daily-v1-zip"))).await;
+    let _d = env.promoted("daily-v1-zip").await;
     let prod = env.start_production(&["ScanArchive no"]).await;
 
     env.put("daily-v2");
@@ -135,9 +131,7 @@ async fn a_second_daemon_on_the_same_state_dir_refuses_to_start() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_change_during_a_canary_run_cancels_it_and_checks_the_new_files() {
     let env = Env::new("", "");
-    env.put("daily-v1");
-    let _d = env.spawn();
-    env.wait_event("promotion.done", Some(&set_id("daily-v1"))).await;
+    let _d = env.promoted("daily-v1").await;
     let _prod = env.start_production(&[]).await;
 
     // A candidate heavy enough that its canary is still loading when the

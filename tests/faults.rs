@@ -186,9 +186,7 @@ async fn disk_full_while_writing_a_release_leaves_production_alone() {
     assert!(mounted.success(), "mount tmpfs (tests run as root)");
     let _unmount = Unmount(state.clone());
 
-    env.put("daily-v1");
-    let d = env.spawn();
-    env.wait_event("promotion.done", Some(&set_id("daily-v1"))).await;
+    let d = env.promoted("daily-v1").await;
     let prod = env.start_production(&[]).await;
     // ~1.2 MiB of signatures: the snapshot fits in what is left, the release does not.
     let mut sigs = String::new();

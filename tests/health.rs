@@ -50,9 +50,7 @@ async fn ready_until(env: &Env, want: u16, needle: &str, what: &str) -> serde_js
 #[tokio::test(flavor = "multi_thread")]
 async fn readyz_follows_what_production_really_does() {
     let env = Env::new("", "");
-    env.put("daily-v1");
-    let _d = env.spawn();
-    env.wait_event("promotion.done", Some(&set_id("daily-v1"))).await;
+    let _d = env.promoted("daily-v1").await;
     let body = ready_until(&env, 503, "down", "no production clamd yet").await;
     assert_eq!(body["status"], "fail");
 
@@ -82,9 +80,7 @@ async fn readyz_follows_what_production_really_does() {
 #[tokio::test(flavor = "multi_thread")]
 async fn metrics_parse_as_prometheus_text_and_count_what_happened() {
     let env = Env::new("", "");
-    env.put("daily-v1");
-    let _d = env.spawn();
-    env.wait_event("promotion.done", Some(&set_id("daily-v1"))).await;
+    let _d = env.promoted("daily-v1").await;
     let _prod = env.start_production(&[]).await;
     env.put("fp");
     env.wait_event("candidate.quarantined", Some(&set_id("fp"))).await;

@@ -26,9 +26,7 @@ fn json(env: &Env, args: &[&str]) -> serde_json::Value {
 /// v1 promoted, production started, v2 promoted: two releases, v2 live.
 async fn two_releases() -> (Env, support::daemon::DaemonProc, Clamd) {
     let env = Env::new("", "");
-    env.put("daily-v1");
-    let d = env.spawn();
-    env.wait_event("promotion.done", Some(&set_id("daily-v1"))).await;
+    let d = env.promoted("daily-v1").await;
     let prod = env.start_production(&[]).await;
     env.put("daily-v2");
     env.wait_event("promotion.done", Some(&set_id("daily-v2"))).await;
@@ -73,9 +71,7 @@ async fn rollback_and_promote_change_production_and_verify_a_scan() {
 #[tokio::test(flavor = "multi_thread")]
 async fn rollback_with_nothing_to_roll_back_fails_clearly() {
     let env = Env::new("", "");
-    env.put("daily-v1");
-    let _d = env.spawn();
-    env.wait_event("promotion.done", Some(&set_id("daily-v1"))).await;
+    let _d = env.promoted("daily-v1").await;
     let _prod = env.start_production(&[]).await;
     let out = clamgate(&env, &["rollback"]);
     assert_eq!(out.status.code(), Some(1));
@@ -89,9 +85,7 @@ async fn rollback_with_nothing_to_roll_back_fails_clearly() {
 #[tokio::test(flavor = "multi_thread")]
 async fn pin_holds_the_live_release_while_candidates_are_still_checked() {
     let env = Env::new("", "");
-    env.put("daily-v1");
-    let _d = env.spawn();
-    env.wait_event("promotion.done", Some(&set_id("daily-v1"))).await;
+    let _d = env.promoted("daily-v1").await;
     let prod = env.start_production(&[]).await;
     ok(&clamgate(&env, &["pin"]));
 

@@ -32,12 +32,12 @@ pub(crate) struct Probe {
 }
 
 /// What the prober needs beyond production itself.
-pub(crate) struct ProbeSettings {
-    pub(crate) interval: Duration,
+pub struct ProbeSettings {
+    pub interval: Duration,
     /// Scans slower than this make the probe `warn`.
-    pub(crate) latency_budget: Duration,
+    pub latency_budget: Duration,
     /// A live daily database older than this makes the probe `warn`.
-    pub(crate) max_database_age: Duration,
+    pub max_database_age: Duration,
 }
 
 /// Shared between the prober, the HTTP endpoint and the daemon's loops.
@@ -54,7 +54,7 @@ pub struct Health {
 }
 
 impl Health {
-    pub(crate) fn new(settings: ProbeSettings, metrics: Arc<Metrics>) -> Arc<Health> {
+    pub fn new(settings: ProbeSettings, metrics: Arc<Metrics>) -> Arc<Health> {
         Arc::new(Health { last: RwLock::new(None), rendered: RwLock::new(None), settings, metrics, started: Instant::now(), heartbeat: AtomicU64::new(0) })
     }
 

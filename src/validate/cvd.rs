@@ -20,7 +20,7 @@ pub struct CvdHeader {
     pub(crate) version: u64,
     pub(crate) signatures: u64,
     pub(crate) functionality_level: u32,
-    pub(crate) md5: String,
+    pub md5: String,
     /// Cisco's digital signature, `X` for unsigned containers.
     pub(crate) dsig: String,
     pub(crate) builder: String,

@@ -81,6 +81,15 @@ impl Env {
         self.spawn_with(&[])
     }
 
+    /// Puts `set` into incoming and starts the daemon; returns once the
+    /// daemon has promoted it.
+    pub async fn promoted(&self, set: &str) -> DaemonProc {
+        self.put(set);
+        let d = self.spawn();
+        self.wait_event("promotion.done", Some(&set_id(set))).await;
+        d
+    }
+
     pub fn spawn_with(&self, env: &[(&str, &str)]) -> DaemonProc {
         let log = fs::OpenOptions::new().create(true).append(true).open(self.path().join("daemon.log")).unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_clamgate"));
@@ -254,9 +263,7 @@ impl Drop for MilterProc {
 /// clamd scanning on it, and /readyz answering 200.
 pub async fn live_v1(extra: &str) -> (Env, DaemonProc, Clamd) {
     let env = Env::new(extra, "");
-    env.put("daily-v1");
-    let d = env.spawn();
-    env.wait_event("promotion.done", Some(&set_id("daily-v1"))).await;
+    let d = env.promoted("daily-v1").await;
     let prod = env.start_production(&[]).await;
     wait_ready(&env, 200).await;
     (env, d, prod)
