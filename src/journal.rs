@@ -404,6 +404,7 @@ mod tests {
             Event::failed(Activation::Promotion, f.clone()),
             Event::interrupted(Activation::Promotion, i.clone()),
             Event::begin(Activation::Rollback, b),
+            Event::done(Activation::Rollback, Done { id: "r".into(), from: None, production: None, reason: Some("x".into()), automatic: Some(true) }),
             Event::failed(Activation::Rollback, f),
             Event::interrupted(Activation::Rollback, i),
         ];

@@ -79,6 +79,14 @@ pub(crate) struct Activator<'a> {
     pub(crate) prod: &'a Production,
 }
 
+/// A release to mark bad once the activation's target is live (the one an
+/// operator rolls back from), and why.
+#[derive(Debug, Clone)]
+pub(crate) struct MarkBad {
+    pub(crate) id: String,
+    pub(crate) why: String,
+}
+
 /// One move of `current`: to `id`, from `from`, and where to go back if
 /// production cannot run it (`None`: nowhere).
 struct Switch<'a> {
@@ -86,16 +94,16 @@ struct Switch<'a> {
     id: &'a str,
     from: Option<String>,
     fallback: Option<String>,
-    /// Recorded in the `.begin` entry and marked bad once `id` is live, so a
-    /// crash halfway still marks it (an operator's rollback must not be
-    /// undone by the daemon promoting that release again).
-    mark_bad: Option<&'a str>,
+    /// Recorded in the `.begin` entry and carried out once `id` is live, so
+    /// a crash halfway still marks it on resume (an operator's rollback must
+    /// not be undone by the daemon promoting that release again).
+    mark_bad: Option<MarkBad>,
 }
 
 impl Activator<'_> {
     /// Makes `id` live; if production does not scan it, it is quarantined
     /// (source `production`) and the previous release made live again.
-    pub(crate) async fn activate(&self, kind: Activation, id: &str, mark_bad: Option<&str>) -> Result<Outcome, PromoteError> {
+    pub(crate) async fn activate(&self, kind: Activation, id: &str, mark_bad: Option<MarkBad>) -> Result<Outcome, PromoteError> {
         let from = self.store.current()?;
         self.switch(Switch { kind, id, fallback: from.clone(), from, mark_bad }).await
     }
@@ -111,7 +119,8 @@ impl Activator<'_> {
         let current = self.store.current()?;
         tracing::warn!(release = target, "the last {kind} of {target} was interrupted (live: {current:?}); finishing it");
         if let Some(bad) = begin.mark_bad.as_deref() {
-            self.mark_bad_on_resume(bad, begin);
+            let why = begin.reason.clone().unwrap_or_else(|| "rolled back; interrupted".into());
+            self.mark_bad(bad, begin.automatic == Some(true), &why);
         }
         if current.as_deref() == Some(target) {
             let fallback = match kind {
@@ -127,14 +136,14 @@ impl Activator<'_> {
         Ok(None)
     }
 
-    /// The release an interrupted rollback was leaving is marked bad now.
-    fn mark_bad_on_resume(&self, bad: &str, begin: &Begin) {
+    /// Marks the release a rollback left bad, unless it already is: the one
+    /// that failed in production (`automatic`), or an operator's. Best
+    /// effort: a full disk must not stop the rollback.
+    fn mark_bad(&self, bad: &str, automatic: bool, why: &str) {
         if self.store.quarantined(bad).is_some() {
             return;
         }
-        let why = begin.reason.clone().unwrap_or_else(|| "rolled back; interrupted".into());
-        let (source, code) =
-            if begin.automatic == Some(true) { (Source::Production, Code::ProductionFailed) } else { (Source::Operator, Code::OperatorRollback) };
+        let (source, code) = if automatic { (Source::Production, Code::ProductionFailed) } else { (Source::Operator, Code::OperatorRollback) };
         if let Ok(m) = self.store.manifest(bad)
             && let Err(e) = self.store.quarantine(self.lock, &m, &[Reason::new(code, None, why)], source, None, None)
         {
@@ -145,13 +154,19 @@ impl Activator<'_> {
     async fn switch(&self, s: Switch<'_>) -> Result<Outcome, PromoteError> {
         let (kind, id) = (s.kind, s.id);
         let manifest = self.store.manifest(id)?;
-        let begin = Begin { id: id.to_string(), from: s.from.clone(), mark_bad: s.mark_bad.map(str::to_string), reason: None, automatic: None };
+        let (mark_bad, reason) = s.mark_bad.as_ref().map(|m| (m.id.clone(), m.why.clone())).unzip();
+        let begin = Begin { id: id.to_string(), from: s.from.clone(), mark_bad, reason, automatic: None };
         self.store.journal().append(Event::begin(kind, begin))?;
         tracing::info!(release = id, from = ?s.from, "{kind}: making {id} live");
         self.store.set_current(self.lock, id)?;
         failpoint::hit(kind.swapped());
         let why = match self.prod.verify(&manifest, kind.reloaded()).await {
-            Ok(v) => return self.live(kind, id, s.from, v),
+            Ok(v) => {
+                if let Some(m) = &s.mark_bad {
+                    self.mark_bad(&m.id, false, &m.why);
+                }
+                return self.live(kind, id, s.from, v);
+            }
             Err(e) => e.to_string(),
         };
         tracing::error!(release = id, "{kind}: {id} failed in production: {why}");

@@ -15,6 +15,10 @@ macro_rules! codes {
         }
 
         impl Code {
+            /// Every code, in the order they are declared.
+            #[cfg(test)]
+            const ALL: &[Code] = &[$(Code::$variant,)*];
+
             pub(crate) fn as_str(self) -> &'static str {
                 match self {
                     $(Code::$variant => $code,)*
@@ -130,5 +134,20 @@ mod tests {
         assert_eq!(r.to_string(), "daily.cvd: is a symbolic link [file.symlink]");
         let json = serde_json::to_value(&r).unwrap();
         assert_eq!(json["reason"], "file.symlink");
+    }
+
+    /// Every code writes and reads back as its documented string, and no two
+    /// share one: scripts and the journal rely on them.
+    #[test]
+    fn every_code_round_trips_as_its_string() {
+        let mut seen = std::collections::HashSet::new();
+        for &c in Code::ALL {
+            let json = serde_json::to_value(c).unwrap();
+            assert_eq!(json, c.as_str());
+            assert_eq!(serde_json::from_value::<Code>(json).unwrap(), c);
+            assert!(seen.insert(c.as_str()), "{c} twice");
+            assert!(c.as_str().contains('.') && !c.hint().is_empty(), "{c}");
+        }
+        assert_eq!(seen.len(), 27, "a code was added or removed: update the README's list of reason codes");
     }
 }

@@ -359,6 +359,16 @@ impl Store {
         Ok(rec)
     }
 
+    /// Clears a release's bad mark (an operator promoted it anyway).
+    pub(crate) fn unquarantine(&self, _lock: &StateLock, id: &str) -> Result<(), StoreError> {
+        let dir = self.quarantine_dir(id);
+        match fs::remove_dir_all(&dir) {
+            Ok(()) => sync_dir(&self.root.join("quarantine")),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io("cannot remove", &dir)(e)),
+        }
+    }
+
     /// Deletes the oldest releases beyond `keep`, never the live one or the
     /// one before it (the rollback target).
     pub(crate) fn prune(&self, _lock: &StateLock, keep: usize, previous: Option<&str>) -> Result<Vec<String>, StoreError> {

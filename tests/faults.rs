@@ -1,4 +1,4 @@
-//! Faults, each with real processes: the expectation of DESIGN.md holds
+//! Faults, each with real processes: the expectation of docs/ARCHITECTURE.md holds
 //! every time: production keeps the last good release and scans, the journal
 //! stays readable, no process or temporary file is left behind.
 
@@ -324,4 +324,21 @@ async fn a_read_only_state_dir_stops_promotions_not_scanning() {
     let done = env.wait_after(before, "promotion after the state dir is writable", |e| e.name() == "promotion.done").await;
     assert_eq!(done.id(), Some(set_id("daily-v2").as_str()));
     assert_eq!(prod.client().version().await.unwrap().database, Some(2));
+}
+
+/// A canary that cannot start (here: no clamd binary where the config says)
+/// is our failure, not the candidate's: journaled, production untouched, and
+/// the same files tried again a rescan interval later, not only when
+/// incoming changes. (Before, the run counted as done and was never retried.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_canary_that_cannot_start_is_retried_without_a_change_in_incoming() {
+    let env = Env::new("", "binary = \"/nonexistent/clamd\"");
+    env.put("daily-v1");
+    let _d = env.spawn();
+    let e = env.wait_event("candidate.error", None).await;
+    assert!(e.get("error").unwrap().contains("/nonexistent/clamd"), "{e:?}");
+    let first = env.journal().iter().position(|x| x.name() == "candidate.error").unwrap();
+    env.wait_after(first + 1, "a retry", |x| x.name() == "candidate.error").await;
+    assert_eq!(env.live(), None, "nothing promoted");
+    assert!(!env.journal().iter().any(|x| x.name() == "candidate.checked"), "no verdict on a candidate we could not check");
 }

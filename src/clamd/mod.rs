@@ -1,5 +1,5 @@
 //! Talking to a clamd: the client every other module uses (PING, VERSION,
-//! RELOAD, INSTREAM, STATS), and [`process`], which starts clamd instances of
+//! RELOAD, INSTREAM), and [`process`], which starts clamd instances of
 //! our own (canaries, the demo's production clamd, tests).
 //!
 //! Every call is bounded by the client's timeout and fails with a

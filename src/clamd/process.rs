@@ -82,7 +82,6 @@ pub struct ClamdProcess {
     socket: PathBuf,
     log: PathBuf,
     spawned: Instant,
-    load_time: Option<Duration>,
 }
 
 impl ClamdProcess {
@@ -145,7 +144,7 @@ impl ClamdProcess {
             .process_group(0)
             .spawn()
             .map_err(|source| StartError::Spawn { binary: opts.binary.clone(), source })?;
-        Ok(ClamdProcess { child, opts, socket, log, spawned: Instant::now(), load_time: None })
+        Ok(ClamdProcess { child, opts, socket, log, spawned: Instant::now() })
     }
 
     /// Waits until clamd answers PING, it exits, `timeout` passes, or `check`
@@ -169,7 +168,6 @@ impl ClamdProcess {
                 let took = self.spawned.elapsed();
                 // Answering after the deadline is still over budget.
                 if took <= timeout {
-                    self.load_time = Some(took);
                     return Ok(took);
                 }
             }

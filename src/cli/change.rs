@@ -11,9 +11,8 @@ use super::{CliError, ConfigArg, Exit};
 use crate::context::Context;
 use crate::journal::Event;
 use crate::production::Verified;
-use crate::promote::{Activation, Activator, Outcome};
-use crate::reason::{Code, Reason};
-use crate::store::{Pin, Source, StateLock, Store, StoreError};
+use crate::promote::{Activation, Activator, MarkBad, Outcome};
+use crate::store::{Pin, StateLock, Store, StoreError};
 
 /// How long a command waits for the lock before giving up; the daemon
 /// holds it while it promotes. `CLAMGATE_LOCK_WAIT` overrides (e.g. "1s").
@@ -92,12 +91,11 @@ pub(crate) async fn rollback(args: RollbackArgs) -> Result<Exit, CliError> {
     if target == live {
         return Err(CliError::refused("rollback.already_live", format!("{target} is already live")));
     }
-    let live_manifest = c.store.manifest(&live).map_err(store_err)?;
-    let outcome = activator(&c, &lock).activate(Activation::Rollback, &target, Some(&live)).await.map_err(store_err)?;
+    // The release we leave must not come back through the daemon: the
+    // activation marks it bad once the target is live, even after a crash.
+    let mark = MarkBad { id: live.clone(), why: format!("rolled back by {} to {target}", operator()) };
+    let outcome = activator(&c, &lock).activate(Activation::Rollback, &target, Some(mark)).await.map_err(store_err)?;
     if matches!(outcome, Outcome::Live(_)) {
-        // The release we left must not come back through the daemon.
-        let reason = Reason::new(Code::OperatorRollback, None, format!("rolled back by {} to {target}", operator()));
-        c.store.quarantine(&lock, &live_manifest, &[reason], Source::Operator, None, None).map_err(store_err)?;
         c.store.journal().append(Event::ReleaseMarkedBad { id: live.clone(), by: operator() }).map_err(store_err)?;
         println!("marked {live} bad: the daemon will not promote it again");
     }
@@ -141,7 +139,7 @@ pub(crate) async fn promote(args: PromoteArgs) -> Result<Exit, CliError> {
     }
     let outcome = activator(&c, &lock).activate(Activation::Promotion, &id, None).await.map_err(store_err)?;
     if matches!(outcome, Outcome::Live(_)) && c.store.quarantined(&id).is_some() {
-        let _ = std::fs::remove_dir_all(c.store.quarantine_dir(&id));
+        c.store.unquarantine(&lock, &id).map_err(store_err)?;
         c.store.journal().append(Event::ReleaseUnmarkedBad { id: id.clone(), by: operator() }).map_err(store_err)?;
     }
     report(outcome, &id, "promoted")

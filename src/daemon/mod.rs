@@ -39,6 +39,8 @@ pub(crate) enum DaemonError {
     Journal(#[from] crate::journal::JournalError),
     #[error(transparent)]
     Promote(#[from] PromoteError),
+    #[error("could not check the candidate: {0}")]
+    Gate(#[from] crate::gate::GateError),
     #[error("health endpoint: cannot listen on {addr}: {source}")]
     Listen {
         addr: String,
@@ -194,12 +196,15 @@ impl Daemon {
     async fn run_candidate(&self, schedule: &mut Schedule, lp: &mut Loop, mut shutdown: Pin<&mut impl Future<Output = ()>>) -> Result<Flow, DaemonError> {
         tracing::info!("incoming {} settled; checking it", lp.dir.display());
         schedule.start();
-        let mut run = std::pin::pin!(self.process());
+        // Boxed, so that it can be dropped (its canary killed) before its
+        // work directory is cleared.
+        let mut run = Box::pin(self.process());
         loop {
             tokio::select! {
                 biased;
                 _ = &mut shutdown => {
                     tracing::info!("shutdown during a candidate run; cancelling it");
+                    drop(run);
                     self.clear_work();
                     return Ok(Flow::Stop);
                 }
@@ -208,12 +213,14 @@ impl Daemon {
                     if schedule.changed_during_run(lp.fingerprint(), Instant::now(), deciding) == DuringRun::Cancel {
                         tracing::info!("incoming changed during the run; cancelling and starting over");
                         self.cx.store.journal().append(Event::CandidateCancelled { why: "incoming changed during the run".into() })?;
+                        drop(run);
                         self.clear_work();
                         return Ok(Flow::Continue);
                     }
                 }
                 _ = lp.heartbeat.tick() => self.health.beat(),
                 r = &mut run => {
+                    drop(run);
                     if let Err(e) = &r {
                         // Our failure (disk full, read-only state dir): production
                         // keeps its release; the next rescan retries.
@@ -299,16 +306,9 @@ impl Daemon {
         };
         let cfg = &self.cx.config;
         let gate = Gate { policy: &self.cx.policy, clamd_binary: &cfg.clamd.binary, corpus: &self.cx.corpus, known: Some(&known) };
-        let report = match gate.check(&cfg.incoming_dir, &work, baseline.as_ref()).await {
-            Ok(r) => r,
-            Err(e) => {
-                // Our failure, not the candidate's: production is untouched; retry on the next change.
-                tracing::error!("could not check the candidate: {e}");
-                self.cx.store.journal().append(Event::CandidateError { error: e.to_string() })?;
-                let _ = std::fs::remove_dir_all(&work);
-                return Ok(());
-            }
-        };
+        // Our failure, not the candidate's (no clamd binary, disk full):
+        // production is untouched, and the run is retried later.
+        let report = gate.check(&cfg.incoming_dir, &work, baseline.as_ref()).await?;
         self.deciding.store(true, Ordering::SeqCst);
         let result = self.decide(&report, live.as_deref(), baseline.as_ref()).await;
         self.deciding.store(false, Ordering::SeqCst);
