@@ -50,14 +50,7 @@ impl Canary<'_> {
         opts.binary = self.binary.to_path_buf();
         let mut stats = CanaryStats::default();
         let mut clamd = ClamdProcess::spawn(opts).map_err(CanaryError::Environment)?;
-        let budget = self.policy.memory_budget;
-        let loaded = clamd
-            .wait_ready(self.policy.load_timeout, |p| {
-                let rss = p.rss()?;
-                (rss > budget).then(|| format!("resident memory {} exceeds the policy's memory_budget of {}", human_size(rss), human_size(budget)))
-            })
-            .await;
-        let load = match loaded {
+        let load = match self.wait_loaded(&mut clamd).await {
             Ok(d) => d,
             Err(e) => return Err(self.load_failure(e, stats)),
         };
@@ -71,30 +64,40 @@ impl Canary<'_> {
         stats.scan_ms = Some(started.elapsed().as_millis() as u64);
         stats.peak_rss_bytes = clamd.peak_rss();
 
-        if !clamd.is_running() {
-            let log = clamd.log_text();
-            let why = crate::clamd::process::explain(&log);
-            return Err(CanaryError::Rejected {
-                reason: Reason::new(Code::CanaryCrashed, None, format!("canary clamd died while scanning the corpus: {why}")),
-                stats,
-                log,
-            });
-        }
-        if let Some(peak) = stats.peak_rss_bytes.filter(|&p| p > budget) {
-            let log = clamd.log_text();
-            clamd.kill();
-            return Err(CanaryError::Rejected {
-                reason: Reason::new(
-                    Code::CanaryMemoryBudget,
-                    None,
-                    format!("canary peak memory {} exceeds the policy's memory_budget of {}", human_size(peak), human_size(budget)),
-                ),
-                stats,
-                log,
-            });
+        if let Some(rejected) = self.rejected_after_scan(&mut clamd, &stats) {
+            return Err(rejected);
         }
         clamd.stop(Duration::from_secs(5)).await;
         Ok(CanaryRun { stats, verdicts })
+    }
+
+    /// Waits for the load within the policy's load timeout, stopping early
+    /// once resident memory passes the budget.
+    async fn wait_loaded(&self, clamd: &mut ClamdProcess) -> Result<Duration, StartError> {
+        let budget = self.policy.memory_budget;
+        clamd
+            .wait_ready(self.policy.load_timeout, |p| {
+                let rss = p.rss()?;
+                (rss > budget).then(|| format!("resident memory {} exceeds the policy's memory_budget of {}", human_size(rss), human_size(budget)))
+            })
+            .await
+    }
+
+    /// A canary that died during the scan, or peaked over the memory budget,
+    /// rejects the candidate whatever its verdicts say.
+    fn rejected_after_scan(&self, clamd: &mut ClamdProcess, stats: &CanaryStats) -> Option<CanaryError> {
+        let budget = self.policy.memory_budget;
+        if !clamd.is_running() {
+            let log = clamd.log_text();
+            let why = crate::clamd::process::explain(&log);
+            let reason = Reason::new(Code::CanaryCrashed, None, format!("canary clamd died while scanning the corpus: {why}"));
+            return Some(CanaryError::Rejected { reason, stats: stats.clone(), log });
+        }
+        let peak = stats.peak_rss_bytes.filter(|&p| p > budget)?;
+        let log = clamd.log_text();
+        clamd.kill();
+        let message = format!("canary peak memory {} exceeds the policy's memory_budget of {}", human_size(peak), human_size(budget));
+        Some(CanaryError::Rejected { reason: Reason::new(Code::CanaryMemoryBudget, None, message), stats: stats.clone(), log })
     }
 
     fn load_failure(&self, e: StartError, stats: CanaryStats) -> CanaryError {

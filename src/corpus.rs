@@ -80,40 +80,53 @@ impl Corpus {
         samples.sort_by(|a, b| a.name.cmp(&b.name));
         let expect_file = dir.join("expect.toml");
         if expect_file.exists() {
-            let text = fs::read_to_string(&expect_file).map_err(|source| CorpusError::Read { file: expect_file.clone(), source })?;
-            let mut f = Fields::parse(&expect_file, &text)?;
-            let mut problems = Vec::new();
-            f.section("signatures", |s| {
-                for sample in samples.iter_mut() {
-                    if let Some(p) = s.opt_string(&sample.name) {
-                        match Regex::new(&p) {
-                            Ok(re) => sample.pattern = Some(re),
-                            Err(e) => problems.push(format!("signatures.{:?}: bad pattern: {e}", sample.name)),
-                        }
-                    }
-                }
-            });
-            // Keys left over name files that are not in the corpus.
-            if let Err(mut e) = f.finish(&expect_file) {
-                for p in &mut e.problems {
-                    if p.ends_with("unknown key") {
-                        *p = p.replace("unknown key", "no such sample in the corpus");
-                    }
-                }
-                problems.extend(e.problems);
-            }
-            if !problems.is_empty() {
-                return Err(crate::settings::SettingsError { file: expect_file, problems }.into());
-            }
+            apply_expectations(&expect_file, &mut samples)?;
         }
-        let mut h = Sha256::new();
-        for s in &samples {
-            h.update(s.name.as_bytes());
-            h.update([0]);
-            h.update(fs::read(&s.path).map_err(|source| CorpusError::Read { file: s.path.clone(), source })?);
-        }
-        Ok(Corpus { dir: dir.to_path_buf(), samples, digest: hex::encode(&h.finalize()[..8]) })
+        let digest = digest(&samples)?;
+        Ok(Corpus { dir: dir.to_path_buf(), samples, digest })
     }
+}
+
+/// Sets each sample's signature-name pattern from `expect.toml`, collecting
+/// every problem (bad patterns, names not in the corpus) before failing.
+fn apply_expectations(expect_file: &Path, samples: &mut [Sample]) -> Result<(), CorpusError> {
+    let text = fs::read_to_string(expect_file).map_err(|source| CorpusError::Read { file: expect_file.to_path_buf(), source })?;
+    let mut f = Fields::parse(expect_file, &text)?;
+    let mut problems = Vec::new();
+    f.section("signatures", |s| {
+        for sample in samples.iter_mut() {
+            if let Some(p) = s.opt_string(&sample.name) {
+                match Regex::new(&p) {
+                    Ok(re) => sample.pattern = Some(re),
+                    Err(e) => problems.push(format!("signatures.{:?}: bad pattern: {e}", sample.name)),
+                }
+            }
+        }
+    });
+    // Keys left over name files that are not in the corpus.
+    if let Err(mut e) = f.finish(expect_file) {
+        for p in &mut e.problems {
+            if p.ends_with("unknown key") {
+                *p = p.replace("unknown key", "no such sample in the corpus");
+            }
+        }
+        problems.extend(e.problems);
+    }
+    if !problems.is_empty() {
+        return Err(crate::settings::SettingsError { file: expect_file.to_path_buf(), problems }.into());
+    }
+    Ok(())
+}
+
+/// Over names and contents, so an edited sample invalidates cached baselines.
+fn digest(samples: &[Sample]) -> Result<String, CorpusError> {
+    let mut h = Sha256::new();
+    for s in samples {
+        h.update(s.name.as_bytes());
+        h.update([0]);
+        h.update(fs::read(&s.path).map_err(|source| CorpusError::Read { file: s.path.clone(), source })?);
+    }
+    Ok(hex::encode(&h.finalize()[..8]))
 }
 
 fn walk(dir: &Path, f: &mut impl FnMut(&Path)) -> Result<(), (PathBuf, std::io::Error)> {
@@ -216,64 +229,71 @@ pub fn judge(corpus: &Corpus, verdicts: &Verdicts, baseline: Option<&Verdicts>, 
     for s in &corpus.samples {
         let outcome = verdicts.get(&s.name).cloned().unwrap_or(Outcome::Unreachable("not scanned".into()));
         let before = baseline.and_then(|b| b.get(&s.name)).cloned();
-        let file = Some(s.name.as_str());
-        let mut ok = true;
-        match (&outcome, s.expect) {
-            (Outcome::Timeout, _) => {
-                ok = false;
-                j.reasons.push(Reason::new(
-                    Code::CanaryScanTimeout,
-                    file,
-                    format!("scan took longer than the policy's scan_timeout of {:?}", policy.scan_timeout),
-                ));
-            }
-            (Outcome::Error(e), _) => {
-                ok = false;
-                j.reasons.push(Reason::new(Code::CanaryScanError, file, format!("clamd could not scan it: {e}")));
-            }
-            (Outcome::Unreachable(e), _) => {
-                ok = false;
-                j.reasons.push(Reason::new(Code::CanaryCrashed, file, format!("canary stopped answering: {e}")));
-            }
-            (Outcome::Infected(sig), Expect::Clean) => {
-                ok = false;
-                let also = if before.as_ref().is_some_and(Outcome::detected) { " (the live release flags it too)" } else { "" };
-                fps.push(Reason::new(Code::CorpusFalsePositive, file, format!("clean sample detected as {sig}{also}")));
-            }
-            (Outcome::Clean, Expect::Infected) => {
-                ok = false;
-                match &before {
-                    Some(Outcome::Infected(old)) => {
-                        losses.push(Reason::new(Code::CorpusRegression, file, format!("no longer detected (the live release detects it as {old})")))
-                    }
-                    _ => losses.push(Reason::new(Code::CorpusMissed, file, "infected sample not detected")),
-                }
-            }
-            (Outcome::Infected(sig), Expect::Infected) => {
-                if let Some(re) = s.pattern.as_ref().filter(|re| !re.is_match(sig)) {
-                    ok = false;
-                    j.reasons.push(Reason::new(
-                        Code::CorpusNameMismatch,
-                        file,
-                        format!("detected as {sig}, which does not match expect.toml's pattern {:?}", re.as_str()),
-                    ));
-                }
-            }
-            (Outcome::Clean, Expect::Clean) => {}
+        let finding = judge_sample(s, &outcome, before.as_ref(), policy);
+        let ok = finding.is_none();
+        match finding {
+            Some(Finding::FalsePositive(r)) => fps.push(r),
+            Some(Finding::Lost(r)) => losses.push(r),
+            Some(Finding::Reject(r)) => j.reasons.push(r),
+            None => {}
         }
         j.samples.push(SampleResult { sample: s.name.clone(), expect: s.expect, outcome, baseline: before, ok });
     }
-    let allow = |found: Vec<Reason>, allowed: usize, what: &str, j: &mut Judgement| {
-        if found.len() > allowed {
-            j.reasons.extend(found);
-        } else if !found.is_empty() {
-            tracing::info!("{} {what} within the policy's allowance of {allowed}", found.len());
-            j.warnings.extend(found);
-        }
-    };
-    allow(fps, policy.allowed_false_positives, "false positives", &mut j);
-    allow(losses, policy.allowed_regressions, "lost detections", &mut j);
+    allow(&mut j, fps, policy.allowed_false_positives, "false positives");
+    allow(&mut j, losses, policy.allowed_regressions, "lost detections");
     j
+}
+
+/// What is wrong with one sample's outcome, sorted by whether the policy
+/// can allow it.
+enum Finding {
+    /// Counted against `allowed_false_positives`.
+    FalsePositive(Reason),
+    /// Counted against `allowed_regressions`.
+    Lost(Reason),
+    /// Never allowed.
+    Reject(Reason),
+}
+
+/// One sample against its expectation and, if known, the live release's
+/// outcome; `None` when it is as it should be.
+fn judge_sample(s: &Sample, outcome: &Outcome, before: Option<&Outcome>, policy: &Policy) -> Option<Finding> {
+    let file = Some(s.name.as_str());
+    let finding = match (outcome, s.expect) {
+        (Outcome::Timeout, _) => {
+            Finding::Reject(Reason::new(Code::CanaryScanTimeout, file, format!("scan took longer than the policy's scan_timeout of {:?}", policy.scan_timeout)))
+        }
+        (Outcome::Error(e), _) => Finding::Reject(Reason::new(Code::CanaryScanError, file, format!("clamd could not scan it: {e}"))),
+        (Outcome::Unreachable(e), _) => Finding::Reject(Reason::new(Code::CanaryCrashed, file, format!("canary stopped answering: {e}"))),
+        (Outcome::Infected(sig), Expect::Clean) => {
+            let also = if before.is_some_and(Outcome::detected) { " (the live release flags it too)" } else { "" };
+            Finding::FalsePositive(Reason::new(Code::CorpusFalsePositive, file, format!("clean sample detected as {sig}{also}")))
+        }
+        (Outcome::Clean, Expect::Infected) => Finding::Lost(match before {
+            Some(Outcome::Infected(old)) => Reason::new(Code::CorpusRegression, file, format!("no longer detected (the live release detects it as {old})")),
+            _ => Reason::new(Code::CorpusMissed, file, "infected sample not detected"),
+        }),
+        (Outcome::Infected(sig), Expect::Infected) => {
+            let re = s.pattern.as_ref().filter(|re| !re.is_match(sig))?;
+            Finding::Reject(Reason::new(
+                Code::CorpusNameMismatch,
+                file,
+                format!("detected as {sig}, which does not match expect.toml's pattern {:?}", re.as_str()),
+            ))
+        }
+        (Outcome::Clean, Expect::Clean) => return None,
+    };
+    Some(finding)
+}
+
+/// Findings beyond the policy's allowance reject; within it, they warn.
+fn allow(j: &mut Judgement, found: Vec<Reason>, allowed: usize, what: &str) {
+    if found.len() > allowed {
+        j.reasons.extend(found);
+    } else if !found.is_empty() {
+        tracing::info!("{} {what} within the policy's allowance of {allowed}", found.len());
+        j.warnings.extend(found);
+    }
 }
 
 #[cfg(test)]

@@ -227,17 +227,7 @@ impl Demo {
             s
         };
 
-        // 1: the first release, while production is not running yet.
-        let from = self.journal().len();
-        self.put(&v1)?;
-        let first = self.wait(from, |e| matches!(e.event, Event::PromotionDone(_))).await;
-        let mut prod = self.production().await?;
-        let health = self.wait_health(true).await;
-        let ok = first.is_some() && health == "pass";
-        let observed =
-            format!("promoted {}; production clamd started on it; health {health}", first.and_then(|e| e.id().map(str::to_string)).unwrap_or_default());
-        self.record("first database", "promoted", observed, ok);
-
+        let mut prod = self.first_release(&v1).await?;
         self.candidate("good update", "promoted", &v2, None).await?;
         self.candidate(
             "corrupt update",
@@ -254,8 +244,31 @@ impl Demo {
         )
         .await?;
         self.candidate("false-positive update", "held back", &with(("fp.hdb", fp)), Some(Code::CorpusFalsePositive)).await?;
+        self.manual_rollback(&prod).await?;
+        self.production_outage(&mut prod).await?;
 
-        // Manual rollback through the real CLI, as an operator would at 3 a.m.
+        let _ = stop_tx.send(());
+        let _ = tokio::time::timeout(Duration::from_secs(15), daemon_task).await;
+        Ok(())
+    }
+
+    /// The first release, promoted while production is not running yet;
+    /// production clamd then starts on it.
+    async fn first_release(&mut self, v1: &[(&str, String)]) -> Result<ClamdProcess, DemoError> {
+        let from = self.journal().len();
+        self.put(v1)?;
+        let first = self.wait(from, |e| matches!(e.event, Event::PromotionDone(_))).await;
+        let prod = self.production().await?;
+        let health = self.wait_health(true).await;
+        let ok = first.is_some() && health == "pass";
+        let observed =
+            format!("promoted {}; production clamd started on it; health {health}", first.and_then(|e| e.id().map(str::to_string)).unwrap_or_default());
+        self.record("first database", "promoted", observed, ok);
+        Ok(prod)
+    }
+
+    /// Manual rollback through the real CLI, as an operator would at 3 a.m.
+    async fn manual_rollback(&mut self, prod: &ClamdProcess) -> Result<(), DemoError> {
         let before = self.live();
         let exe = std::env::current_exe().map_err(io("find own binary"))?;
         let out =
@@ -266,7 +279,11 @@ impl Demo {
             && after != before
             && prod.client(Duration::from_secs(5)).scan_file(&self.root.join("corpus/infected/clam.exe")).await.is_ok_and(|v| v.is_infected());
         self.record("manual rollback", "previous release live, scanning", format!("`clamgate rollback`: {text}"), ok);
+        Ok(())
+    }
 
+    /// With production clamd killed, health fails; restarted, it passes again.
+    async fn production_outage(&mut self, prod: &mut ClamdProcess) -> Result<(), DemoError> {
         prod.kill();
         let down = self.wait_health(false).await;
         self.record("production clamd killed", "health fail", format!("/readyz says {down}"), down == "fail");
@@ -274,9 +291,6 @@ impl Demo {
         let up = self.wait_health(true).await;
         self.record("production clamd back", "health pass", format!("/readyz says {up}"), up == "pass");
         drop(prod2);
-
-        let _ = stop_tx.send(());
-        let _ = tokio::time::timeout(Duration::from_secs(15), daemon_task).await;
         Ok(())
     }
 

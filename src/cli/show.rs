@@ -5,7 +5,7 @@ use std::io::Write;
 
 use clap::Args;
 use serde::Serialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::{CliError, ConfigArg, Exit, when};
 use crate::candidate::Manifest;
@@ -16,7 +16,7 @@ use crate::journal::{Entry, Event};
 use crate::production::Production;
 use crate::reason::Reason;
 use crate::status::Status;
-use crate::store::{Pin, Store};
+use crate::store::{Pin, ReleaseInfo, Source, Store};
 
 #[derive(Debug, Args)]
 pub struct ShowArgs {
@@ -38,6 +38,14 @@ pub struct HistoryArgs {
 
 fn databases(m: &Manifest) -> Vec<Database> {
     m.files.iter().map(|f| Database { name: f.name.clone(), version: f.header.as_ref().map(|h| h.version), signatures: f.signatures }).collect()
+}
+
+/// `daily v27000`, or the file name when it has no CVD header.
+fn database_label(d: &Database) -> String {
+    match d.version {
+        Some(ver) => format!("{} v{ver}", crate::candidate::database_of(&d.name)),
+        None => d.name.clone(),
+    }
 }
 
 fn journal(store: &Store) -> Result<Vec<Entry>, CliError> {
@@ -146,14 +154,7 @@ fn waiting(entries: &[Entry], pin: Option<&Pin>) -> Vec<String> {
 fn print_status(o: &mut impl Write, v: &StatusView) -> std::io::Result<()> {
     match &v.live {
         Some(l) => {
-            let dbs: Vec<String> = l
-                .databases
-                .iter()
-                .map(|d| match d.version {
-                    Some(ver) => format!("{} v{ver}", crate::candidate::database_of(&d.name)),
-                    None => d.name.clone(),
-                })
-                .collect();
+            let dbs: Vec<String> = l.databases.iter().map(database_label).collect();
             let since = l.since.as_deref().map(|t| format!(", live since {}", when(t))).unwrap_or_default();
             writeln!(o, "live      {}  {} ({} signatures){since}", l.id, dbs.join(", "), l.signatures)?;
         }
@@ -231,54 +232,61 @@ fn detail(event: &Event) -> String {
     detail.join(" ")
 }
 
+/// One line of `releases`.
+#[derive(Debug, Serialize)]
+struct ReleaseRow {
+    id: String,
+    live: bool,
+    created: Option<String>,
+    databases: Vec<Database>,
+    signatures: u64,
+    /// Why it is marked bad, if it is.
+    bad: Option<Bad>,
+}
+
+#[derive(Debug, Serialize)]
+struct Bad {
+    source: Source,
+    at: String,
+    reasons: Vec<Reason>,
+}
+
 pub(crate) async fn releases(args: ShowArgs) -> Result<Exit, CliError> {
     let (_, store) = args.config.store()?;
     let list = store.releases().map_err(|e| CliError::environment("state.unreadable", e))?;
-    let rows: Vec<Value> = list
-        .iter()
-        .map(|r| {
-            json!({
-                "id": r.id,
-                "live": r.live,
-                "created": r.created,
-                "databases": databases(&r.manifest),
-                "signatures": r.manifest.total_signatures(),
-                "bad": store.quarantined(&r.id).map(|q| json!({ "source": q.source, "at": q.at, "reasons": q.reasons })),
-            })
-        })
-        .collect();
+    let rows: Vec<ReleaseRow> = list.into_iter().map(|r| release_row(&store, r)).collect();
     let mut o = std::io::stdout().lock();
-    if args.json {
-        let _ = writeln!(o, "{}", serde_json::to_string_pretty(&rows).expect("serializes"));
-        return Ok(Exit::Ok);
-    }
-    let _ = writeln!(o, "  {:<12}  {:<34}  {:>10}  {:<24}  STATUS", "ID", "CREATED", "SIGS", "DATABASES");
-    for (r, row) in list.iter().zip(&rows) {
-        let dbs: Vec<String> = r
-            .manifest
-            .files
-            .iter()
-            .map(|f| match &f.header {
-                Some(h) => format!("{} v{}", f.database(), h.version),
-                None => f.name.clone(),
-            })
-            .collect();
+    // Through `Value`, which sorts keys: the JSON keeps the key order scripts already see.
+    let json = || serde_json::to_string_pretty(&serde_json::to_value(&rows).expect("serializes")).expect("serializes");
+    let _ = if args.json { writeln!(o, "{}", json()) } else { print_releases(&mut o, &rows) };
+    Ok(Exit::Ok)
+}
+
+fn release_row(store: &Store, r: ReleaseInfo) -> ReleaseRow {
+    let bad = store.quarantined(&r.id).map(|q| Bad { source: q.source, at: q.at, reasons: q.reasons });
+    ReleaseRow { databases: databases(&r.manifest), signatures: r.manifest.total_signatures(), id: r.id, live: r.live, created: r.created, bad }
+}
+
+fn print_releases(o: &mut impl Write, rows: &[ReleaseRow]) -> std::io::Result<()> {
+    writeln!(o, "  {:<12}  {:<34}  {:>10}  {:<24}  STATUS", "ID", "CREATED", "SIGS", "DATABASES")?;
+    for r in rows {
+        let dbs: Vec<String> = r.databases.iter().map(database_label).collect();
         let status = if r.live {
             "live".to_string()
-        } else if let Some(q) = row["bad"].as_object() {
-            format!("bad ({})", q["source"].as_str().unwrap_or(""))
+        } else if let Some(b) = &r.bad {
+            format!("bad ({})", b.source)
         } else {
             "kept".to_string()
         };
-        let _ = writeln!(
+        writeln!(
             o,
             "{} {:<12}  {:<34}  {:>10}  {:<24}  {status}",
             if r.live { "*" } else { " " },
             r.id,
             r.created.as_deref().map(when).unwrap_or_default(),
-            r.manifest.total_signatures(),
+            r.signatures,
             dbs.join(", "),
-        );
+        )?;
     }
-    Ok(Exit::Ok)
+    Ok(())
 }

@@ -12,10 +12,12 @@ use std::time::{Duration, Instant, SystemTime};
 use serde::Serialize;
 use serde_json::{Value, json};
 
+use crate::candidate::Manifest;
 use crate::metrics::Metrics;
 use crate::production::Production;
 pub(crate) use crate::status::Status;
 use crate::store::Store;
+use crate::validate::cvd::CvdHeader;
 
 /// One probe's findings.
 #[derive(Debug, Clone, Serialize)]
@@ -165,52 +167,61 @@ pub(crate) async fn probe_once(prod: &Production, store: &Store, settings: &Prob
     let at = SystemTime::now();
     let release = store.current().ok().flatten();
     let manifest = release.as_deref().and_then(|id| store.manifest(id).ok());
-    let started = Instant::now();
     let mut p = Probe { status: Status::Pass, output: None, at, latency: Duration::ZERO, release, engine: None, database: None, database_age: None };
-    let fail = |mut p: Probe, why: String| {
+    if let Err(why) = scan(prod, &mut p).await {
         p.status = Status::Fail;
         p.output = Some(why);
-        p
-    };
-    match prod.client.version().await {
-        Ok(v) => {
-            p.engine = Some(v.engine);
-            p.database = v.database;
-        }
-        Err(e) if e.is_unreachable() => return fail(p, format!("production clamd is down: {e}")),
-        Err(e) => return fail(p, format!("production clamd does not answer VERSION: {e}")),
+        return p;
     }
-    // PING alone proves nothing: a clamd whose reload failed answers it but cannot scan.
-    if let Err(e) = prod.smoke().await {
-        p.latency = started.elapsed();
-        return fail(p, e.to_string());
-    }
-    p.latency = started.elapsed();
-    let mut warnings = Vec::new();
-    if p.latency > settings.latency_budget {
-        warnings.push(format!("scans took {} ms, over the {} ms budget", p.latency.as_millis(), settings.latency_budget.as_millis()));
-    }
-    if let Some(m) = &manifest {
-        let daily = m.files.iter().filter(|f| f.database() == "daily").filter_map(|f| f.header.as_ref()).max_by_key(|h| h.version);
-        if let Some(h) = daily {
-            if let Some(built) = h.build_epoch {
-                let age = Duration::from_secs((SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_secs()).saturating_sub(built));
-                p.database_age = Some(age);
-                if age > settings.max_database_age {
-                    let pinned = if store.pinned().is_some() { " (the release is pinned)" } else { "" };
-                    warnings.push(format!("live daily database is {} h old{pinned}", age.as_secs() / 3600));
-                }
-            }
-            if p.database.is_some_and(|d| d != h.version) {
-                warnings.push(format!("production runs daily {:?}, but the live release has {} (reload pending?)", p.database, h.version));
-            }
-        }
-    }
+    let daily = manifest.as_ref().and_then(live_daily);
+    p.database_age = daily
+        .and_then(|h| h.build_epoch)
+        .map(|built| Duration::from_secs((SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_secs()).saturating_sub(built)));
+    // The pin is read only when the warning would mention it.
+    let pinned = p.database_age.is_some_and(|age| age > settings.max_database_age) && store.pinned().is_some();
+    let warnings = warnings(&p, daily, pinned, settings);
     if !warnings.is_empty() {
         p.status = Status::Warn;
         p.output = Some(warnings.join("; "));
     }
     p
+}
+
+/// Fills in the engine, database and latency; the error is why the probe fails.
+async fn scan(prod: &Production, p: &mut Probe) -> Result<(), String> {
+    let started = Instant::now();
+    let v =
+        prod.client.version().await.map_err(|e| {
+            if e.is_unreachable() { format!("production clamd is down: {e}") } else { format!("production clamd does not answer VERSION: {e}") }
+        })?;
+    p.engine = Some(v.engine);
+    p.database = v.database;
+    // PING alone proves nothing: a clamd whose reload failed answers it but cannot scan.
+    let smoke = prod.smoke().await;
+    p.latency = started.elapsed();
+    smoke.map_err(|e| e.to_string())
+}
+
+/// The newest daily database header in the live release.
+fn live_daily(m: &Manifest) -> Option<&CvdHeader> {
+    m.files.iter().filter(|f| f.database() == "daily").filter_map(|f| f.header.as_ref()).max_by_key(|h| h.version)
+}
+
+/// Why a probe whose scans worked is only `warn`: slow scans, an old live
+/// database, or production not yet on the live release. Pure.
+fn warnings(p: &Probe, daily: Option<&CvdHeader>, pinned: bool, settings: &ProbeSettings) -> Vec<String> {
+    let mut warnings = Vec::new();
+    if p.latency > settings.latency_budget {
+        warnings.push(format!("scans took {} ms, over the {} ms budget", p.latency.as_millis(), settings.latency_budget.as_millis()));
+    }
+    if let Some(age) = p.database_age.filter(|&age| age > settings.max_database_age) {
+        let pinned = if pinned { " (the release is pinned)" } else { "" };
+        warnings.push(format!("live daily database is {} h old{pinned}", age.as_secs() / 3600));
+    }
+    if let Some(h) = daily.filter(|h| p.database.is_some_and(|d| d != h.version)) {
+        warnings.push(format!("production runs daily {:?}, but the live release has {} (reload pending?)", p.database, h.version));
+    }
+    warnings
 }
 
 /// Probes every interval until `shutdown` flips.

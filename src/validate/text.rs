@@ -209,6 +209,11 @@ fn ldb_line(line: &str) -> Result<(), String> {
     if let Some(c) = expr.chars().find(|c| !(c.is_ascii_digit() || "&|()=<>,".contains(*c))) {
         return Err(format!("logical expression {expr:?} contains {c:?}"));
     }
+    balanced(expr)?;
+    subsig_refs(expr, f.len() - 3)
+}
+
+fn balanced(expr: &str) -> Result<(), String> {
     let mut depth = 0i32;
     for c in expr.chars() {
         depth += match c {
@@ -223,9 +228,13 @@ fn ldb_line(line: &str) -> Result<(), String> {
     if depth != 0 {
         return Err(format!("logical expression {expr:?} is missing a closing parenthesis"));
     }
-    let subsigs = f.len() - 3;
-    // Subsignature indices are the numbers not after a comparison operator
-    // (`0>2` means "subsig 0 matched more than 2 times").
+    Ok(())
+}
+
+/// Every subsignature the expression names exists. Indices are the numbers
+/// not after a comparison operator (`0>2` means "subsig 0 matched more than
+/// 2 times").
+fn subsig_refs(expr: &str, subsigs: usize) -> Result<(), String> {
     let mut prev = ' ';
     let mut chars = expr.char_indices().peekable();
     while let Some((start, c)) = chars.next() {
