@@ -1,12 +1,13 @@
 //! What a command needs from the config, built one way for the daemon and
-//! every CLI command: the state dir, the policy, the corpus and the
-//! production clamd with its smoke samples.
+//! every CLI command: the state dir, the corpus and the production clamd
+//! with its smoke samples. (The policy is the daemon's and `check`'s alone:
+//! a broken policy file must not keep an operator from `rollback` or `pin`.)
 
 use std::path::PathBuf;
 
 use crate::config::Config;
 use crate::corpus::{Corpus, CorpusError};
-use crate::policy::{Policy, PolicyError};
+use crate::policy::PolicyError;
 use crate::production::{MissingSample, Production, smoke_samples};
 use crate::store::{Store, StoreError};
 
@@ -41,18 +42,17 @@ pub(crate) enum ContextError {
 pub(crate) struct Context {
     pub(crate) config: Config,
     pub(crate) store: Store,
-    pub(crate) policy: Policy,
     pub(crate) corpus: Corpus,
     pub(crate) production: Production,
 }
 
 impl Context {
     pub(crate) fn open(config: Config, state: StateDir) -> Result<Context, ContextError> {
-        let store = open_store(&config, state)?;
-        let policy = config.load_policy()?;
         let corpus = Corpus::load(&config.corpus_dir)?;
         let production = production(&config, &corpus)?;
-        Ok(Context { config, store, policy, corpus, production })
+        // Last: a bad config must not create a state dir.
+        let store = open_store(&config, state)?;
+        Ok(Context { config, store, corpus, production })
     }
 }
 

@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
 
 use crate::canary::CanaryStats;
 use crate::gate::{Check, Verdict};
@@ -33,6 +34,10 @@ pub struct Entry {
     pub(crate) ts: String,
     #[serde(flatten)]
     pub(crate) event: Event,
+    /// The line as written, when read from the journal: what `history`
+    /// shows, so a newer version's events and fields are not lost on the way.
+    #[serde(skip)]
+    pub(crate) raw: Option<Map<String, Value>>,
 }
 
 impl Entry {
@@ -48,6 +53,38 @@ impl Entry {
     /// The release or candidate the event is about, if any.
     pub fn id(&self) -> Option<&str> {
         self.event.id()
+    }
+
+    /// The name on the line as written: a newer version's event by its own name.
+    pub(crate) fn written_name(&self) -> &str {
+        self.raw.as_ref().and_then(|r| r.get("event")).and_then(Value::as_str).unwrap_or(self.name())
+    }
+
+    /// The line as written, or as it would be.
+    pub(crate) fn as_written(&self) -> Value {
+        match &self.raw {
+            Some(raw) => Value::Object(raw.clone()),
+            None => serde_json::to_value(self).expect("journal entries serialize"),
+        }
+    }
+
+    /// A line read back: typed where it can be; a line whose event is
+    /// unknown, or whose fields this version cannot read, stays readable
+    /// as `Unknown` and is never acted on.
+    fn parse(line: &[u8]) -> Result<Entry, serde_json::Error> {
+        let raw: Map<String, Value> = serde_json::from_slice(line)?;
+        let mut entry = match serde_json::from_value::<Entry>(Value::Object(raw.clone())) {
+            Ok(e) => e,
+            Err(e) => match raw.get("ts").and_then(Value::as_str) {
+                Some(ts) if raw.get("event").is_some_and(Value::is_string) => {
+                    tracing::debug!("journal entry read as unknown: {e}");
+                    Entry { ts: ts.to_string(), event: Event::Unknown, raw: None }
+                }
+                _ => return Err(e),
+            },
+        };
+        entry.raw = Some(raw);
+        Ok(entry)
     }
 }
 
@@ -305,7 +342,7 @@ impl Journal {
 
     /// Appends one event and fsyncs.
     pub(crate) fn append(&self, event: Event) -> Result<(), JournalError> {
-        let entry = Entry { ts: humantime::format_rfc3339_millis(SystemTime::now()).to_string(), event };
+        let entry = Entry { ts: humantime::format_rfc3339_millis(SystemTime::now()).to_string(), event, raw: None };
         let mut line = serde_json::to_vec(&entry).expect("journal entries serialize");
         line.push(b'\n');
         self.write_line(line)
@@ -343,7 +380,7 @@ impl Journal {
             if line.is_empty() {
                 continue;
             }
-            match serde_json::from_slice::<Entry>(&line) {
+            match Entry::parse(&line) {
                 Ok(e) => out.push(e),
                 Err(e) => tracing::warn!("{} line {}: skipped unreadable entry: {e}", self.path.display(), n + 1),
             }
@@ -440,7 +477,15 @@ mod tests {
         for want in ["candidate.checked", "promotion.done", "rollback.done", "candidate.quarantined", "pin", "unpin", "release.marked_bad"] {
             assert!(names.contains(want), "fixture lacks {want}: {names:?}");
         }
-        let unknown: Entry = serde_json::from_str(r#"{"ts":"2026-12-01T00:00:00Z","event":"fleet.rollout","ring":"all"}"#).unwrap();
+        let line = r#"{"ts":"2026-12-01T00:00:00Z","event":"fleet.rollout","ring":"all"}"#;
+        let unknown = Entry::parse(line.as_bytes()).unwrap();
         assert_eq!(unknown.event, Event::Unknown);
+        assert_eq!(unknown.written_name(), "fleet.rollout");
+        assert_eq!(unknown.as_written(), serde_json::from_str::<Value>(line).unwrap(), "shown as written");
+        // A known name with fields this version cannot read is not dropped
+        // (nor acted on) either.
+        let odd = Entry::parse(br#"{"ts":"2026-12-01T00:00:00Z","event":"promotion.done","id":7}"#).unwrap();
+        assert_eq!((odd.event.clone(), odd.written_name()), (Event::Unknown, "promotion.done"));
+        assert!(Entry::parse(b"{\"ts\":\"2026").is_err(), "a torn line is not an entry");
     }
 }

@@ -45,7 +45,7 @@ pub(crate) mod production;
 pub(crate) mod promote;
 pub mod reason;
 pub mod settings;
-pub mod status;
+pub(crate) mod status;
 pub mod store;
 pub mod validate;
 pub(crate) mod watch;

@@ -31,17 +31,17 @@ fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("clamgate: cannot start the async runtime: {e}");
-            return ExitCode::from(cli::Exit::Environment as u8);
+            return ExitCode::from(cli::Exit::Environment.code());
         }
     };
     match runtime.block_on(cli::run(cli)) {
-        Ok(exit) => ExitCode::from(exit as u8),
+        Ok(exit) => ExitCode::from(exit.code()),
         Err((err, json)) => {
             if json {
                 println!("{}", err.to_json());
             }
             eprintln!("clamgate: {err}");
-            ExitCode::from(err.exit as u8)
+            ExitCode::from(err.exit.code())
         }
     }
 }

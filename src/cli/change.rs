@@ -96,6 +96,12 @@ pub(crate) async fn rollback(args: RollbackArgs) -> Result<Exit, CliError> {
     let mark = MarkBad { id: live.clone(), why: format!("rolled back by {} to {target}", operator()) };
     let outcome = activator(&c, &lock).activate(Activation::Rollback, &target, Some(mark)).await.map_err(store_err)?;
     if matches!(outcome, Outcome::Live(_)) {
+        // Marking is the activation's best effort: say so if it failed,
+        // since the daemon could otherwise promote `live` again.
+        if c.store.quarantined(&live).is_none() {
+            let _ = report(outcome, &target, "rolled back to");
+            return Err(store_err(format!("rolled back to {target}, but could not mark {live} bad (see the log); `clamgate pin` keeps it from coming back")));
+        }
         c.store.journal().append(Event::ReleaseMarkedBad { id: live.clone(), by: operator() }).map_err(store_err)?;
         println!("marked {live} bad: the daemon will not promote it again");
     }

@@ -27,7 +27,10 @@ pub enum Command {
     /// The daemon: watch incoming, gate, promote, roll back.
     Run(ConfigArg),
     /// Live release, pin, last candidate and its verdict, production health.
-    Status(show::ShowArgs),
+    ///
+    /// Exits as a monitoring plugin: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN
+    /// (no state dir, or the daemon's health endpoint does not answer).
+    Status(show::StatusArgs),
     /// The journal, newest first.
     History(show::HistoryArgs),
     /// Kept releases and which is live.
@@ -107,10 +110,45 @@ pub(crate) async fn shutdown_signal() {
 /// Exit codes, as the README's CLI table documents them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Exit {
-    Ok = 0,
-    Rejected = 1,
-    Usage = 2,
-    Environment = 3,
+    Ok,
+    Rejected,
+    Usage,
+    Environment,
+    /// `clamgate status`: the monitoring-plugins convention instead.
+    Plugin(Plugin),
+}
+
+/// The monitoring-plugins states (Nagios, Icinga, Sensu), as exit codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Plugin {
+    Ok,
+    Warning,
+    Critical,
+    Unknown,
+}
+
+impl Plugin {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Plugin::Ok => "OK",
+            Plugin::Warning => "WARNING",
+            Plugin::Critical => "CRITICAL",
+            Plugin::Unknown => "UNKNOWN",
+        }
+    }
+}
+
+impl Exit {
+    pub fn code(self) -> u8 {
+        match self {
+            Exit::Ok => 0,
+            Exit::Rejected => 1,
+            Exit::Usage => 2,
+            Exit::Environment => 3,
+            Exit::Plugin(p) => p as u8,
+        }
+    }
 }
 
 /// A command that could not do its job; `code` is stable for `--json`.
@@ -149,7 +187,7 @@ pub async fn run(cli: Cli) -> Result<Exit, (CliError, bool)> {
         }
         Command::Run(args) => run::run(args).await.map_err(|e| (e, false)),
         Command::Status(args) => {
-            let json = args.json;
+            let json = args.show.json;
             show::status(args).await.map_err(|e| (e, json))
         }
         Command::History(args) => {

@@ -7,16 +7,28 @@ use clap::Args;
 use serde::Serialize;
 use serde_json::Value;
 
-use super::{CliError, ConfigArg, Exit, when};
+use std::time::Duration;
+
+use super::{CliError, ConfigArg, Exit, Plugin, when};
 use crate::candidate::Manifest;
 use crate::clamd::{Client, Version};
 use crate::context::ContextError;
 use crate::gate::Verdict;
 use crate::journal::{Entry, Event};
+use crate::milter::readiness::ReadinessCache;
 use crate::production::Production;
 use crate::reason::Reason;
 use crate::status::Status;
 use crate::store::{Pin, ReleaseInfo, Source, Store};
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub(crate) show: ShowArgs,
+    /// Print only the monitoring-plugin line (`CLAMGATE OK - … | age=…s`).
+    #[arg(long, conflicts_with = "json")]
+    pub(crate) check: bool,
+}
 
 #[derive(Debug, Args)]
 pub struct ShowArgs {
@@ -63,7 +75,19 @@ struct StatusView {
     waiting: Vec<String>,
     last_candidate: Option<LastCandidate>,
     health: ProductionHealth,
+    /// What the daemon's own `/readyz` says; what the exit code follows.
+    daemon: DaemonHealth,
     state_dir: std::path::PathBuf,
+}
+
+#[derive(Debug, Serialize)]
+struct DaemonHealth {
+    /// `OK`, `WARNING`, `CRITICAL` or `UNKNOWN`.
+    state: Plugin,
+    /// The plugin line `status --check` prints.
+    summary: String,
+    /// Age of the live daily database, as the daemon last saw it.
+    database_age_seconds: Option<u64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -105,21 +129,69 @@ fn pin_or_false<S: serde::Serializer>(pin: &Option<Pin>, s: S) -> Result<S::Ok, 
     }
 }
 
-pub(crate) async fn status(args: ShowArgs) -> Result<Exit, CliError> {
-    let (config, store) = args.config.store()?;
+/// `status`: exits as a monitoring plugin would, so Nagios, Icinga or Sensu
+/// can run it as it is. Anything that stops it from telling is UNKNOWN.
+pub(crate) async fn status(args: StatusArgs) -> Result<Exit, CliError> {
+    let view = match status_view(&args.show.config).await {
+        Ok(v) => v,
+        Err(e) if args.check => {
+            println!("CLAMGATE UNKNOWN - {}", e.message);
+            return Ok(Exit::Plugin(Plugin::Unknown));
+        }
+        Err(e) => return Err(CliError { exit: Exit::Plugin(Plugin::Unknown), ..e }),
+    };
+    let mut o = std::io::stdout().lock();
+    let _ = if args.check {
+        writeln!(o, "{}", view.daemon.summary)
+    } else if args.show.json {
+        writeln!(o, "{}", serde_json::to_string_pretty(&view).expect("serializes"))
+    } else {
+        print_status(&mut o, &view)
+    };
+    Ok(Exit::Plugin(view.daemon.state))
+}
+
+async fn status_view(args: &ConfigArg) -> Result<StatusView, CliError> {
+    let (config, store) = args.store()?;
     let entries = journal(&store)?;
     let pinned = store.pinned();
-    let view = StatusView {
+    Ok(StatusView {
         live: live(&store, &entries)?,
         waiting: waiting(&entries, pinned.as_ref()),
         pinned,
         last_candidate: last_candidate(&entries),
         health: production_health(&config).await,
+        daemon: daemon_health(&config).await,
         state_dir: config.state_dir.clone(),
+    })
+}
+
+/// The daemon's `/readyz`, as a plugin state and line.
+async fn daemon_health(config: &crate::config::Config) -> DaemonHealth {
+    let url = readyz_url(&config.health.listen);
+    let answer = match ReadinessCache::new(&url, Duration::ZERO, Duration::from_secs(5)) {
+        Ok(cache) => cache.get().await,
+        Err(e) => return DaemonHealth { state: Plugin::Unknown, summary: format!("CLAMGATE UNKNOWN - {e}"), database_age_seconds: None },
     };
-    let mut o = std::io::stdout().lock();
-    let _ = if args.json { writeln!(o, "{}", serde_json::to_string_pretty(&view).expect("serializes")) } else { print_status(&mut o, &view) };
-    Ok(Exit::Ok)
+    let (state, why) = match answer.status {
+        None => (Plugin::Unknown, format!("the daemon does not answer: {}", answer.detail)),
+        Some(Status::Pass) => (Plugin::Ok, format!("production clamd scans (release {})", answer.release.as_deref().unwrap_or("none"))),
+        Some(Status::Warn) => (Plugin::Warning, answer.output.clone().unwrap_or_else(|| "warn".into())),
+        Some(_) => (Plugin::Critical, format!("production clamd cannot scan: {}", answer.output.as_deref().unwrap_or("no reason given"))),
+    };
+    let perf = answer.database_age.map(|a| format!(" | age={a}s")).unwrap_or_default();
+    DaemonHealth { state, summary: format!("CLAMGATE {} - {why}{perf}", state.as_str()), database_age_seconds: answer.database_age }
+}
+
+/// Where to ask the daemon: its `health.listen`, with a wildcard address
+/// asked on loopback.
+fn readyz_url(listen: &str) -> String {
+    let addr = match listen.rsplit_once(':') {
+        Some(("0.0.0.0", port)) => format!("127.0.0.1:{port}"),
+        Some(("[::]", port)) => format!("[::1]:{port}"),
+        _ => listen.to_string(),
+    };
+    format!("http://{addr}/readyz")
 }
 
 fn live(store: &Store, entries: &[Entry]) -> Result<Option<Live>, CliError> {
@@ -175,7 +247,8 @@ fn print_status(o: &mut impl Write, v: &StatusView) -> std::io::Result<()> {
         }
         None => writeln!(o, "last      no candidate checked yet")?,
     }
-    writeln!(o, "health    {}", v.health.summary)
+    writeln!(o, "health    {}", v.health.summary)?;
+    writeln!(o, "daemon    {}", v.daemon.summary)
 }
 
 /// A direct look at production: VERSION and a real scan of the smoke samples.
@@ -206,19 +279,22 @@ pub(crate) async fn history(args: HistoryArgs) -> Result<Exit, CliError> {
     let newest: Vec<&Entry> = entries.iter().rev().take(args.n).collect();
     let mut o = std::io::stdout().lock();
     if args.show.json {
-        let _ = writeln!(o, "{}", serde_json::to_string_pretty(&newest).expect("serializes"));
+        // As written: a newer version's events and fields come through whole.
+        let lines: Vec<Value> = newest.iter().map(|e| e.as_written()).collect();
+        let _ = writeln!(o, "{}", serde_json::to_string_pretty(&lines).expect("serializes"));
         return Ok(Exit::Ok);
     }
     let _ = writeln!(o, "{:<34} {:<22} {:<12} DETAIL", "WHEN", "EVENT", "ID");
     for e in newest {
-        let _ = writeln!(o, "{:<34} {:<22} {:<12} {}", when(&e.ts), e.name(), e.id().unwrap_or("-"), detail(&e.event));
+        let fields = e.as_written();
+        let id = fields.get("id").and_then(Value::as_str).unwrap_or("-");
+        let _ = writeln!(o, "{:<34} {:<22} {:<12} {}", when(&e.ts), e.written_name(), id, detail(&fields));
     }
     Ok(Exit::Ok)
 }
 
 /// The fields an operator scans a history line for, as `key=value`.
-fn detail(event: &Event) -> String {
-    let fields = serde_json::to_value(event).unwrap_or(Value::Null);
+fn detail(fields: &Value) -> String {
     let mut detail = Vec::new();
     for key in ["verdict", "from", "production", "reason", "by", "pinned_by", "why", "error"] {
         if let Some(v) = fields.get(key).filter(|v| !v.is_null()) {

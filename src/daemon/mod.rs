@@ -23,6 +23,7 @@ use crate::gate::{Baseline, Gate, Report, Verdict};
 use crate::health::{Health, ProbeSettings};
 use crate::journal::{CheckDetails, Checked, Event, Phase};
 use crate::metrics::Metrics;
+use crate::policy::Policy;
 use crate::promote::{Activation, Activator, Outcome, PromoteError};
 use crate::reason::{Code, Reason};
 use crate::store::{QuarantineRecord, Source, StateLock, Store, StoreError};
@@ -58,6 +59,7 @@ pub(crate) enum DaemonError {
 /// Everything the daemon decides with, built once at start.
 pub(crate) struct Daemon {
     cx: Context,
+    policy: Policy,
     health: Arc<Health>,
     /// Set while a checked candidate is being quarantined or promoted: a
     /// change in incoming then waits for the next run instead of cancelling
@@ -95,14 +97,16 @@ enum Flow {
 
 impl Daemon {
     pub(crate) fn new(config: crate::config::Config) -> Result<Daemon, DaemonError> {
+        // The policy first: a bad config must not create a state dir.
+        let policy = config.load_policy().map_err(ContextError::from)?;
         let cx = Context::open(config, StateDir::Create)?;
         let settings = ProbeSettings {
             interval: cx.config.health.probe_interval,
             latency_budget: cx.config.health.latency_budget,
-            max_database_age: cx.policy.max_database_age,
+            max_database_age: policy.max_database_age,
         };
         let health = Health::new(settings, Arc::new(Metrics::default()));
-        Ok(Daemon { cx, health, deciding: AtomicBool::new(false) })
+        Ok(Daemon { cx, policy, health, deciding: AtomicBool::new(false) })
     }
 
     /// Runs until `shutdown` completes: the gate loop, the prober and the
@@ -305,7 +309,7 @@ impl Daemon {
             })
         };
         let cfg = &self.cx.config;
-        let gate = Gate { policy: &self.cx.policy, clamd_binary: &cfg.clamd.binary, corpus: &self.cx.corpus, known: Some(&known) };
+        let gate = Gate { policy: &self.policy, clamd_binary: &cfg.clamd.binary, corpus: &self.cx.corpus, known: Some(&known) };
         // Our failure, not the candidate's (no clamd binary, disk full):
         // production is untouched, and the run is retried later.
         let report = gate.check(&cfg.incoming_dir, &work, baseline.as_ref()).await?;
@@ -390,7 +394,7 @@ impl Daemon {
         match self.activator(lock).activate(Activation::Promotion, id, None).await? {
             Outcome::Live(_) => {
                 m.promotions.inc();
-                let removed = store.prune(lock, self.cx.policy.keep_releases, live)?;
+                let removed = store.prune(lock, self.policy.keep_releases, live)?;
                 if !removed.is_empty() {
                     journal.append(Event::ReleasePruned { ids: removed })?;
                 }

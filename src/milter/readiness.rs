@@ -11,13 +11,21 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use tokio::sync::Mutex;
 
-/// What the milter needs to know, from one /readyz answer.
+use crate::status::Status;
+
+/// What the milter (and `clamgate status`) need to know, from one /readyz answer.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Readiness {
     pub(crate) healthy: bool,
     /// Why not, for logs.
     pub(crate) detail: String,
     pub(crate) release: Option<String>,
+    /// The daemon's verdict; `None` when it did not answer at all.
+    pub(crate) status: Option<Status>,
+    /// The daemon's reason for warn or fail.
+    pub(crate) output: Option<String>,
+    /// Age of the live daily database, when the daemon knows it.
+    pub(crate) database_age: Option<u64>,
 }
 
 /// A `milter.health_url` the milter cannot ask.
@@ -80,7 +88,7 @@ impl ReadinessCache {
             .unwrap_or_else(|_| Err(FetchError::Timeout { url: self.url.clone(), after: self.timeout }));
         match answer {
             Ok((code, body)) => parse(code, &body),
-            Err(e) => Readiness { healthy: false, detail: e.to_string(), release: None },
+            Err(e) => Readiness { healthy: false, detail: e.to_string(), release: None, status: None, output: None, database_age: None },
         }
     }
 
@@ -100,8 +108,17 @@ fn parse(code: u16, body: &[u8]) -> Readiness {
     let status = v["status"].as_str().unwrap_or("");
     let release = v["releaseId"].as_str().map(str::to_string);
     let healthy = code == 200 && matches!(status, "pass" | "warn");
-    let detail = if healthy { status.to_string() } else { format!("readyz answered {code} {status:?}: {}", v["output"].as_str().unwrap_or("no reason given")) };
-    Readiness { healthy, detail, release }
+    let output = v["output"].as_str().map(str::to_string);
+    let detail = if healthy { status.to_string() } else { format!("readyz answered {code} {status:?}: {}", output.as_deref().unwrap_or("no reason given")) };
+    // Anything but a clear pass or warn counts as fail: a daemon that
+    // answers garbage is not vouching for scanning.
+    let status = Some(match status {
+        "pass" if code == 200 => Status::Pass,
+        "warn" if code == 200 => Status::Warn,
+        _ => Status::Fail,
+    });
+    let database_age = v["checks"]["clamd:database-age"][0]["observedValue"].as_u64();
+    Readiness { healthy, detail, release, status, output, database_age }
 }
 
 #[cfg(test)]
