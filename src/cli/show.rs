@@ -2,12 +2,11 @@
 //! They read the state dir directly, so they work with the daemon down.
 
 use std::io::Write;
+use std::time::Duration;
 
 use clap::Args;
 use serde::Serialize;
 use serde_json::Value;
-
-use std::time::Duration;
 
 use super::{CliError, ConfigArg, Exit, Plugin, when};
 use crate::candidate::Manifest;
