@@ -7,7 +7,6 @@ use std::path::PathBuf;
 
 use crate::config::Config;
 use crate::corpus::{Corpus, CorpusError};
-use crate::policy::PolicyError;
 use crate::production::{MissingSample, Production, smoke_samples};
 use crate::store::{Store, StoreError};
 
@@ -25,8 +24,6 @@ pub(crate) enum ContextError {
     NoStateDir(PathBuf),
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error(transparent)]
-    Policy(#[from] PolicyError),
     #[error(transparent)]
     Corpus(#[from] CorpusError),
     #[error("config {}: {source}", file.display())]

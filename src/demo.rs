@@ -149,7 +149,7 @@ impl Demo {
         let url = format!("http://{}/readyz", self.config.health.listen);
         let cache = crate::milter::readiness::ReadinessCache::new(&url, Duration::ZERO, Duration::from_secs(2)).ok()?;
         let r = cache.get().await;
-        Some(if r.healthy { r.detail } else { "fail".into() })
+        Some(if r.healthy() { r.detail } else { "fail".into() })
     }
 
     async fn wait_health(&self, want_pass: bool) -> String {

@@ -90,7 +90,6 @@ impl From<crate::context::ContextError> for CliError {
             E::NoStateDir(_) => CliError::usage("state.missing", e),
             E::Store(_) => CliError::environment("state.unreadable", e),
             E::Corpus(_) => CliError::usage("config.corpus", e),
-            E::Policy(_) => CliError::usage("config.policy", e),
             E::Smoke { .. } => CliError::usage("config.invalid", e),
         }
     }

@@ -35,6 +35,8 @@ pub(crate) enum DaemonError {
     #[error(transparent)]
     Context(#[from] ContextError),
     #[error(transparent)]
+    Policy(#[from] crate::policy::PolicyError),
+    #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
     Journal(#[from] crate::journal::JournalError),
@@ -98,7 +100,7 @@ enum Flow {
 impl Daemon {
     pub(crate) fn new(config: crate::config::Config) -> Result<Daemon, DaemonError> {
         // The policy first: a bad config must not create a state dir.
-        let policy = config.load_policy().map_err(ContextError::from)?;
+        let policy = config.load_policy()?;
         let cx = Context::open(config, StateDir::Create)?;
         let settings = ProbeSettings {
             interval: cx.config.health.probe_interval,

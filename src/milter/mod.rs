@@ -143,7 +143,7 @@ impl Shared {
     async fn gate(&self, ctx: &mut Context<Session>) -> Status {
         let r = self.readiness.get().await;
         let session = ctx.data.get_or_insert_default();
-        if !r.healthy {
+        if !r.healthy() {
             self.outage_goes_on(&r.detail);
             return tempfail(&mut ctx.reply, &self.cfg.tempfail_text);
         }

@@ -16,7 +16,6 @@ use crate::status::Status;
 /// What the milter (and `clamgate status`) need to know, from one /readyz answer.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Readiness {
-    pub(crate) healthy: bool,
     /// Why not, for logs.
     pub(crate) detail: String,
     pub(crate) release: Option<String>,
@@ -26,6 +25,13 @@ pub(crate) struct Readiness {
     pub(crate) output: Option<String>,
     /// Age of the live daily database, when the daemon knows it.
     pub(crate) database_age: Option<u64>,
+}
+
+impl Readiness {
+    /// Healthy only on 200 with `status` pass or warn.
+    pub(crate) fn healthy(&self) -> bool {
+        matches!(self.status, Some(Status::Pass | Status::Warn))
+    }
 }
 
 /// A `milter.health_url` the milter cannot ask.
@@ -88,7 +94,7 @@ impl ReadinessCache {
             .unwrap_or_else(|_| Err(FetchError::Timeout { url: self.url.clone(), after: self.timeout }));
         match answer {
             Ok((code, body)) => parse(code, &body),
-            Err(e) => Readiness { healthy: false, detail: e.to_string(), release: None, status: None, output: None, database_age: None },
+            Err(e) => Readiness { detail: e.to_string(), release: None, status: None, output: None, database_age: None },
         }
     }
 
@@ -107,18 +113,21 @@ fn parse(code: u16, body: &[u8]) -> Readiness {
     let v: serde_json::Value = serde_json::from_slice(body).unwrap_or(serde_json::Value::Null);
     let status = v["status"].as_str().unwrap_or("");
     let release = v["releaseId"].as_str().map(str::to_string);
-    let healthy = code == 200 && matches!(status, "pass" | "warn");
     let output = v["output"].as_str().map(str::to_string);
-    let detail = if healthy { status.to_string() } else { format!("readyz answered {code} {status:?}: {}", output.as_deref().unwrap_or("no reason given")) };
-    // Anything but a clear pass or warn counts as fail: a daemon that
-    // answers garbage is not vouching for scanning.
-    let status = Some(match status {
+    // Anything but a clear pass or warn with 200 counts as fail: a daemon
+    // that answers garbage is not vouching for scanning.
+    let parsed = match status {
         "pass" if code == 200 => Status::Pass,
         "warn" if code == 200 => Status::Warn,
         _ => Status::Fail,
-    });
+    };
+    let detail = if parsed == Status::Fail {
+        format!("readyz answered {code} {status:?}: {}", output.as_deref().unwrap_or("no reason given"))
+    } else {
+        status.to_string()
+    };
     let database_age = v["checks"]["clamd:database-age"][0]["observedValue"].as_u64();
-    Readiness { healthy, detail, release, status, output, database_age }
+    Readiness { detail, release, status: Some(parsed), output, database_age }
 }
 
 #[cfg(test)]
@@ -127,10 +136,10 @@ mod tests {
 
     #[test]
     fn only_pass_or_warn_with_200_is_healthy() {
-        assert!(parse(200, br#"{"status":"pass","releaseId":"abc"}"#).healthy);
+        assert!(parse(200, br#"{"status":"pass","releaseId":"abc"}"#).healthy());
         assert_eq!(parse(200, br#"{"status":"warn","releaseId":"abc"}"#).release.as_deref(), Some("abc"));
         for (code, body) in [(503, &br#"{"status":"fail","output":"down"}"#[..]), (200, b"{}"), (200, b"garbage"), (500, b""), (200, br#"{"status":"fail"}"#)] {
-            assert!(!parse(code, body).healthy, "{code} {:?}", String::from_utf8_lossy(body));
+            assert!(!parse(code, body).healthy(), "{code} {:?}", String::from_utf8_lossy(body));
         }
     }
 }
