@@ -13,6 +13,7 @@
 //! - [`store`]: the state dir: releases, `current`, quarantine, lock.
 //! - [`journal`]: the append-only history, one typed [`journal::Event`] a line.
 //! - [`production`]: the production clamd: RELOAD, VERSION, smoke scans.
+//! - [`diff`]: signatures added and removed between two releases (`show`).
 //! - [`promote`]: moving `current` and proving production runs it, or going back.
 //! - [`daemon`]: `clamgate run`, the loop that ties the above together.
 //! - [`health`]: the prober and the HTTP endpoint (`/livez`, `/readyz`, `/metrics`).
@@ -34,6 +35,7 @@ pub(crate) mod context;
 pub mod corpus;
 pub(crate) mod daemon;
 pub(crate) mod demo;
+pub(crate) mod diff;
 pub mod failpoint;
 pub(crate) mod gate;
 pub mod health;

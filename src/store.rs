@@ -45,6 +45,17 @@ pub enum StoreError {
     Journal(#[from] crate::journal::JournalError),
 }
 
+/// A quarantined candidate cannot become a release.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum QuarantineError {
+    #[error("{0}: the candidate's files were not kept (quarantine and incoming on different filesystems?); nothing to promote")]
+    NoFiles(PathBuf),
+    #[error("{file}: sha256 {got} is not the {want} the gate checked; refusing to promote it")]
+    Changed { file: PathBuf, want: String, got: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
 fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> StoreError {
     let path = path.to_path_buf();
     move |source| StoreError::Io { what, path, source }
@@ -359,6 +370,61 @@ impl Store {
         Ok(rec)
     }
 
+    /// Ids in quarantine (candidates rejected, releases marked bad).
+    pub(crate) fn quarantine_ids(&self) -> Result<Vec<String>, StoreError> {
+        let q = self.root.join("quarantine");
+        let ids = fs::read_dir(&q).map_err(io("cannot read", &q))?.flatten().map(|e| e.file_name().to_string_lossy().into_owned());
+        Ok(ids.filter(|id| self.quarantined(id).is_some()).collect())
+    }
+
+    /// Resolves a full id or unique prefix among kept releases and
+    /// quarantined candidates alike (`show`, `promote --force`, `recheck`).
+    pub(crate) fn resolve_any(&self, prefix: &str) -> Result<String, StoreError> {
+        let mut ids: Vec<String> = self.releases()?.into_iter().map(|r| r.id).chain(self.quarantine_ids()?).filter(|id| id.starts_with(prefix)).collect();
+        ids.sort();
+        ids.dedup();
+        match ids.as_slice() {
+            [one] => Ok(one.clone()),
+            [] => Err(StoreError::NoRelease(prefix.to_string())),
+            many => Err(StoreError::Ambiguous { prefix: prefix.to_string(), matches: many.join(", ") }),
+        }
+    }
+
+    /// The manifest kept with a quarantine record.
+    pub(crate) fn quarantined_manifest(&self, id: &str) -> Result<Manifest, StoreError> {
+        let path = self.quarantine_dir(id).join("manifest.json");
+        let text = fs::read_to_string(&path).map_err(io("cannot read", &path))?;
+        serde_json::from_str(&text).map_err(|e| StoreError::Corrupt { file: path, source: e })
+    }
+
+    /// The quarantined candidate's files, when they were kept.
+    pub(crate) fn quarantined_files(&self, id: &str) -> Option<PathBuf> {
+        let dir = self.quarantine_dir(id).join("files");
+        dir.is_dir().then_some(dir)
+    }
+
+    /// The canary clamd's output kept with a quarantine record, if any.
+    pub(crate) fn canary_log(&self, id: &str) -> Option<String> {
+        fs::read_to_string(self.quarantine_dir(id).join("canary.log")).ok()
+    }
+
+    /// Makes a kept release of a quarantined candidate's files (an operator
+    /// overrides the gate), after checking each against the manifest: what
+    /// sat in quarantine must be exactly what the gate saw.
+    pub(crate) fn release_from_quarantine(&self, lock: &StateLock, id: &str) -> Result<Manifest, QuarantineError> {
+        let manifest = self.quarantined_manifest(id)?;
+        let files = self.quarantined_files(id).ok_or_else(|| QuarantineError::NoFiles(self.quarantine_dir(id)))?;
+        for f in &manifest.files {
+            let path = files.join(&f.name);
+            let sha256 = sha256_of(&path).map_err(io("cannot read quarantined file", &path))?;
+            if sha256 != f.sha256 {
+                return Err(QuarantineError::Changed { file: path, want: f.sha256.clone(), got: sha256 });
+            }
+        }
+        self.add_release(lock, &files, &manifest)?;
+        Ok(manifest)
+    }
+
     /// Clears a release's bad mark (an operator promoted it anyway).
     pub(crate) fn unquarantine(&self, _lock: &StateLock, id: &str) -> Result<(), StoreError> {
         let dir = self.quarantine_dir(id);
@@ -424,6 +490,19 @@ impl Store {
         let tmp = path.with_extension("tmp");
         write_synced(&tmp, &serde_json::to_vec(v).expect("serializes"))?;
         fs::rename(&tmp, &path).map_err(io("cannot write", &path))
+    }
+}
+
+fn sha256_of(path: &Path) -> std::io::Result<String> {
+    use sha2::Digest;
+    use std::io::Read;
+    let mut f = File::open(path)?;
+    let (mut h, mut buf) = (sha2::Sha256::new(), vec![0u8; 256 * 1024]);
+    loop {
+        match f.read(&mut buf)? {
+            0 => return Ok(hex::encode(h.finalize())),
+            n => h.update(&buf[..n]),
+        }
     }
 }
 
