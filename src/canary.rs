@@ -25,6 +25,8 @@ pub(crate) struct CanaryStats {
 pub(crate) struct CanaryRun {
     pub(crate) stats: CanaryStats,
     pub(crate) verdicts: Verdicts,
+    /// clamd's own output: kept with a candidate the corpus then rejects.
+    pub(crate) log: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -67,8 +69,9 @@ impl Canary<'_> {
         if let Some(rejected) = self.rejected_after_scan(&mut clamd, &stats) {
             return Err(rejected);
         }
+        let log = clamd.log_text();
         clamd.stop(Duration::from_secs(5)).await;
-        Ok(CanaryRun { stats, verdicts })
+        Ok(CanaryRun { stats, verdicts, log })
     }
 
     /// Waits for the load within the policy's load timeout, stopping early

@@ -99,7 +99,7 @@ pub(crate) struct Report {
     /// Baseline verdicts computed during this run, for the caller to cache.
     #[serde(skip)]
     pub(crate) new_baseline_verdicts: Option<Verdicts>,
-    /// The canary clamd's output when it failed, for the quarantine.
+    /// The canary clamd's output, for the quarantine.
     #[serde(skip)]
     pub(crate) canary_log: Option<String>,
     /// The snapshot directory holding the checked copy of the files.
@@ -252,6 +252,7 @@ impl Gate<'_> {
         let peak = run.stats.peak_rss_bytes.map(crate::settings::human_size).unwrap_or_else(|| "unknown".into());
         r.check(Step::Canary, Status::Pass, format!("loaded in {} ms, peak memory {peak}", run.stats.load_ms.unwrap_or_default()));
         r.canary = Some(run.stats.clone());
+        r.canary_log = Some(run.log.clone());
         Ok(Some(run))
     }
 

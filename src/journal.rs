@@ -122,6 +122,14 @@ pub(crate) enum Event {
     ReleaseMarkedBad { id: String, by: String },
     #[serde(rename = "release.unmarked_bad")]
     ReleaseUnmarkedBad { id: String, by: String },
+    /// An operator promoted what the gate or production had refused
+    /// (`promote --force`); `reasons` are the ones overridden.
+    #[serde(rename = "release.forced")]
+    ReleaseForced { id: String, by: String, reasons: Vec<Reason> },
+    /// An operator cleared a quarantine (`recheck`): the daemon checks
+    /// those files again.
+    #[serde(rename = "quarantine.cleared")]
+    QuarantineCleared { id: String, by: String },
     #[serde(rename = "pin")]
     Pin { id: Option<String>, by: String },
     #[serde(rename = "unpin")]
@@ -297,6 +305,8 @@ impl Event {
             Event::ReleasePruned { .. } => "release.pruned",
             Event::ReleaseMarkedBad { .. } => "release.marked_bad",
             Event::ReleaseUnmarkedBad { .. } => "release.unmarked_bad",
+            Event::ReleaseForced { .. } => "release.forced",
+            Event::QuarantineCleared { .. } => "quarantine.cleared",
             Event::Pin { .. } => "pin",
             Event::Unpin { .. } => "unpin",
             Event::PromotionBegin(_) => "promotion.begin",
@@ -319,7 +329,9 @@ impl Event {
             | Event::CandidateHeld { id, .. }
             | Event::ReleaseCreated { id, .. }
             | Event::ReleaseMarkedBad { id, .. }
-            | Event::ReleaseUnmarkedBad { id, .. } => Some(id),
+            | Event::ReleaseUnmarkedBad { id, .. }
+            | Event::ReleaseForced { id, .. }
+            | Event::QuarantineCleared { id, .. } => Some(id),
             Event::Pin { id, .. } => id.as_deref(),
             Event::PromotionBegin(b) | Event::RollbackBegin(b) => Some(&b.id),
             Event::PromotionDone(d) | Event::RollbackDone(d) => Some(&d.id),
@@ -485,6 +497,8 @@ mod tests {
             Event::ReleasePruned { ids: vec![] },
             Event::ReleaseMarkedBad { id: "r".into(), by: "ops".into() },
             Event::ReleaseUnmarkedBad { id: "r".into(), by: "ops".into() },
+            Event::ReleaseForced { id: "r".into(), by: "ops".into(), reasons: vec![] },
+            Event::QuarantineCleared { id: "r".into(), by: "ops".into() },
             Event::Pin { id: None, by: "ops".into() },
             Event::Unpin { by: "ops".into() },
             Event::begin(Activation::Promotion, b.clone()),

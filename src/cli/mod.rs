@@ -3,6 +3,7 @@
 
 pub(crate) mod change;
 pub(crate) mod check;
+pub(crate) mod inspect;
 pub(crate) mod run;
 pub(crate) mod show;
 
@@ -35,14 +36,18 @@ pub enum Command {
     History(show::HistoryArgs),
     /// Kept releases and which is live.
     Releases(show::ShowArgs),
+    /// One release or quarantined candidate: files, verdict and reasons, canary log, diff against the live release.
+    Show(inspect::InspectArgs),
     /// Make the previous (or given) release live, verify it, and mark the one it leaves bad.
     Rollback(change::RollbackArgs),
-    /// Make a kept release live, with the same verification.
+    /// Make a kept release (or, with --force, a quarantined candidate) live, with the same verification.
     Promote(change::PromoteArgs),
     /// Hold the live release: candidates are checked and kept, not promoted.
-    Pin(ConfigArg),
+    Pin(change::ChangeArgs),
     /// Release the hold.
-    Unpin(ConfigArg),
+    Unpin(change::ChangeArgs),
+    /// Clear a known-bad mark so the daemon checks those files again.
+    Recheck(change::RecheckArgs),
     /// The Postfix milter: tempfail while scanning is unhealthy; in scan mode, scan each message.
     Milter(ConfigArg),
     /// Self-contained run on embedded defaults: promotions, rejections, rollback, health.
@@ -213,10 +218,30 @@ pub async fn run(cli: Cli) -> Result<Exit, (CliError, bool)> {
             Ok(false) => Ok(Exit::Rejected),
             Err(e) => Err((CliError::environment("environment.demo", e), false)),
         },
-        Command::Rollback(args) => change::rollback(args).await.map_err(|e| (e, false)),
-        Command::Promote(args) => change::promote(args).await.map_err(|e| (e, false)),
-        Command::Pin(args) => change::pin(args).await.map_err(|e| (e, false)),
-        Command::Unpin(args) => change::unpin(args).await.map_err(|e| (e, false)),
+        Command::Show(args) => {
+            let json = args.show.json;
+            inspect::show(args).await.map_err(|e| (e, json))
+        }
+        Command::Rollback(args) => {
+            let json = args.json;
+            change::rollback(args).await.map_err(|e| (e, json))
+        }
+        Command::Promote(args) => {
+            let json = args.json;
+            change::promote(args).await.map_err(|e| (e, json))
+        }
+        Command::Pin(args) => {
+            let json = args.json;
+            change::pin(args).await.map_err(|e| (e, json))
+        }
+        Command::Unpin(args) => {
+            let json = args.json;
+            change::unpin(args).await.map_err(|e| (e, json))
+        }
+        Command::Recheck(args) => {
+            let json = args.json;
+            change::recheck(args).await.map_err(|e| (e, json))
+        }
         Command::Completions { shell } => {
             use clap::CommandFactory;
             clap_complete::generate(shell, &mut Cli::command(), "clamgate", &mut std::io::stdout());

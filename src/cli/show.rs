@@ -59,7 +59,7 @@ fn database_label(d: &Database) -> String {
     }
 }
 
-fn journal(store: &Store) -> Result<Vec<Entry>, CliError> {
+pub(super) fn journal(store: &Store) -> Result<Vec<Entry>, CliError> {
     store.journal().read().map_err(|e| CliError::environment("state.unreadable", e))
 }
 
@@ -107,10 +107,22 @@ struct Database {
 #[derive(Debug, Serialize)]
 struct LastCandidate {
     id: Option<String>,
-    /// `pass`, `reject`, or `known_bad`.
+    /// `pass`, `reject`, or `known_bad` (quarantined before: seen again,
+    /// not checked again).
     verdict: &'static str,
+    /// For `known_bad`, the reasons it was first rejected for.
     reasons: Vec<Reason>,
     at: String,
+    /// For `known_bad`: when it was first rejected, and by what.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rejected: Option<FirstRejected>,
+}
+
+#[derive(Debug, Serialize)]
+struct FirstRejected {
+    at: String,
+    /// Absent when only the journal remembers it.
+    source: Option<Source>,
 }
 
 #[derive(Debug, Serialize)]
@@ -158,7 +170,7 @@ async fn status_view(args: &ConfigArg) -> Result<StatusView, CliError> {
         live: live(&store, &entries)?,
         waiting: waiting(&entries, pinned.as_ref()),
         pinned,
-        last_candidate: last_candidate(&entries),
+        last_candidate: last_candidate(&store, &entries),
         health: production_health(&config).await,
         daemon: daemon_health(&config).await,
         state_dir: config.state_dir.clone(),
@@ -201,14 +213,32 @@ fn live(store: &Store, entries: &[Entry]) -> Result<Option<Live>, CliError> {
     Ok(Some(Live { databases: databases(&m), signatures: m.total_signatures(), since, id }))
 }
 
-fn last_candidate(entries: &[Entry]) -> Option<LastCandidate> {
+fn last_candidate(store: &Store, entries: &[Entry]) -> Option<LastCandidate> {
     entries.iter().rev().find_map(|e| {
         let (id, verdict, reasons) = match &e.event {
             Event::CandidateChecked(c) => (c.id.clone(), if c.verdict == Verdict::Pass { "pass" } else { "reject" }, c.reasons.clone()),
-            Event::CandidateKnownBad { id, reasons } => (Some(id.clone()), "known_bad", reasons.clone()),
+            Event::CandidateKnownBad { id, reasons } => {
+                // Its own reason only says "known bad": show why it was rejected.
+                let (reasons, rejected) = first_rejection(store, entries, id).unwrap_or_else(|| (reasons.clone(), None));
+                return Some(LastCandidate { id: Some(id.clone()), verdict: "known_bad", reasons, at: e.ts.clone(), rejected });
+            }
             _ => return None,
         };
-        Some(LastCandidate { id, verdict, reasons, at: e.ts.clone() })
+        Some(LastCandidate { id, verdict, reasons, at: e.ts.clone(), rejected: None })
+    })
+}
+
+/// Why a candidate seen again was quarantined: the quarantine record, else
+/// the journal's last rejection of it.
+fn first_rejection(store: &Store, entries: &[Entry], id: &str) -> Option<(Vec<Reason>, Option<FirstRejected>)> {
+    if let Some(q) = store.quarantined(id) {
+        return Some((q.reasons, Some(FirstRejected { at: q.at, source: Some(q.source) })));
+    }
+    entries.iter().rev().find_map(|e| match &e.event {
+        Event::CandidateChecked(c) if c.id.as_deref() == Some(id) && c.verdict == Verdict::Reject => {
+            Some((c.reasons.clone(), Some(FirstRejected { at: e.ts.clone(), source: None })))
+        }
+        _ => None,
     })
 }
 
@@ -242,7 +272,14 @@ fn print_status(o: &mut impl Write, v: &StatusView) -> std::io::Result<()> {
         Some(l) => {
             let reasons: Vec<String> = l.reasons.iter().map(|r| format!("{} [{}]", r.message, r.reason)).collect();
             let reasons = if reasons.is_empty() { String::new() } else { format!(": {}", reasons.join("; ")) };
-            writeln!(o, "last      {}  {} {}{reasons}", l.id.as_deref().unwrap_or("(none)"), l.verdict, when(&l.at))?;
+            let again = match &l.rejected {
+                Some(r) => {
+                    let by = r.source.map(|s| format!(" by the {s}")).unwrap_or_default();
+                    format!(" (seen again, not checked again; rejected{by} {})", when(&r.at))
+                }
+                None => String::new(),
+            };
+            writeln!(o, "last      {}  {} {}{again}{reasons}", l.id.as_deref().unwrap_or("(none)"), l.verdict, when(&l.at))?;
         }
         None => writeln!(o, "last      no candidate checked yet")?,
     }
@@ -320,10 +357,10 @@ struct ReleaseRow {
 }
 
 #[derive(Debug, Serialize)]
-struct Bad {
-    source: Source,
-    at: String,
-    reasons: Vec<Reason>,
+pub(super) struct Bad {
+    pub(super) source: Source,
+    pub(super) at: String,
+    pub(super) reasons: Vec<Reason>,
 }
 
 pub(crate) async fn releases(args: ShowArgs) -> Result<Exit, CliError> {

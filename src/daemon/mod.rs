@@ -67,6 +67,9 @@ pub(crate) struct Daemon {
     /// change in incoming then waits for the next run instead of cancelling
     /// a promotion halfway through its verification.
     deciding: AtomicBool,
+    /// The candidate the last run found quarantined: once an operator
+    /// clears that (`clamgate recheck`), the same files are checked again.
+    known_bad: std::sync::Mutex<Option<String>>,
 }
 
 const LOCK_WAIT: Duration = Duration::from_secs(30);
@@ -111,7 +114,7 @@ impl Daemon {
         // What the journal holds now is history; from here on it is counted.
         metrics.follow(&cx.store);
         let health = Health::new(settings, Arc::new(metrics));
-        Ok(Daemon { cx, policy, health, deciding: AtomicBool::new(false) })
+        Ok(Daemon { cx, policy, health, deciding: AtomicBool::new(false), known_bad: std::sync::Mutex::new(None) })
     }
 
     /// Runs until `shutdown` completes: the gate loop, the prober and the
@@ -151,7 +154,12 @@ impl Daemon {
                 _ = &mut shutdown => break,
                 Some(()) = lp.watcher.changes.recv() => schedule.observe(lp.fingerprint(), Instant::now()),
                 _ = lp.rescan.tick() => schedule.rescan(lp.fingerprint(), Instant::now()),
-                _ = lp.heartbeat.tick() => self.health.beat(),
+                _ = lp.heartbeat.tick() => {
+                    self.health.beat();
+                    if self.mark_cleared() {
+                        schedule.check_again();
+                    }
+                }
                 _ = sleep_until(due.unwrap_or_else(far_future)), if due.is_some() => {
                     if let Flow::Stop = self.run_candidate(&mut schedule, &mut lp, shutdown.as_mut()).await? {
                         break;
@@ -250,6 +258,18 @@ impl Daemon {
         Ok(())
     }
 
+    /// True once, when the quarantine of the candidate last seen as known
+    /// bad is gone: `clamgate recheck` (or `promote --force`) cleared it.
+    fn mark_cleared(&self) -> bool {
+        let mut known_bad = self.known_bad.lock().expect("not poisoned");
+        let cleared = known_bad.as_deref().is_some_and(|id| self.cx.store.quarantined(id).is_none());
+        if cleared {
+            tracing::info!(candidate = known_bad.as_deref(), "its quarantine was cleared; checking incoming again");
+            *known_bad = None;
+        }
+        cleared
+    }
+
     fn clear_work(&self) {
         if let Err(e) = self.cx.store.clear_work() {
             tracing::warn!("{e}");
@@ -305,12 +325,16 @@ impl Daemon {
         let stamp = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_millis();
         let work = self.cx.store.work_dir().join(format!("candidate-{stamp}"));
         let live = self.cx.store.current()?;
+        *self.known_bad.lock().expect("not poisoned") = None;
         self.cx.store.journal().append(Event::CandidateStarted { live: live.clone() })?;
         let baseline = self.baseline(live.as_deref());
         let known = |m: &Manifest| {
             self.known(live.as_deref(), m).map(|k| match k {
                 Known::Live => Reason::new(Code::KnownBad, None, "identical to the live release"),
-                Known::Quarantined(q) => Reason::new(Code::KnownBad, None, format!("quarantined at {} ({}); not checked again", q.at, q.source)),
+                Known::Quarantined(q) => {
+                    let codes: Vec<&str> = q.reasons.iter().map(|r| r.reason.as_str()).collect();
+                    Reason::new(Code::KnownBad, None, format!("quarantined at {} by the {} ({}); not checked again", q.at, q.source, codes.join(", ")))
+                }
             })
         };
         let cfg = &self.cx.config;
@@ -340,6 +364,7 @@ impl Daemon {
             }
             Some(Known::Quarantined(_)) => {
                 tracing::warn!(candidate = id, "candidate {id} was quarantined before; not checked again");
+                *self.known_bad.lock().expect("not poisoned") = Some(id.to_string());
                 journal.append(Event::CandidateKnownBad { id: id.to_string(), reasons: report.reasons.clone() })?;
                 return Ok(());
             }

@@ -66,6 +66,12 @@ impl Schedule {
         (self.running.is_none() && self.seen.is_some() && self.seen != self.processed).then_some(self.last_change + self.settle)
     }
 
+    /// Forgets what was processed: the same files are checked again once
+    /// settled (an operator cleared their quarantine).
+    pub(crate) fn check_again(&mut self) {
+        self.processed = None;
+    }
+
     pub(crate) fn start(&mut self) {
         self.running = Some(self.seen.clone());
     }
@@ -128,6 +134,23 @@ mod tests {
         assert_eq!(s.due(), None, "processed: nothing to do");
         s.rescan(fp("b"), Instant::now());
         assert_eq!(s.due(), None);
+    }
+
+    /// `clamgate recheck`: the same files, already processed, are due again
+    /// at once (they settled long ago), and only once.
+    #[tokio::test(start_paused = true)]
+    async fn check_again_makes_the_same_files_due() {
+        let mut s = schedule();
+        s.start();
+        s.finished(false, Instant::now());
+        tokio::time::advance(SETTLE * 3).await;
+        s.rescan(fp("a"), Instant::now());
+        assert_eq!(s.due(), None);
+        s.check_again();
+        assert!(s.due().is_some_and(|t| t <= Instant::now()), "due now");
+        s.start();
+        s.finished(false, Instant::now());
+        assert_eq!(s.due(), None, "once");
     }
 
     #[tokio::test(start_paused = true)]
