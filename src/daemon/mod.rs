@@ -67,9 +67,10 @@ pub(crate) struct Daemon {
     /// change in incoming then waits for the next run instead of cancelling
     /// a promotion halfway through its verification.
     deciding: AtomicBool,
-    /// The candidate the last run found quarantined: once an operator
-    /// clears that (`clamgate recheck`), the same files are checked again.
-    known_bad: std::sync::Mutex<Option<String>>,
+    /// The candidate the last run quarantined or found quarantined: once an
+    /// operator clears that (`clamgate recheck`), the same files are
+    /// checked again.
+    last_quarantined: std::sync::Mutex<Option<String>>,
 }
 
 const LOCK_WAIT: Duration = Duration::from_secs(30);
@@ -114,7 +115,7 @@ impl Daemon {
         // What the journal holds now is history; from here on it is counted.
         metrics.follow(&cx.store);
         let health = Health::new(settings, Arc::new(metrics));
-        Ok(Daemon { cx, policy, health, deciding: AtomicBool::new(false), known_bad: std::sync::Mutex::new(None) })
+        Ok(Daemon { cx, policy, health, deciding: AtomicBool::new(false), last_quarantined: std::sync::Mutex::new(None) })
     }
 
     /// Runs until `shutdown` completes: the gate loop, the prober and the
@@ -258,14 +259,14 @@ impl Daemon {
         Ok(())
     }
 
-    /// True once, when the quarantine of the candidate last seen as known
-    /// bad is gone: `clamgate recheck` (or `promote --force`) cleared it.
+    /// True once, when the quarantine of the last run's candidate is gone:
+    /// `clamgate recheck` (or `promote --force`) cleared it.
     fn mark_cleared(&self) -> bool {
-        let mut known_bad = self.known_bad.lock().expect("not poisoned");
-        let cleared = known_bad.as_deref().is_some_and(|id| self.cx.store.quarantined(id).is_none());
+        let mut last = self.last_quarantined.lock().expect("not poisoned");
+        let cleared = last.as_deref().is_some_and(|id| self.cx.store.quarantined(id).is_none());
         if cleared {
-            tracing::info!(candidate = known_bad.as_deref(), "its quarantine was cleared; checking incoming again");
-            *known_bad = None;
+            tracing::info!(candidate = last.as_deref(), "its quarantine was cleared; checking incoming again");
+            *last = None;
         }
         cleared
     }
@@ -325,7 +326,7 @@ impl Daemon {
         let stamp = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_millis();
         let work = self.cx.store.work_dir().join(format!("candidate-{stamp}"));
         let live = self.cx.store.current()?;
-        *self.known_bad.lock().expect("not poisoned") = None;
+        *self.last_quarantined.lock().expect("not poisoned") = None;
         self.cx.store.journal().append(Event::CandidateStarted { live: live.clone() })?;
         let baseline = self.baseline(live.as_deref());
         let known = |m: &Manifest| {
@@ -364,7 +365,7 @@ impl Daemon {
             }
             Some(Known::Quarantined(_)) => {
                 tracing::warn!(candidate = id, "candidate {id} was quarantined before; not checked again");
-                *self.known_bad.lock().expect("not poisoned") = Some(id.to_string());
+                *self.last_quarantined.lock().expect("not poisoned") = Some(id.to_string());
                 journal.append(Event::CandidateKnownBad { id: id.to_string(), reasons: report.reasons.clone() })?;
                 return Ok(());
             }
@@ -383,6 +384,7 @@ impl Daemon {
             }
             let (log, files) = (report.canary_log.as_deref(), report.snapshot_dir.as_deref());
             self.cx.store.quarantine(&lock, manifest, &report.reasons, Source::Gate, log, files)?;
+            *self.last_quarantined.lock().expect("not poisoned") = Some(id.to_string());
             journal.append(Event::CandidateQuarantined { id: id.to_string() })?;
             return Ok(());
         }
