@@ -171,10 +171,14 @@ fn print(o: &mut impl Write, v: &View) -> std::io::Result<()> {
         (Kind::Candidate, _, b) => format!("a quarantined candidate, not a release{}", b.as_ref().map(|b| format!(" (by the {} {})", b.source, when(&b.at))).unwrap_or_default()),
     };
     writeln!(o, "id        {}  {what}", v.id)?;
+    let width = v.files.iter().map(|f| f.name.len()).max().unwrap_or(0);
     for (i, f) in v.files.iter().enumerate() {
-        let version = f.version.map(|ver| format!(" v{ver}")).unwrap_or_default();
+        let name = match f.version {
+            Some(ver) => format!("{:<width$} v{ver}", f.name),
+            None => format!("{:<width$}", f.name),
+        };
         let size = crate::settings::human_size(f.size);
-        writeln!(o, "{}{}{version}  {} signatures  {size}  sha256 {}", if i == 0 { "files     " } else { "          " }, f.name, f.signatures, f.sha256)?;
+        writeln!(o, "{}{name}  {} signatures  {size}  sha256 {}", if i == 0 { "files     " } else { "          " }, f.signatures, f.sha256)?;
     }
     writeln!(o, "          {} signatures in all", v.signatures)?;
     match &v.verdict {
