@@ -238,7 +238,7 @@ impl Shared {
 
     /// Our own failure: tempfail, never accept unscanned, never reject.
     fn unscanned(&self, ctx: &mut EomContext<Session>, why: &dyn std::fmt::Display) -> Status {
-        tracing::debug!(queue_id = queue_id(ctx), "tempfailing a message that could not be scanned: {why}");
+        tracing::debug!(queue_id = %queue_id(ctx), "tempfailing a message that could not be scanned: {why}");
         self.scanned(false, why);
         tempfail(&mut ctx.reply, &self.cfg.tempfail_text)
     }
@@ -250,7 +250,7 @@ impl Shared {
         self.scanned(true, &"");
         let (queue_id, client) = (queue_id(ctx), client.unwrap_or("unknown"));
         let action = self.cfg.on_infected;
-        tracing::info!(queue_id, client, signature = sig, action = %action, "infected message {queue_id} from {client}: {sig}; {action}");
+        tracing::info!(queue_id = %queue_id, client = %client, signature = %sig, action = %action, "infected message {queue_id} from {client}: {sig}; {action}");
         match self.cfg.on_infected {
             OnInfected::Reject => {
                 let _ = ctx.reply.set_error_reply("554", Some("5.7.1"), [format!("Message rejected: virus found ({sig})")]);
