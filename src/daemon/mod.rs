@@ -367,7 +367,9 @@ impl Daemon {
         match report.verdict {
             Verdict::Reject => tracing::warn!(release = id, reason = codes(&report.reasons), "candidate {id} rejected: {}", listed(&report.reasons)),
             Verdict::Pass if report.warnings.is_empty() => tracing::info!(release = id, "candidate {id} passed"),
-            Verdict::Pass => tracing::info!(release = id, reason = codes(&report.warnings), "candidate {id} passed with warnings: {}", listed(&report.warnings)),
+            Verdict::Pass => {
+                tracing::info!(release = id, reason = codes(&report.warnings), "candidate {id} passed with warnings: {}", listed(&report.warnings))
+            }
         }
         let m = &self.health.metrics;
         m.candidate(report.verdict, report.reasons.first().map(|r| r.reason));

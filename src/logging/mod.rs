@@ -121,14 +121,4 @@ mod tests {
             assert_eq!(sink(json, stream.as_deref(), stderr), want, "{stream:?} {stderr:?}");
         }
     }
-
-    /// The journal field names the README promises: tracing-journald
-    /// upper-cases a field's name and puts the prefix and `_` before it.
-    #[test]
-    fn fields_become_the_documented_journal_fields() {
-        let journal = |field: &str| format!("{JOURNAL_FIELD_PREFIX}_{}", field.to_ascii_uppercase());
-        for (field, want) in [("release", "CLAMGATE_RELEASE"), ("reason", "CLAMGATE_REASON"), ("queue_id", "CLAMGATE_QUEUE_ID"), ("spell", "CLAMGATE_SPELL")] {
-            assert_eq!(journal(field), want);
-        }
-    }
 }

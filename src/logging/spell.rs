@@ -91,11 +91,9 @@ impl Subject {
                 format!("health probe passes again after {}s and {count} failed probes", lasted.as_secs())
             }
             (Subject::MilterTempfail, Mark::Started) => format!("scanning is not healthy ({detail}); tempfailing mail until it is"),
-            (Subject::MilterTempfail, Mark::Ongoing { lasted, recent, .. }) => format!(
-                "scanning still not healthy after {}s ({detail}); tempfailed {recent} times in the last {}s",
-                lasted.as_secs(),
-                REPORT_EVERY.as_secs()
-            ),
+            (Subject::MilterTempfail, Mark::Ongoing { lasted, recent, .. }) => {
+                format!("scanning still not healthy after {}s ({detail}); tempfailed {recent} times in the last {}s", lasted.as_secs(), REPORT_EVERY.as_secs())
+            }
             (Subject::MilterTempfail, Mark::Ended { lasted, count }) => {
                 format!("scanning is healthy again after {:.1}s; tempfailed {count} times meanwhile", lasted.as_secs_f64())
             }
