@@ -9,12 +9,12 @@ use std::sync::atomic::AtomicU64;
 use std::time::{Duration, SystemTime};
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, EncodeMetric, LabelValueEncoder, MetricEncoder};
-use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::info::Info;
+use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 
 use crate::gate::Verdict;
@@ -266,7 +266,10 @@ impl Metrics {
         drop(offset);
         self.pinned.set(i64::from(store.pinned().is_some()));
         let live = store.current().ok().flatten().map(|id| {
-            let daily = store.manifest(&id).ok().and_then(|m| m.files.iter().filter(|f| f.database() == "daily").filter_map(|f| f.header.as_ref()).map(|h| h.version).max());
+            let daily = store
+                .manifest(&id)
+                .ok()
+                .and_then(|m| m.files.iter().filter(|f| f.database() == "daily").filter_map(|f| f.header.as_ref()).map(|h| h.version).max());
             ReleaseLabels { release: id, daily_version: daily.map_or_else(String::new, |v| v.to_string()) }
         });
         if live.as_ref().is_none_or(|l| self.live_release.get(l).is_none()) {
@@ -326,7 +329,14 @@ mod tests {
         let m = Metrics::new(Duration::from_secs(3600), 1 << 30);
         let text = m.encode();
         let names = names(&text);
-        for absent in ["clamgate_live_database_version", "clamgate_live_database_age_seconds", "clamgate_last_promotion_timestamp_seconds", "clamgate_canary_load_seconds", "clamgate_canary_peak_bytes", "clamgate_live_release_info"] {
+        for absent in [
+            "clamgate_live_database_version",
+            "clamgate_live_database_age_seconds",
+            "clamgate_last_promotion_timestamp_seconds",
+            "clamgate_canary_load_seconds",
+            "clamgate_canary_peak_bytes",
+            "clamgate_live_release_info",
+        ] {
             assert!(!names.iter().any(|n| n == absent), "{absent} must be absent while unknown:\n{text}");
         }
         let rejects = samples(&text).into_iter().filter(|s| s.metric == "clamgate_candidates_total" && s.labels.get("outcome") == Some("reject")).count();

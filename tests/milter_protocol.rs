@@ -175,7 +175,11 @@ async fn unix_socket_is_private_replaces_a_stale_one_and_is_removed_at_exit() {
     drop(std::os::unix::net::UnixListener::bind(&sock).unwrap());
     let config = env.path().join("milter-unix.toml");
     let base = std::fs::read_to_string(&env.config).unwrap();
-    std::fs::write(&config, format!("{base}\n[milter]\nlisten = \"unix:{}\"\nmetrics_listen = \"\"\nhealth_url = \"http://{}/readyz\"\n", sock.display(), env.health)).unwrap();
+    std::fs::write(
+        &config,
+        format!("{base}\n[milter]\nlisten = \"unix:{}\"\nmetrics_listen = \"\"\nhealth_url = \"http://{}/readyz\"\n", sock.display(), env.health),
+    )
+    .unwrap();
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_clamgate")).args(["milter", "--config"]).arg(&config).spawn().unwrap();
     let mut up = false;
     for _ in 0..400 {

@@ -96,13 +96,19 @@ impl From<crate::context::ContextError> for CliError {
 }
 
 /// Resolves on SIGINT or SIGTERM: the one cancellation signal every
-/// long-running command is handed.
-pub(crate) async fn shutdown_signal() {
+/// long-running command is handed. The handlers are installed when this is
+/// called, not when it is first polled: a SIGTERM that arrives while the
+/// command is still starting (a milter that just bound its socket) must stop
+/// it cleanly, not kill it with the default action.
+pub(crate) fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler installs");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler installs");
+    async move {
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
     }
 }
 

@@ -211,7 +211,7 @@ impl Daemon {
     /// One candidate run, cancelled by a change in incoming (unless it is
     /// already deciding) or by shutdown.
     async fn run_candidate(&self, schedule: &mut Schedule, lp: &mut Loop, mut shutdown: Pin<&mut impl Future<Output = ()>>) -> Result<Flow, DaemonError> {
-        tracing::info!("incoming {} settled; checking it", lp.dir.display());
+        tracing::debug!("incoming {} settled; checking it", lp.dir.display());
         schedule.start();
         // Boxed, so that it can be dropped (its canary killed) before its
         // work directory is cleared.
@@ -220,7 +220,7 @@ impl Daemon {
             tokio::select! {
                 biased;
                 _ = &mut shutdown => {
-                    tracing::info!("shutdown during a candidate run; cancelling it");
+                    tracing::debug!("shutdown during a candidate run; cancelling it");
                     drop(run);
                     self.clear_work();
                     return Ok(Flow::Stop);
@@ -228,7 +228,7 @@ impl Daemon {
                 Some(()) = lp.watcher.changes.recv() => {
                     let deciding = self.deciding.load(Ordering::SeqCst);
                     if schedule.changed_during_run(lp.fingerprint(), Instant::now(), deciding) == DuringRun::Cancel {
-                        tracing::info!("incoming changed during the run; cancelling and starting over");
+                        tracing::debug!("incoming changed during the run; cancelling and starting over");
                         self.cx.store.journal().append(Event::CandidateCancelled { why: "incoming changed during the run".into() })?;
                         drop(run);
                         self.clear_work();
@@ -367,18 +367,18 @@ impl Daemon {
     async fn decide(&self, report: &Report, live: Option<&str>, baseline: Option<&Baseline>) -> Result<(), DaemonError> {
         let journal = self.cx.store.journal();
         let Some(manifest) = report.manifest.as_ref().filter(|m| !m.files.is_empty()) else {
-            tracing::warn!("incoming holds no usable database files: {:?}", report.reasons);
+            tracing::warn!(reason = codes(&report.reasons), "incoming holds no usable database files: {}", listed(&report.reasons));
             journal.append(Event::CandidateChecked(Checked { id: None, verdict: report.verdict, reasons: report.reasons.clone(), details: None }))?;
             return Ok(());
         };
         let id = manifest.id.as_str();
         match self.known(live, manifest) {
             Some(Known::Live) => {
-                tracing::debug!(candidate = id, "incoming matches the live release");
+                tracing::debug!(release = id, "incoming matches the live release");
                 return Ok(());
             }
             Some(Known::Quarantined(_)) => {
-                tracing::warn!(candidate = id, "candidate {id} was quarantined before; not checked again");
+                tracing::warn!(release = id, reason = Code::KnownBad.as_str(), "candidate {id} was quarantined before; not checked again");
                 journal.append(Event::CandidateKnownBad { id: id.to_string(), reasons: report.reasons.clone() })?;
                 return Ok(());
             }
@@ -392,9 +392,6 @@ impl Daemon {
         self.record_verdict(report, id)?;
         let lock = self.lock().await?;
         if report.verdict == Verdict::Reject {
-            for r in &report.reasons {
-                tracing::warn!(candidate = id, "rejected: {r}");
-            }
             let (log, files) = (report.canary_log.as_deref(), report.snapshot_dir.as_deref());
             self.cx.store.quarantine(&lock, manifest, &report.reasons, Source::Gate, log, files)?;
             journal.append(Event::CandidateQuarantined { id: id.to_string() })?;
@@ -409,6 +406,13 @@ impl Daemon {
             CheckDetails { warnings: report.warnings.clone(), baseline: report.baseline.clone(), canary: report.canary.clone(), checks: report.checks.clone() };
         let checked = Checked { id: Some(id.to_string()), verdict: report.verdict, reasons: report.reasons.clone(), details: Some(details) };
         self.cx.store.journal().append(Event::CandidateChecked(checked))?;
+        match report.verdict {
+            Verdict::Reject => tracing::warn!(release = id, reason = codes(&report.reasons), "candidate {id} rejected: {}", listed(&report.reasons)),
+            Verdict::Pass if report.warnings.is_empty() => tracing::info!(release = id, "candidate {id} passed"),
+            Verdict::Pass => {
+                tracing::info!(release = id, reason = codes(&report.warnings), "candidate {id} passed with warnings: {}", listed(&report.warnings))
+            }
+        }
         let m = &self.health.metrics;
         m.candidate(report.verdict, report.reasons.first().map(|r| r.reason));
         if let Some(c) = &report.canary {
@@ -425,7 +429,7 @@ impl Daemon {
         failpoint::hit(Point::ReleaseWritten);
         journal.append(Event::ReleaseCreated { id: id.to_string(), signatures: manifest.total_signatures() })?;
         if let Some(pin) = store.pinned() {
-            tracing::warn!(candidate = id, "passed, but the live release is pinned by {} since {}; kept as release {id}", pin.by, pin.at);
+            tracing::warn!(release = id, "passed, but the live release is pinned by {} since {}; kept as release {id}", pin.by, pin.at);
             journal.append(Event::CandidateHeld { id: id.to_string(), pinned_by: pin.by })?;
             return Ok(());
         }
@@ -438,8 +442,8 @@ impl Daemon {
                     journal.append(Event::ReleasePruned { ids: removed })?;
                 }
             }
-            Outcome::RolledBack { reason, to } => tracing::error!(candidate = id, "rolled back to {to}: {reason}"),
-            Outcome::Broken { reason } => tracing::error!(candidate = id, "production needs attention: {reason}"),
+            Outcome::RolledBack { reason, to } => tracing::error!(release = id, "rolled back to {to}: {reason}"),
+            Outcome::Broken { reason } => tracing::error!(release = id, "production needs attention: {reason}"),
         }
         Ok(())
     }
@@ -447,6 +451,15 @@ impl Daemon {
 
 fn restart_note(keys: &[String]) -> String {
     if keys.is_empty() { String::new() } else { format!("; {} changed and apply at the next restart", keys.join(", ")) }
+}
+
+/// The reasons' codes, for the `reason` field (`CLAMGATE_REASON`).
+fn codes(reasons: &[Reason]) -> String {
+    reasons.iter().map(|r| r.reason.as_str()).collect::<Vec<_>>().join(",")
+}
+
+fn listed(reasons: &[Reason]) -> String {
+    reasons.iter().map(|r| r.to_string()).collect::<Vec<_>>().join("; ")
 }
 
 fn far_future() -> Instant {

@@ -13,6 +13,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::candidate::Manifest;
+use crate::logging::spell::{Spell, Subject};
 use crate::metrics::Metrics;
 use crate::production::Production;
 pub(crate) use crate::status::Status;
@@ -59,7 +60,14 @@ pub struct Health {
 
 impl Health {
     pub fn new(settings: ProbeSettings, metrics: Arc<Metrics>) -> Arc<Health> {
-        Arc::new(Health { last: RwLock::new(None), rendered: RwLock::new(None), settings: RwLock::new(settings), metrics, started: Instant::now(), heartbeat: AtomicU64::new(0) })
+        Arc::new(Health {
+            last: RwLock::new(None),
+            rendered: RwLock::new(None),
+            settings: RwLock::new(settings),
+            metrics,
+            started: Instant::now(),
+            heartbeat: AtomicU64::new(0),
+        })
     }
 
     pub(crate) fn settings(&self) -> ProbeSettings {
@@ -228,6 +236,32 @@ fn warnings(p: &Probe, daily: Option<&CvdHeader>, pinned: bool, settings: &Probe
     warnings
 }
 
+/// What the prober logged last: a failing spell, and the status, so that
+/// only changes make lines (a WARN line per probe would be 86,400 a day).
+#[derive(Default)]
+struct ProbeLog {
+    failing: Spell,
+    last: Option<Status>,
+}
+
+impl ProbeLog {
+    fn probed(&mut self, p: &Probe, now: Instant) {
+        let (detail, release) = (p.output.as_deref().unwrap_or(""), p.release.as_deref());
+        let mark = if p.status == Status::Fail { self.failing.bad(now) } else { self.failing.good(now) };
+        if let Some(mark) = mark {
+            Subject::ProbeFailing.log(mark, detail, release);
+        }
+        match (self.last.replace(p.status), p.status) {
+            (Some(before), now) if before == now => {}
+            // The failing spell's lines say these.
+            (_, Status::Fail) | (Some(Status::Fail), Status::Pass) => {}
+            (_, Status::Warn) => tracing::warn!(release, status = "warn", "health: warn: {detail}"),
+            (_, Status::Pass) => tracing::info!(release, status = "pass", "health: pass"),
+            (_, Status::Skipped) => {}
+        }
+    }
+}
+
 /// Probes every interval until `shutdown` flips.
 pub(crate) async fn run_prober(
     health: Arc<Health>,
@@ -237,6 +271,7 @@ pub(crate) async fn run_prober(
     first: tokio::sync::oneshot::Sender<()>,
 ) {
     let mut first = Some(first);
+    let mut log = ProbeLog::default();
     let mut tick = tokio::time::interval(health.settings().interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -260,9 +295,7 @@ pub(crate) async fn run_prober(
                 database_age: None,
             },
         };
-        if p.status == Status::Fail {
-            tracing::warn!(release = ?p.release, "health probe failed: {}", p.output.as_deref().unwrap_or(""));
-        }
+        log.probed(&p, Instant::now());
         health.record(p);
         health.metrics.follow(&store);
         if let Some(tx) = first.take() {
