@@ -3,6 +3,7 @@
 
 pub(crate) mod change;
 pub(crate) mod check;
+mod owner;
 pub(crate) mod run;
 pub(crate) mod show;
 
@@ -121,6 +122,8 @@ pub enum Exit {
     Environment,
     /// `clamgate status`: the monitoring-plugins convention instead.
     Plugin(Plugin),
+    /// The exit code of the same command, run again as the state dir's owner.
+    Passed(u8),
 }
 
 /// The monitoring-plugins states (Nagios, Icinga, Sensu), as exit codes.
@@ -152,6 +155,7 @@ impl Exit {
             Exit::Usage => 2,
             Exit::Environment => 3,
             Exit::Plugin(p) => p as u8,
+            Exit::Passed(code) => code,
         }
     }
 }
@@ -219,16 +223,40 @@ pub async fn run(cli: Cli) -> Result<Exit, (CliError, bool)> {
             Ok(false) => Ok(Exit::Rejected),
             Err(e) => Err((CliError::environment("environment.demo", e), false)),
         },
-        Command::Rollback(args) => change::rollback(args).await.map_err(|e| (e, false)),
-        Command::Promote(args) => change::promote(args).await.map_err(|e| (e, false)),
-        Command::Pin(args) => change::pin(args).await.map_err(|e| (e, false)),
-        Command::Unpin(args) => change::unpin(args).await.map_err(|e| (e, false)),
+        Command::Rollback(args) => match as_owner(&args.config) {
+            Some(ran) => ran,
+            None => change::rollback(args).await,
+        }
+        .map_err(|e| (e, false)),
+        Command::Promote(args) => match as_owner(&args.config) {
+            Some(ran) => ran,
+            None => change::promote(args).await,
+        }
+        .map_err(|e| (e, false)),
+        Command::Pin(args) => match as_owner(&args) {
+            Some(ran) => ran,
+            None => change::pin(args).await,
+        }
+        .map_err(|e| (e, false)),
+        Command::Unpin(args) => match as_owner(&args) {
+            Some(ran) => ran,
+            None => change::unpin(args).await,
+        }
+        .map_err(|e| (e, false)),
         Command::Completions { shell } => {
             use clap::CommandFactory;
             clap_complete::generate(shell, &mut Cli::command(), "clamgate", &mut std::io::stdout());
             Ok(Exit::Ok)
         }
     }
+}
+
+/// Runs a state-changing command again as the state dir's owner when root
+/// runs it on someone else's state dir; `None` to run it here. A config
+/// that does not load is left for the command itself to report.
+fn as_owner(config: &ConfigArg) -> Option<Result<Exit, CliError>> {
+    let config = config.load().ok()?;
+    owner::run_as_state_owner(&config.state_dir).transpose()
 }
 
 /// The default policy file, when it exists; else the built-in defaults.
