@@ -16,11 +16,20 @@ use crate::reason::{Code, Reason};
 use crate::status::Status;
 use crate::validate;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub(crate) enum Verdict {
     Pass,
     Reject,
+}
+
+impl Verdict {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Pass => "pass",
+            Verdict::Reject => "reject",
+        }
+    }
 }
 
 /// The gate's steps, in the order they run.

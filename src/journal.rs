@@ -377,15 +377,45 @@ impl Journal {
         let mut out = Vec::new();
         for (n, line) in BufReader::new(f).split(b'\n').enumerate() {
             let line = line.map_err(|source| JournalError::Io { file: self.path.clone(), source })?;
-            if line.is_empty() {
-                continue;
-            }
-            match Entry::parse(&line) {
-                Ok(e) => out.push(e),
-                Err(e) => tracing::warn!("{} line {}: skipped unreadable entry: {e}", self.path.display(), n + 1),
-            }
+            self.push_parsed(&line, n + 1, &mut out);
         }
         Ok(out)
+    }
+
+    /// The entries of the complete lines after byte `offset`, and the offset
+    /// to read from next time: a follower's incremental read. A line still
+    /// being written is left for the next call; a journal shorter than
+    /// `offset` (replaced) is read from its start.
+    pub(crate) fn read_from(&self, offset: u64) -> Result<(Vec<Entry>, u64), JournalError> {
+        use std::io::{Read, Seek, SeekFrom};
+        let io = |source| JournalError::Io { file: self.path.clone(), source };
+        let mut f = match File::open(&self.path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), 0)),
+            Err(source) => return Err(io(source)),
+        };
+        let len = f.metadata().map_err(io)?.len();
+        let offset = if len < offset { 0 } else { offset };
+        f.seek(SeekFrom::Start(offset)).map_err(io)?;
+        let mut bytes = Vec::new();
+        f.take(len - offset).read_to_end(&mut bytes).map_err(io)?;
+        let complete = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        let mut out = Vec::new();
+        for line in bytes[..complete].split(|&b| b == b'\n') {
+            self.push_parsed(line, 0, &mut out);
+        }
+        Ok((out, offset + complete as u64))
+    }
+
+    fn push_parsed(&self, line: &[u8], number: usize, out: &mut Vec<Entry>) {
+        if line.is_empty() {
+            return;
+        }
+        match Entry::parse(line) {
+            Ok(e) => out.push(e),
+            Err(e) if number > 0 => tracing::warn!("{} line {number}: skipped unreadable entry: {e}", self.path.display()),
+            Err(e) => tracing::warn!("{}: skipped unreadable entry: {e}", self.path.display()),
+        }
     }
 }
 
@@ -411,6 +441,27 @@ mod tests {
         assert_eq!(entries[0].name(), "promotion.done");
         assert_eq!(entries[0].id(), Some("abc"));
         assert!(entries[0].time().is_some());
+    }
+
+    #[test]
+    fn follows_complete_lines_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal.jsonl");
+        let j = Journal::new(&path);
+        assert_eq!(j.read_from(0).unwrap().1, 0, "no journal yet");
+        j.append(done("a")).unwrap();
+        let (first, at) = j.read_from(0).unwrap();
+        assert_eq!(first.len(), 1);
+        std::fs::OpenOptions::new().append(true).open(&path).unwrap().write_all(b"{\"ts\":\"2026").unwrap();
+        let (none, same) = j.read_from(at).unwrap();
+        assert!(none.is_empty(), "a torn line is not read");
+        assert_eq!(same, at);
+        j.append(done("b")).unwrap();
+        let (next, end) = j.read_from(at).unwrap();
+        assert_eq!(next.iter().map(|e| e.id()).collect::<Vec<_>>(), [Some("b")], "the torn line is skipped, the next one read");
+        assert_eq!(end, std::fs::metadata(&path).unwrap().len());
+        std::fs::write(&path, b"").unwrap();
+        assert_eq!(j.read_from(end).unwrap(), (Vec::new(), 0), "a replaced journal is read from its start");
     }
 
     /// The names each variant writes are the ones operators' scripts match

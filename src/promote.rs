@@ -98,6 +98,9 @@ struct Switch<'a> {
     /// a crash halfway still marks it on resume (an operator's rollback must
     /// not be undone by the daemon promoting that release again).
     mark_bad: Option<MarkBad>,
+    /// The daemon's rollback after a failed promotion, finished on resume:
+    /// journaled as such, so it counts as automatic, not an operator's.
+    automatic: bool,
 }
 
 impl Activator<'_> {
@@ -105,7 +108,7 @@ impl Activator<'_> {
     /// (source `production`) and the previous release made live again.
     pub(crate) async fn activate(&self, kind: Activation, id: &str, mark_bad: Option<MarkBad>) -> Result<Outcome, PromoteError> {
         let from = self.store.current()?;
-        self.switch(Switch { kind, id, fallback: from.clone(), from, mark_bad }).await
+        self.switch(Switch { kind, id, fallback: from.clone(), from, mark_bad, automatic: false }).await
     }
 
     /// Finishes an activation that a crash interrupted, from its `.begin`
@@ -127,10 +130,12 @@ impl Activator<'_> {
                 Activation::Rollback => None,
                 Activation::Promotion => begin.from.clone().filter(|f| f != target),
             };
-            return self.switch(Switch { kind, id: target, from: begin.from.clone(), fallback, mark_bad: None }).await.map(Some);
+            let s = Switch { kind, id: target, from: begin.from.clone(), fallback, mark_bad: None, automatic: begin.automatic == Some(true) };
+            return self.switch(s).await.map(Some);
         }
         if kind == Activation::Rollback {
-            return self.switch(Switch { kind, id: target, from: current, fallback: None, mark_bad: None }).await.map(Some);
+            let s = Switch { kind, id: target, from: current, fallback: None, mark_bad: None, automatic: begin.automatic == Some(true) };
+            return self.switch(s).await.map(Some);
         }
         self.store.journal().append(Event::interrupted(kind, Interrupted { id: target.to_string(), live: current }))?;
         Ok(None)
@@ -155,7 +160,8 @@ impl Activator<'_> {
         let (kind, id) = (s.kind, s.id);
         let manifest = self.store.manifest(id)?;
         let (mark_bad, reason) = s.mark_bad.as_ref().map(|m| (m.id.clone(), m.why.clone())).unzip();
-        let begin = Begin { id: id.to_string(), from: s.from.clone(), mark_bad, reason, automatic: None };
+        let automatic = s.automatic.then_some(true);
+        let begin = Begin { id: id.to_string(), from: s.from.clone(), mark_bad, reason, automatic };
         self.store.journal().append(Event::begin(kind, begin))?;
         tracing::info!(release = id, from = ?s.from, "{kind}: making {id} live");
         self.store.set_current(self.lock, id)?;
@@ -165,7 +171,7 @@ impl Activator<'_> {
                 if let Some(m) = &s.mark_bad {
                     self.mark_bad(&m.id, false, &m.why);
                 }
-                return self.live(kind, id, s.from, v);
+                return self.live(kind, id, s.from, automatic, v);
             }
             Err(e) => e.to_string(),
         };
@@ -181,7 +187,7 @@ impl Activator<'_> {
         }
     }
 
-    fn live(&self, kind: Activation, id: &str, from: Option<String>, v: Verified) -> Result<Outcome, PromoteError> {
+    fn live(&self, kind: Activation, id: &str, from: Option<String>, automatic: Option<bool>, v: Verified) -> Result<Outcome, PromoteError> {
         let production = match &v {
             Verified::Scanning { .. } => {
                 tracing::info!(release = id, "{kind}: production runs {id} and scans");
@@ -192,7 +198,7 @@ impl Activator<'_> {
                 format!("down: {e}")
             }
         };
-        let done = Done { id: id.to_string(), from, production: Some(production), reason: None, automatic: None };
+        let done = Done { id: id.to_string(), from, production: Some(production), reason: None, automatic };
         self.store.journal().append(Event::done(kind, done))?;
         Ok(Outcome::Live(v))
     }

@@ -16,8 +16,7 @@ macro_rules! codes {
 
         impl Code {
             /// Every code, in the order they are declared.
-            #[cfg(test)]
-            const ALL: &[Code] = &[$(Code::$variant,)*];
+            pub(crate) const ALL: &[Code] = &[$(Code::$variant,)*];
 
             pub(crate) fn as_str(self) -> &'static str {
                 match self {

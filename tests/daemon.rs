@@ -115,6 +115,9 @@ async fn an_update_that_fails_the_production_smoke_scan_is_rolled_back() {
     assert!(c.scan_file(&sample("infected/archives/clam.zip")).await.unwrap().is_infected());
     let q = std::fs::read_to_string(env.state().join("quarantine").join(&v2).join("reasons.json")).unwrap();
     assert!(q.contains("production.verify_failed"), "{q}");
+    let m = support::metrics::scrape(env.health).expect("/metrics answers");
+    assert_eq!(m.value("clamgate_rollbacks_total", &[("origin", "automatic")]), Some(1.0), "{}", m.text);
+    assert_eq!(m.value("clamgate_rollbacks_total", &[("origin", "operator")]), Some(0.0), "{}", m.text);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -86,29 +86,16 @@ async fn metrics_parse_as_prometheus_text_and_count_what_happened() {
     env.wait_event("candidate.quarantined", Some(&set_id("fp"))).await;
     ready_becomes(&env, 200, "production up").await;
 
-    let (code, text) = http(env.health, "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-    assert_eq!(code, 200);
-    let body = text.split_once("\r\n\r\n").unwrap().1;
-    let lines = body.lines().map(|l| Ok(l.to_string()));
-    let scrape = prometheus_parse::Scrape::parse(lines).expect("valid Prometheus text");
-    let value = |name: &str, label: Option<(&str, &str)>| -> f64 {
-        scrape
-            .samples
-            .iter()
-            .filter(|s| s.metric == name && label.is_none_or(|(k, v)| s.labels.get(k) == Some(v)))
-            .map(|s| match s.value {
-                prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Gauge(v) | prometheus_parse::Value::Untyped(v) => v,
-                _ => 0.0,
-            })
-            .sum()
-    };
-    assert_eq!(value("clamgate_promotions_total", None), 1.0, "{body}");
-    assert_eq!(value("clamgate_candidates_total", Some(("reason", "sanity.missing_database"))), 1.0, "{body}");
-    assert!(value("clamgate_probes_total", Some(("result", "pass"))) >= 1.0, "{body}");
-    assert_eq!(value("clamgate_live_database_version", None), 1.0);
-    assert!(value("clamgate_canary_peak_bytes", None) > 1e6);
-    assert!(scrape.samples.iter().any(|s| s.metric == "clamgate_probe_latency_seconds_count"), "{body}");
-    assert!(scrape.samples.iter().any(|s| s.metric == "clamgate_build_info"), "{body}");
+    let m = support::metrics::scrape(env.health).expect("/metrics answers 200");
+    let value = |name: &str, labels: &[(&str, &str)]| m.value(name, labels).unwrap_or_else(|| panic!("no {name} {labels:?}\n{}", m.text));
+    assert_eq!(value("clamgate_promotions_total", &[]), 1.0);
+    assert_eq!(value("clamgate_candidates_total", &[("reason", "sanity.missing_database")]), 1.0);
+    assert!(value("clamgate_probes_total", &[("result", "pass")]) >= 1.0);
+    assert_eq!(value("clamgate_live_database_version", &[("database", "daily")]), 1.0);
+    assert_eq!(value("clamgate_live_release_info", &[("release", &set_id("daily-v1")), ("daily_version", "1")]), 1.0);
+    assert!(value("clamgate_last_promotion_timestamp_seconds", &[]) > 1.7e9);
+    assert!(value("clamgate_canary_peak_bytes", &[]) > 1e6);
+    assert!(m.has("clamgate_probe_latency_seconds_count") && m.has("clamgate_build_info"), "{}", m.text);
 }
 
 #[tokio::test(flavor = "multi_thread")]

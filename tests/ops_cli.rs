@@ -68,6 +68,27 @@ async fn rollback_and_promote_change_production_and_verify_a_scan() {
     assert_eq!(c.version().await.unwrap().database, Some(1));
 }
 
+/// An operator's rollback and pin are other processes: the daemon's
+/// metrics learn of them from the journal and the store.
+#[tokio::test(flavor = "multi_thread")]
+async fn operator_rollback_and_pin_show_in_the_daemons_metrics() {
+    use support::metrics::scrape_until;
+    let (env, _d, _prod) = two_releases().await;
+    let v1 = set_id("daily-v1");
+    let m = scrape_until(env.health, "v2 live", |m| m.value("clamgate_live_release_info", &[("daily_version", "2")]).is_some()).await;
+    assert_eq!(m.value("clamgate_rollbacks_total", &[("origin", "operator")]), Some(0.0), "{}", m.text);
+    assert_eq!(m.value("clamgate_pinned", &[]), Some(0.0));
+
+    ok(&clamgate(&env, &["rollback"]));
+    let m = scrape_until(env.health, "the operator's rollback counted", |m| m.value("clamgate_rollbacks_total", &[("origin", "operator")]) == Some(1.0)).await;
+    assert_eq!(m.value("clamgate_rollbacks_total", &[("origin", "automatic")]), Some(0.0), "{}", m.text);
+    assert_eq!(m.value("clamgate_live_release_info", &[("release", &v1), ("daily_version", "1")]), Some(1.0), "{}", m.text);
+    assert_eq!(m.samples.iter().filter(|s| s.metric == "clamgate_live_release_info").count(), 1, "one live release:\n{}", m.text);
+
+    ok(&clamgate(&env, &["pin"]));
+    scrape_until(env.health, "pinned", |m| m.value("clamgate_pinned", &[]) == Some(1.0)).await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn rollback_with_nothing_to_roll_back_fails_clearly() {
     let env = Env::new("", "");

@@ -107,7 +107,10 @@ impl Daemon {
             latency_budget: cx.config.health.latency_budget,
             max_database_age: policy.max_database_age,
         };
-        let health = Health::new(settings, Arc::new(Metrics::default()));
+        let metrics = Metrics::new(policy.max_database_age, policy.memory_budget);
+        // What the journal holds now is history; from here on it is counted.
+        metrics.follow(&cx.store);
+        let health = Health::new(settings, Arc::new(metrics));
         Ok(Daemon { cx, policy, health, deciding: AtomicBool::new(false) })
     }
 
@@ -370,12 +373,7 @@ impl Daemon {
         let m = &self.health.metrics;
         m.candidate(report.verdict, report.reasons.first().map(|r| r.reason));
         if let Some(c) = &report.canary {
-            if let Some(ms) = c.load_ms {
-                m.canary_load_seconds.set(ms as f64 / 1000.0);
-            }
-            if let Some(b) = c.peak_rss_bytes {
-                m.canary_peak_bytes.set(b as i64);
-            }
+            m.canary(c.load_ms.map(Duration::from_millis), c.peak_rss_bytes);
         }
         Ok(())
     }
@@ -392,19 +390,16 @@ impl Daemon {
             journal.append(Event::CandidateHeld { id: id.to_string(), pinned_by: pin.by })?;
             return Ok(());
         }
-        let m = &self.health.metrics;
-        match self.activator(lock).activate(Activation::Promotion, id, None).await? {
+        let outcome = self.activator(lock).activate(Activation::Promotion, id, None).await?;
+        self.health.metrics.follow(store);
+        match outcome {
             Outcome::Live(_) => {
-                m.promotions.inc();
                 let removed = store.prune(lock, self.policy.keep_releases, live)?;
                 if !removed.is_empty() {
                     journal.append(Event::ReleasePruned { ids: removed })?;
                 }
             }
-            Outcome::RolledBack { reason, to } => {
-                m.rollbacks.inc();
-                tracing::error!(candidate = id, "rolled back to {to}: {reason}")
-            }
+            Outcome::RolledBack { reason, to } => tracing::error!(candidate = id, "rolled back to {to}: {reason}"),
             Outcome::Broken { reason } => tracing::error!(candidate = id, "production needs attention: {reason}"),
         }
         Ok(())

@@ -141,16 +141,7 @@ impl Health {
     }
 
     fn record(&self, p: Probe) {
-        let m = &self.metrics;
-        m.probes.get_or_create(&vec![("result".to_string(), p.status.as_str().to_string())]).inc();
-        m.probe_latency.observe(p.latency.as_secs_f64());
-        m.probe_up.set(i64::from(p.status != Status::Fail));
-        if let Some(v) = p.database {
-            m.live_database_version.set(v as i64);
-        }
-        if let Some(a) = p.database_age {
-            m.live_database_age_seconds.set(a.as_secs() as i64);
-        }
+        self.metrics.probe(p.status, p.latency, p.database, p.database_age);
         *self.last.write().expect("probe lock") = Some(p);
     }
 }
@@ -260,6 +251,7 @@ pub(crate) async fn run_prober(
             tracing::warn!(release = ?p.release, "health probe failed: {}", p.output.as_deref().unwrap_or(""));
         }
         health.record(p);
+        health.metrics.follow(&store);
         if let Some(tx) = first.take() {
             let _ = tx.send(());
         }

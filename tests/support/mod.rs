@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod daemon;
+pub mod metrics;
 pub mod postfix;
 
 use std::fs;
