@@ -26,6 +26,8 @@ pub(crate) mod defaults {
     pub(crate) const HEALTH_URL: &str = "http://127.0.0.1:3311/readyz";
     /// The milter's socket: Postfix's `smtpd_milters` must name the same.
     pub(crate) const MILTER_LISTEN: &str = "unix:/run/clamgate/milter.sock";
+    /// The milter's own `/metrics` (loopback: it tells nothing outsiders need).
+    pub(crate) const MILTER_METRICS_LISTEN: &str = "127.0.0.1:3313";
 }
 
 #[derive(Debug, Clone)]
@@ -87,6 +89,8 @@ pub(crate) struct MilterConfig {
     /// In scan mode, add `X-Virus-Scanned: clamgate (release ID)`.
     pub(crate) add_header: bool,
     pub(crate) max_connections: usize,
+    /// `HOST:PORT` of the milter's `/metrics`; `None` when set to "".
+    pub(crate) metrics_listen: Option<String>,
 }
 
 impl ClamdConfig {
@@ -132,6 +136,7 @@ impl MilterConfig {
             on_infected: s.choice("on_infected", OnInfected::Reject),
             add_header: s.bool("add_header", true),
             max_connections: s.int("max_connections", 200, 1..=10_000) as usize,
+            metrics_listen: Some(s.string("metrics_listen", defaults::MILTER_METRICS_LISTEN)).filter(|l| !l.is_empty()),
         }
     }
 }

@@ -99,6 +99,11 @@ async fn gate_mode_accepts_while_healthy_and_tempfails_when_scanning_breaks() {
     let log = std::fs::read_to_string(env.path().join("milter.log")).unwrap();
     assert_eq!(log.matches("scanning is not healthy").count(), 1, "{log}");
     assert!(log.contains("healthy again") && log.contains("tempfailed 5 times"), "{log}");
+    let metrics = support::metrics::scrape(m.metrics).expect("the milter's /metrics answers");
+    let actions = |a: &str| metrics.value("clamgate_milter_messages_total", &[("action", a)]);
+    assert_eq!((actions("accept"), actions("tempfail"), actions("reject"), actions("error")), (Some(2.0), Some(5.0), Some(0.0), Some(0.0)), "{}", metrics.text);
+    assert_eq!(metrics.value("clamgate_milter_health_up", &[]), Some(1.0), "{}", metrics.text);
+    assert!(metrics.value("clamgate_milter_health_age_seconds", &[]).is_some_and(|a| a < 60.0), "{}", metrics.text);
     drop(prod);
 }
 
@@ -144,6 +149,11 @@ async fn scan_mode_rejects_infected_marks_clean_and_tempfails_what_it_cannot_sca
     let (_, eom) = deliver(m.addr, &clean_mail()).await;
     let (_, status) = eom.unwrap();
     assert!(text(&status).starts_with("451 4.7.1"), "{status:?}");
+
+    let metrics = support::metrics::scrape(m.metrics).expect("the milter's /metrics answers");
+    let actions = |a: &str| metrics.value("clamgate_milter_messages_total", &[("action", a)]);
+    assert_eq!((actions("accept"), actions("tempfail"), actions("reject"), actions("error")), (Some(1.0), Some(0.0), Some(1.0), Some(1.0)), "{}", metrics.text);
+    assert_eq!(metrics.value("clamgate_milter_scan_latency_seconds_count", &[]), Some(2.0), "two scans finished:\n{}", metrics.text);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -165,7 +175,7 @@ async fn unix_socket_is_private_replaces_a_stale_one_and_is_removed_at_exit() {
     drop(std::os::unix::net::UnixListener::bind(&sock).unwrap());
     let config = env.path().join("milter-unix.toml");
     let base = std::fs::read_to_string(&env.config).unwrap();
-    std::fs::write(&config, format!("{base}\n[milter]\nlisten = \"unix:{}\"\nhealth_url = \"http://{}/readyz\"\n", sock.display(), env.health)).unwrap();
+    std::fs::write(&config, format!("{base}\n[milter]\nlisten = \"unix:{}\"\nmetrics_listen = \"\"\nhealth_url = \"http://{}/readyz\"\n", sock.display(), env.health)).unwrap();
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_clamgate")).args(["milter", "--config"]).arg(&config).spawn().unwrap();
     let mut up = false;
     for _ in 0..400 {

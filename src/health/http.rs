@@ -1,6 +1,7 @@
 //! The HTTP side of health: `/livez`, `/readyz`, `/metrics`. Answers come
 //! from memory; a connection limit and timeouts keep a flood or a slow
-//! client from hurting the daemon.
+//! client from hurting the daemon. The milter's `/metrics` is served by the
+//! same code through [`Routes`].
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -26,7 +27,14 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 /// Request head limit: our requests are a line and a few headers.
 const MAX_HEAD: usize = 16 * 1024;
 
-pub(crate) async fn serve(listener: TcpListener, health: Arc<Health>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+/// What an endpoint answers to GET and HEAD; the method checks, the limits
+/// and the timeouts are [`serve`]'s.
+pub trait Routes: Send + Sync + 'static {
+    /// The answer to GET `path`, or `None` for a path it does not serve.
+    fn get(&self, path: &str) -> Option<Response<Full<Bytes>>>;
+}
+
+pub(crate) async fn serve<R: Routes>(listener: TcpListener, routes: Arc<R>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
     let limit = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     let mut conns = JoinSet::new();
     loop {
@@ -47,9 +55,9 @@ pub(crate) async fn serve(listener: TcpListener, health: Arc<Health>, mut shutdo
             drop(stream); // over the limit: close at once rather than queue
             continue;
         };
-        let health = health.clone();
+        let routes = routes.clone();
         conns.spawn(async move {
-            serve_connection(stream, health).await;
+            serve_connection(stream, routes).await;
             drop(permit);
         });
     }
@@ -60,13 +68,13 @@ pub(crate) async fn serve(listener: TcpListener, health: Arc<Health>, mut shutdo
 
 /// Serves one connection, bounded in time and request size. Public so the
 /// fuzz target drives exactly this code with arbitrary bytes.
-pub async fn serve_connection<I>(io: I, health: Arc<Health>)
+pub async fn serve_connection<I, R: Routes>(io: I, routes: Arc<R>)
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let service = hyper::service::service_fn(move |req| {
-        let health = health.clone();
-        async move { Ok::<_, Infallible>(route(&health, &req)) }
+    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let routes = routes.clone();
+        async move { Ok::<_, Infallible>(respond(&*routes, req.method(), req.uri().path())) }
     });
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
@@ -92,33 +100,39 @@ fn reply(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Resp
         .expect("static headers are valid")
 }
 
-/// Pure routing on method and path; no I/O.
-pub(crate) fn route(health: &Health, req: &Request<Incoming>) -> Response<Full<Bytes>> {
-    respond(health, req.method(), req.uri().path())
+/// The exposition, as Prometheus asks for it.
+pub(crate) fn metrics_reply(text: String) -> Response<Full<Bytes>> {
+    reply(StatusCode::OK, "application/openmetrics-text; version=1.0.0; charset=utf-8", text)
 }
 
-pub(crate) fn respond(health: &Health, method: &Method, path: &str) -> Response<Full<Bytes>> {
-    let known = matches!(path, "/livez" | "/readyz" | "/metrics");
-    if !known {
+/// Pure routing on method and path; no I/O.
+pub(crate) fn respond(routes: &impl Routes, method: &Method, path: &str) -> Response<Full<Bytes>> {
+    let Some(mut r) = routes.get(path) else {
         return reply(StatusCode::NOT_FOUND, "text/plain", "not found\n");
-    }
+    };
     if method != Method::GET && method != Method::HEAD {
         let mut r = reply(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "use GET or HEAD\n");
         r.headers_mut().insert(ALLOW, "GET, HEAD".parse().expect("valid"));
         return r;
     }
-    let mut r = match path {
-        "/livez" if health.alive() => reply(StatusCode::OK, "text/plain", "ok\n"),
-        "/livez" => reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "main loop stalled\n"),
-        "/readyz" => {
-            let (status, body) = health.readiness_body();
-            let code = if status == Status::Fail { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
-            reply(code, "application/health+json", body)
-        }
-        _ => reply(StatusCode::OK, "application/openmetrics-text; version=1.0.0; charset=utf-8", health.metrics.encode()),
-    };
     if method == Method::HEAD {
         *r.body_mut() = Full::new(Bytes::new());
     }
     r
+}
+
+impl Routes for Health {
+    fn get(&self, path: &str) -> Option<Response<Full<Bytes>>> {
+        Some(match path {
+            "/livez" if self.alive() => reply(StatusCode::OK, "text/plain", "ok\n"),
+            "/livez" => reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "main loop stalled\n"),
+            "/readyz" => {
+                let (status, body) = self.readiness_body();
+                let code = if status == Status::Fail { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
+                reply(code, "application/health+json", body)
+            }
+            "/metrics" => metrics_reply(self.metrics.encode()),
+            _ => return None,
+        })
+    }
 }

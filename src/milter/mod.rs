@@ -4,6 +4,7 @@
 //! arrives. It never accepts a message it was asked to scan but could not,
 //! and never rejects mail because of its own failure: those are tempfailed.
 
+mod metrics;
 mod options;
 pub(crate) mod readiness;
 
@@ -18,6 +19,7 @@ use indymilter::{Actions, Callbacks, Context, ContextActions, EomContext, SetErr
 
 use crate::clamd::{ClamdError, Client, ScanVerdict, StreamScan};
 use crate::config::{Config, MilterConfig};
+use metrics::{Action, MilterMetrics};
 pub(crate) use options::{MilterMode, OnInfected, Stage};
 use readiness::{HealthUrlError, ReadinessCache};
 
@@ -36,6 +38,12 @@ pub(crate) enum MilterError {
     Config(HealthUrlError),
     #[error("milter stopped serving: {0}")]
     Serve(std::io::Error),
+    #[error("milter.metrics_listen {addr}: cannot listen: {source}")]
+    MetricsListen {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Everything a callback needs, shared by all sessions.
@@ -44,6 +52,7 @@ struct Shared {
     readiness: ReadinessCache,
     clamd: Client,
     outage: std::sync::Mutex<Option<Outage>>,
+    metrics: Arc<MilterMetrics>,
 }
 
 /// An unhealthy spell, logged when it starts and ends and once a minute in
@@ -119,7 +128,7 @@ impl Shared {
         let cfg = config.milter.clone();
         let readiness = ReadinessCache::new(&cfg.health_url, cfg.health_ttl, cfg.health_timeout).map_err(MilterError::Config)?;
         let clamd = Client::new(config.clamd.endpoint.clone(), config.clamd.timeout);
-        Ok(Shared { cfg, readiness, clamd, outage: std::sync::Mutex::new(None) })
+        Ok(Shared { cfg, readiness, clamd, outage: std::sync::Mutex::new(None), metrics: Arc::default() })
     }
 
     fn gates_at(&self, at: Stage) -> bool {
@@ -141,16 +150,21 @@ impl Shared {
     /// leave the milter out of the rest of the message (or of the connection,
     /// at the connect stage), which saves every later round trip.
     async fn gate(&self, ctx: &mut Context<Session>) -> Status {
-        let r = self.readiness.get().await;
+        let (r, age) = self.readiness.get_aged().await;
+        self.metrics.health(age, r.healthy());
         let session = ctx.data.get_or_insert_default();
         if !r.healthy() {
             self.outage_goes_on(&r.detail);
+            self.metrics.action(Action::Tempfail);
             return tempfail(&mut ctx.reply, &self.cfg.tempfail_text);
         }
         self.outage_ends();
         session.release = r.release;
         match self.cfg.mode {
-            MilterMode::Gate => Status::Accept,
+            MilterMode::Gate => {
+                self.metrics.action(Action::Accept);
+                Status::Accept
+            }
             MilterMode::Scan => Status::Continue,
         }
     }
@@ -217,14 +231,20 @@ impl Shared {
     /// message on this connection.
     async fn eom(self: Arc<Self>, ctx: &mut EomContext<Session>) -> Status {
         let session = ctx.data.take().unwrap_or_else(Session::lost);
+        let started = Instant::now();
         let verdict = self.verdict(session.scan).await;
+        if verdict.is_ok() {
+            self.metrics.scanned(started.elapsed());
+        }
         ctx.data = Some(Session { release: session.release.clone(), ..Session::default() });
-        match verdict {
+        let (status, action) = match verdict {
             Ok(ScanVerdict::Clean) => self.clean(ctx, session.release.as_deref()).await,
             Ok(ScanVerdict::Infected(sig)) => self.infected(ctx, &sig).await,
             Ok(ScanVerdict::Error(e)) => self.unscanned(ctx, &e),
             Err(e) => self.unscanned(ctx, &e),
-        }
+        };
+        self.metrics.action(action);
+        status
     }
 
     async fn verdict(&self, scan: Scan) -> Result<ScanVerdict, ScanFailure> {
@@ -237,35 +257,35 @@ impl Shared {
         Ok(stream.finish().await?)
     }
 
-    async fn clean(&self, ctx: &mut EomContext<Session>, release: Option<&str>) -> Status {
+    async fn clean(&self, ctx: &mut EomContext<Session>, release: Option<&str>) -> (Status, Action) {
         if self.cfg.add_header {
             let v = format!("clamgate (release {})", release.unwrap_or("unknown"));
             let _ = ctx.actions.add_header("X-Virus-Scanned", v).await;
         }
-        Status::Continue
+        (Status::Continue, Action::Accept)
     }
 
     /// Our own failure: tempfail, never accept unscanned, never reject.
-    fn unscanned(&self, ctx: &mut EomContext<Session>, why: &dyn std::fmt::Display) -> Status {
+    fn unscanned(&self, ctx: &mut EomContext<Session>, why: &dyn std::fmt::Display) -> (Status, Action) {
         tracing::warn!("tempfailing a message that could not be scanned: {why}");
-        tempfail(&mut ctx.reply, &self.cfg.tempfail_text)
+        (tempfail(&mut ctx.reply, &self.cfg.tempfail_text), Action::Error)
     }
 
-    async fn infected(&self, ctx: &mut EomContext<Session>, sig: &str) -> Status {
+    async fn infected(&self, ctx: &mut EomContext<Session>, sig: &str) -> (Status, Action) {
         tracing::info!(signature = sig, action = %self.cfg.on_infected, "infected message");
         match self.cfg.on_infected {
             OnInfected::Reject => {
                 let _ = ctx.reply.set_error_reply("554", Some("5.7.1"), [format!("Message rejected: virus found ({sig})")]);
-                Status::Reject
+                (Status::Reject, Action::Reject)
             }
             // Could not quarantine or mark it: never deliver it silently.
             OnInfected::Quarantine => match ctx.actions.quarantine(format!("clamgate: {sig}")).await {
-                Ok(()) => Status::Continue,
-                Err(_) => tempfail(&mut ctx.reply, "could not quarantine an infected message"),
+                Ok(()) => (Status::Continue, Action::Accept),
+                Err(_) => (tempfail(&mut ctx.reply, "could not quarantine an infected message"), Action::Error),
             },
             OnInfected::Header => match ctx.actions.add_header("X-Virus-Found", sig).await {
-                Ok(()) => Status::Continue,
-                Err(_) => tempfail(&mut ctx.reply, "could not mark an infected message"),
+                Ok(()) => (Status::Continue, Action::Accept),
+                Err(_) => (tempfail(&mut ctx.reply, "could not mark an infected message"), Action::Error),
             },
         }
     }
@@ -315,8 +335,34 @@ fn scan_callbacks(cb: Callbacks<Session>, shared: Arc<Shared>) -> Callbacks<Sess
 }
 
 pub(crate) async fn run(config: &Config, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), MilterError> {
-    let callbacks = callbacks(Arc::new(Shared::new(config)?));
+    let shared = Arc::new(Shared::new(config)?);
     let cfg = &config.milter;
+    // One signal stops both: the milter's shutdown also stops /metrics.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let shutdown = async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    };
+    let metrics = match &cfg.metrics_listen {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| MilterError::MetricsListen { addr: addr.clone(), source })?;
+            tracing::info!("milter metrics on http://{}/metrics", listener.local_addr().map(|a| a.to_string()).unwrap_or_else(|_| addr.clone()));
+            Some(tokio::spawn(crate::health::http::serve(listener, shared.metrics.clone(), stop_rx)))
+        }
+        None => None,
+    };
+    let served = serve(cfg, callbacks(shared), shutdown).await;
+    if let Some(task) = metrics {
+        // Served until shutdown; a milter that failed to start never sends it.
+        if served.is_err() {
+            task.abort();
+        }
+        let _ = task.await;
+    }
+    served
+}
+
+async fn serve(cfg: &MilterConfig, callbacks: Callbacks<Session>, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), MilterError> {
     let mut mcfg = indymilter::Config { max_connections: cfg.max_connections, ..Default::default() };
     mcfg.actions = Actions::ADD_HEADER | Actions::QUARANTINE;
     mcfg.connection_timeout = Duration::from_secs(300);

@@ -77,15 +77,20 @@ impl ReadinessCache {
     }
 
     pub(crate) async fn get(&self) -> Readiness {
+        self.get_aged().await.0
+    }
+
+    /// The answer and how long ago it was fetched.
+    pub(crate) async fn get_aged(&self) -> (Readiness, Duration) {
         let mut cached = self.cached.lock().await;
         if let Some((at, r)) = cached.as_ref()
             && at.elapsed() < self.ttl
         {
-            return r.clone();
+            return (r.clone(), at.elapsed());
         }
         let r = self.fetch().await;
         *cached = Some((Instant::now(), r.clone()));
-        r
+        (r, Duration::ZERO)
     }
 
     async fn fetch(&self) -> Readiness {

@@ -209,19 +209,21 @@ impl Drop for DaemonProc {
 pub struct MilterProc {
     pub child: Child,
     pub addr: std::net::SocketAddr,
+    /// Its `/metrics` (`[milter] metrics_listen`).
+    pub metrics: std::net::SocketAddr,
 }
 
 impl Env {
     /// Starts `clamgate milter` on a free loopback port; `milter` is extra
     /// `[milter]` lines (mode, health_ttl, …).
     pub fn spawn_milter(&self, milter: &str) -> MilterProc {
-        let addr = free_port();
+        let (addr, metrics) = (free_port(), free_port());
         let config = self.path().join(format!("milter-{}.toml", addr.port()));
         let base = fs::read_to_string(&self.config).unwrap();
         fs::write(
             &config,
             format!(
-                "{base}\n[milter]\nlisten = \"inet:{addr}\"\nhealth_url = \"http://{}/readyz\"\n{}{milter}\n",
+                "{base}\n[milter]\nlisten = \"inet:{addr}\"\nmetrics_listen = \"{metrics}\"\nhealth_url = \"http://{}/readyz\"\n{}{milter}\n",
                 self.health,
                 // A loaded machine must not turn a slow answer into a tempfail.
                 if milter.contains("health_timeout") { "" } else { "health_timeout = \"30s\"\n" },
@@ -241,7 +243,7 @@ impl Env {
             .spawn()
             .unwrap();
         // Owned at once, so a panic below still kills and reaps it.
-        let milter = MilterProc { child, addr };
+        let milter = MilterProc { child, addr, metrics };
         for _ in 0..400 {
             if std::net::TcpStream::connect(addr).is_ok() {
                 return milter;
