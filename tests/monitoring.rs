@@ -13,7 +13,7 @@ use std::fs;
 
 use indymilter_test::Status;
 use serde::Deserialize;
-use support::daemon::{free_port, live_v1};
+use support::daemon::live_v1;
 use support::metrics::scrape_until;
 use support::prometheus::{RuleFile, RuleGroup, dashboard_path, exported_names, promtool, rules_path, rules_tests_path};
 use support::promql::{Selector, selectors};
@@ -222,11 +222,10 @@ fn all_queries() -> Vec<(String, String)> {
 #[tokio::test(flavor = "multi_thread")]
 async fn rules_and_dashboard_use_only_what_the_binaries_export() {
     let (env, _d, _prod) = live_v1("").await;
-    let metrics = free_port();
-    let m = env.spawn_milter(&format!("mode = \"gate\"\nmetrics_listen = \"{metrics}\"\n"));
+    let m = env.spawn_milter("mode = \"gate\"\n");
     assert_eq!(support::milter::rcpt(m.addr).await, Status::Accept);
     let daemon = scrape_until(env.health, "production's daily version known", |s| s.has("clamgate_live_database_version")).await;
-    let milter = scrape_until(metrics, "the milter's accept counted", |s| s.value("clamgate_milter_messages_total", &[("action", "accept")]) >= Some(1.0)).await;
+    let milter = scrape_until(m.metrics, "the milter's accept counted", |s| s.value("clamgate_milter_messages_total", &[("action", "accept")]) >= Some(1.0)).await;
 
     let mut exported = exported_names(&daemon.text);
     exported.extend(exported_names(&milter.text));

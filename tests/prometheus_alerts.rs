@@ -8,7 +8,7 @@
 mod support;
 
 use indymilter_test::Status;
-use support::daemon::{Env, free_port, live_v1};
+use support::daemon::{Env, live_v1};
 use support::milter::rcpt;
 use support::prometheus::{Prometheus, RuleFile};
 use support::*;
@@ -35,13 +35,12 @@ async fn resolved(prom: &Prometheus, env: &Env, alert: &str, job: &str, why: &st
 #[tokio::test(flavor = "multi_thread")]
 async fn scanning_and_tempfail_alerts_fire_and_resolve_in_a_real_prometheus() {
     let (env, _d, mut prod) = live_v1("").await;
-    let metrics = free_port();
-    let m = env.spawn_milter(&format!("mode = \"gate\"\nhealth_ttl = \"100ms\"\nmetrics_listen = \"{metrics}\"\n"));
+    let m = env.spawn_milter("mode = \"gate\"\nhealth_ttl = \"100ms\"\n");
     let mut rules = RuleFile::shipped();
     for r in rules.rules_mut() {
         r.for_ = Some("2s".into());
     }
-    let prom = Prometheus::start(&[("clamgate", env.health), ("clamgate-milter", metrics)], &rules);
+    let prom = Prometheus::start(&[("clamgate", env.health), ("clamgate-milter", m.metrics)], &rules);
     prom.wait_targets_up(|| logs(&env)).await;
     prom.wait("Prometheus has seen production scanning", || logs(&env), async |p| p.value(r#"clamgate_probe_up{job="clamgate"}"#) == Some(1.0)).await;
     assert!(prom.alert(UNHEALTHY, "clamgate").is_none(), "{UNHEALTHY} while production scans: {:#?}", prom.alerts());
