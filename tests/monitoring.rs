@@ -81,7 +81,11 @@ fn rules_unit_tests_pass_and_cover_every_alert() {
     let unit: UnitTests = serde_norway::from_str(&text).expect("the promtool tests parse");
     assert_eq!(unit.rule_files, ["clamgate-rules.yml"], "tests the shipped rules, beside it");
     for alert in ALERTS {
-        let cases: Vec<(&str, bool)> = unit.tests.iter().flat_map(|t| t.alert_rule_test.iter().filter(|c| c.alertname == alert).map(|c| (t.name.as_str(), c.exp_alerts.is_empty()))).collect();
+        let cases: Vec<(&str, bool)> = unit
+            .tests
+            .iter()
+            .flat_map(|t| t.alert_rule_test.iter().filter(|c| c.alertname == alert).map(|c| (t.name.as_str(), c.exp_alerts.is_empty())))
+            .collect();
         assert!(cases.iter().any(|(_, quiet)| !quiet), "{alert}: no promtool case where it fires");
         assert!(cases.iter().any(|(_, quiet)| *quiet), "{alert}: no promtool case where it stays quiet");
     }
@@ -119,7 +123,10 @@ fn dashboard_queries(dash: &serde_json::Value) -> Vec<(String, String)> {
     for v in dash["templating"]["list"].as_array().into_iter().flatten().filter(|v| v["type"] == "query") {
         let q = v["query"]["query"].as_str().or(v["query"].as_str()).unwrap_or("");
         let inner = q.strip_prefix("label_values(").and_then(|r| r.rsplit_once(',')).map(|(sel, _)| sel.to_string());
-        queries.push((format!("variable {}", v["name"]), inner.unwrap_or_else(|| panic!("variable {}: only label_values(selector, label) is expected: {q}", v["name"]))));
+        queries.push((
+            format!("variable {}", v["name"]),
+            inner.unwrap_or_else(|| panic!("variable {}: only label_values(selector, label) is expected: {q}", v["name"])),
+        ));
     }
     queries
 }
@@ -211,7 +218,8 @@ fn dashboard_loads_and_every_query_parses() {
 
 /// Every query of the rules and the dashboard, with where it is.
 fn all_queries() -> Vec<(String, String)> {
-    let mut queries: Vec<(String, String)> = RuleFile::shipped().rules().map(|r| (format!("rule {}", r.alert.as_deref().unwrap_or("?")), r.expr.clone())).collect();
+    let mut queries: Vec<(String, String)> =
+        RuleFile::shipped().rules().map(|r| (format!("rule {}", r.alert.as_deref().unwrap_or("?")), r.expr.clone())).collect();
     queries.extend(dashboard_queries(&dashboard()));
     queries
 }
@@ -225,7 +233,8 @@ async fn rules_and_dashboard_use_only_what_the_binaries_export() {
     let m = env.spawn_milter("mode = \"gate\"\n");
     assert_eq!(support::milter::rcpt(m.addr).await, Status::Accept);
     let daemon = scrape_until(env.health, "production's daily version known", |s| s.has("clamgate_live_database_version")).await;
-    let milter = scrape_until(m.metrics, "the milter's accept counted", |s| s.value("clamgate_milter_messages_total", &[("action", "accept")]) >= Some(1.0)).await;
+    let milter =
+        scrape_until(m.metrics, "the milter's accept counted", |s| s.value("clamgate_milter_messages_total", &[("action", "accept")]) >= Some(1.0)).await;
 
     let mut exported = exported_names(&daemon.text);
     exported.extend(exported_names(&milter.text));

@@ -50,11 +50,15 @@ async fn scanning_and_tempfail_alerts_fire_and_resolve_in_a_real_prometheus() {
     // for as long as it takes Prometheus to notice.
     prod.process.kill();
     firing(&prom, &env, UNHEALTHY, "clamgate", "production clamd killed").await;
-    prom.wait(&format!("{TEMPFAILING} firing while mail is tempfailed"), || logs(&env), async |p| {
-        let status = rcpt(m.addr).await;
-        assert!(matches!(status, Status::Tempfail { .. }), "mail while production is down: {status:?}");
-        p.alert(TEMPFAILING, "clamgate-milter").is_some_and(|a| a.state == "firing")
-    })
+    prom.wait(
+        &format!("{TEMPFAILING} firing while mail is tempfailed"),
+        || logs(&env),
+        async |p| {
+            let status = rcpt(m.addr).await;
+            assert!(matches!(status, Status::Tempfail { .. }), "mail while production is down: {status:?}");
+            p.alert(TEMPFAILING, "clamgate-milter").is_some_and(|a| a.state == "firing")
+        },
+    )
     .await;
 
     drop(prod);

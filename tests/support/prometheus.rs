@@ -147,7 +147,8 @@ impl Prometheus {
     pub fn start(targets: &[(&str, SocketAddr)], rules: &RuleFile) -> Prometheus {
         let dir = tempfile::Builder::new().prefix("prometheus-").tempdir_in("/tmp").unwrap();
         rules.write(&dir.path().join("rules.yml"));
-        let mut config = String::from("global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\nrule_files: [rules.yml]\nscrape_configs:\n");
+        let mut config =
+            String::from("global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\nrule_files: [rules.yml]\nscrape_configs:\n");
         for (job, addr) in targets {
             config.push_str(&format!("  - job_name: {job}\n    static_configs: [{{targets: ['{addr}']}}]\n"));
         }

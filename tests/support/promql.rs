@@ -16,8 +16,32 @@ pub struct Selector {
 
 /// Words that are never a metric name: operators, aggregations, modifiers.
 const KEYWORDS: &[&str] = &[
-    "and", "or", "unless", "by", "without", "on", "ignoring", "group_left", "group_right", "offset", "bool", "atan2", "inf", "nan", "sum", "avg",
-    "count", "min", "max", "stddev", "stdvar", "topk", "bottomk", "quantile", "count_values", "group",
+    "and",
+    "or",
+    "unless",
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "offset",
+    "bool",
+    "atan2",
+    "inf",
+    "nan",
+    "sum",
+    "avg",
+    "count",
+    "min",
+    "max",
+    "stddev",
+    "stdvar",
+    "topk",
+    "bottomk",
+    "quantile",
+    "count_values",
+    "group",
 ];
 
 /// Keywords followed by a parenthesised list of label names.
