@@ -209,6 +209,31 @@ impl Config {
 
     /// The policy file's thresholds, or the built-in defaults when the
     /// configured file does not exist.
+    /// On reload: the keys that the daemon's loops, sockets and prober were
+    /// built from keep their running values; returns the ones that changed.
+    pub(crate) fn keep_restart_only(&mut self, running: &Config) -> Vec<String> {
+        let mut changed = Vec::new();
+        macro_rules! keep {
+            ($($key:literal => $($field:ident).+;)*) => {$(
+                if self.$($field).+ != running.$($field).+ {
+                    changed.push($key.to_string());
+                    self.$($field).+ = running.$($field).+.clone();
+                }
+            )*};
+        }
+        keep! {
+            "state_dir" => state_dir;
+            "incoming_dir" => incoming_dir;
+            "settle" => settle;
+            "rescan_interval" => rescan_interval;
+            "smoke_samples" => smoke_samples;
+            "clamd.socket/tcp" => clamd.endpoint;
+            "health.listen" => health.listen;
+            "health.probe_interval" => health.probe_interval;
+        }
+        changed
+    }
+
     pub(crate) fn load_policy(&self) -> Result<crate::policy::Policy, crate::policy::PolicyError> {
         if self.policy.exists() { crate::policy::Policy::load(&self.policy) } else { Ok(crate::policy::Policy::default()) }
     }

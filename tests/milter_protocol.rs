@@ -194,3 +194,14 @@ async fn unix_socket_is_private_replaces_a_stale_one_and_is_removed_at_exit() {
     assert!(status.success(), "graceful exit: {status:?}");
     assert!(!sock.exists(), "socket left behind after exit");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sighup_does_not_stop_the_milter() {
+    let (env, _d, _prod) = live_v1("").await;
+    let mut m = env.spawn_milter("mode = \"gate\"\n");
+    rustix::process::kill_process(rustix::process::Pid::from_raw(m.child.id() as i32).unwrap(), rustix::process::Signal::HUP).unwrap();
+    eventually("the SIGHUP logged", || async { std::fs::read_to_string(env.path().join("milter.log")).unwrap_or_default().contains("SIGHUP") }).await;
+    assert!(m.child.try_wait().unwrap().is_none(), "the milter exited on SIGHUP");
+    let (rcpt, _) = deliver(m.addr, &clean_mail()).await;
+    assert_eq!(rcpt, Status::Accept);
+}

@@ -50,6 +50,10 @@ pub(crate) enum DaemonError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error("cannot handle SIGHUP: {0}")]
+    Signal(std::io::Error),
     #[error("cannot watch {dir}: {source}")]
     Watch {
         dir: PathBuf,
@@ -116,8 +120,10 @@ impl Daemon {
 
     /// Runs until `shutdown` completes: the gate loop, the prober and the
     /// health endpoint, all stopped by the same signal and awaited.
-    pub(crate) async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
+    pub(crate) async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
         let _daemon = self.cx.store.daemon_lock()?;
+        // Installed first: from here SIGHUP (logrotate, config tools) reloads instead of killing.
+        let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).map_err(DaemonError::Signal)?;
         let addr = self.cx.config.health.listen.clone();
         let listener = tokio::net::TcpListener::bind(&addr).await.map_err(|source| DaemonError::Listen { addr: addr.clone(), source })?;
         tracing::info!("health endpoint on http://{}", listener.local_addr().map(|a| a.to_string()).unwrap_or(addr));
@@ -129,7 +135,7 @@ impl Daemon {
         tasks.spawn(crate::health::run_prober(self.health.clone(), self.cx.production.clone(), store.clone(), stop_rx.clone(), first_tx));
         tasks.spawn(systemd_notify(self.health.clone(), store.clone(), first_rx, stop_rx.clone()));
         self.health.beat();
-        let result = self.gate_loop(shutdown).await;
+        let result = self.gate_loop(shutdown, hangup).await;
         let _ = stop_tx.send(true);
         let drained = tokio::time::timeout(Duration::from_secs(10), async { while tasks.join_next().await.is_some() {} }).await;
         if drained.is_err() {
@@ -139,7 +145,7 @@ impl Daemon {
         result
     }
 
-    async fn gate_loop(&self, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
+    async fn gate_loop(&mut self, shutdown: impl Future<Output = ()>, mut hangup: tokio::signal::unix::Signal) -> Result<(), DaemonError> {
         self.start_up().await?;
         let mut lp = self.watch_incoming()?;
         let mut schedule = Schedule::new(self.cx.config.settle, self.cx.config.rescan_interval, lp.fingerprint(), Instant::now());
@@ -152,6 +158,8 @@ impl Daemon {
                 Some(()) = lp.watcher.changes.recv() => schedule.observe(lp.fingerprint(), Instant::now()),
                 _ = lp.rescan.tick() => schedule.rescan(lp.fingerprint(), Instant::now()),
                 _ = lp.heartbeat.tick() => self.health.beat(),
+                // Between runs only: a SIGHUP during a run waits for its end.
+                Some(()) = hangup.recv() => self.reload()?,
                 _ = sleep_until(due.unwrap_or_else(far_future)), if due.is_some() => {
                     if let Flow::Stop = self.run_candidate(&mut schedule, &mut lp, shutdown.as_mut()).await? {
                         break;
@@ -242,6 +250,37 @@ impl Daemon {
                 }
             }
         }
+    }
+
+    /// SIGHUP: the config and policy read again and checked as at start
+    /// (corpus, smoke samples, state dir); a bad one is logged and journaled,
+    /// and the running one kept. Keys the running loops were built from
+    /// apply at the next restart, and the journal names them.
+    fn reload(&mut self) -> Result<(), DaemonError> {
+        let journal = self.cx.store.journal();
+        match self.load_again() {
+            Ok((cx, policy, restart)) => {
+                let file = cx.config.file.clone();
+                tracing::info!(config = ?file, "reloaded the config and policy{}", restart_note(&restart));
+                self.health.set_thresholds(cx.config.health.latency_budget, policy.max_database_age);
+                self.health.metrics.policy(policy.max_database_age, policy.memory_budget);
+                (self.cx, self.policy) = (cx, policy);
+                journal.append(Event::DaemonReloaded { config: file, restart })?;
+            }
+            Err(e) => {
+                tracing::error!("SIGHUP: {e}; keeping the running config and policy");
+                journal.append(Event::DaemonReloadFailed { error: e.to_string() })?;
+            }
+        }
+        Ok(())
+    }
+
+    fn load_again(&self) -> Result<(Context, Policy, Vec<String>), DaemonError> {
+        let old = &self.cx.config;
+        let mut new = crate::config::Config::locate(old.file.as_deref())?;
+        let policy = new.load_policy()?;
+        let restart = new.keep_restart_only(old);
+        Ok((Context::open(new, StateDir::MustExist)?, policy, restart))
     }
 
     fn stopped(&self) -> Result<(), DaemonError> {
@@ -404,6 +443,10 @@ impl Daemon {
         }
         Ok(())
     }
+}
+
+fn restart_note(keys: &[String]) -> String {
+    if keys.is_empty() { String::new() } else { format!("; {} changed and apply at the next restart", keys.join(", ")) }
 }
 
 fn far_future() -> Instant {

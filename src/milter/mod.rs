@@ -351,7 +351,16 @@ pub(crate) async fn run(config: &Config, shutdown: impl Future<Output = ()> + Se
         }
         None => None,
     };
+    // SIGHUP (logrotate, config tools) must not kill the milter: it keeps
+    // nothing to reload but says so.
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).map_err(MilterError::Serve)?;
+    let hangup = tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            tracing::info!("SIGHUP: the milter reads its config only at start; restart it to apply a new one");
+        }
+    });
     let served = serve(cfg, callbacks(shared), shutdown).await;
+    hangup.abort();
     if let Some(task) = metrics {
         // Served until shutdown; a milter that failed to start never sends it.
         if served.is_err() {
