@@ -233,7 +233,8 @@ async fn a_root_run_pin_on_a_clamav_owned_state_dir_leaves_no_root_files() {
     std::fs::write(&env.config, config).unwrap();
     assert!(std::process::Command::new("chown").args(["-R", "clamav:clamav"]).arg(env.state()).status().unwrap().success());
 
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_clamgate")).args(["pin", "--config"]).arg(&env.config).env("SUDO_USER", "ops-alice").output().unwrap();
+    let out =
+        std::process::Command::new(env!("CARGO_BIN_EXE_clamgate")).args(["pin", "--config"]).arg(&env.config).env("SUDO_USER", "ops-alice").output().unwrap();
     ok(&out);
     let mut stack = vec![env.state()];
     while let Some(p) = stack.pop() {

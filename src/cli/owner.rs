@@ -22,7 +22,8 @@ pub(crate) fn run_as_state_owner(state_dir: &Path) -> Result<Option<Exit>, CliEr
     if meta.uid() == 0 {
         return Ok(None);
     }
-    let exe = std::env::current_exe().map_err(|e| CliError::environment("environment.exec", format!("cannot find our own binary to run as the owner of {}: {e}", state_dir.display())))?;
+    let exe = std::env::current_exe()
+        .map_err(|e| CliError::environment("environment.exec", format!("cannot find our own binary to run as the owner of {}: {e}", state_dir.display())))?;
     let status = std::process::Command::new(&exe)
         .args(std::env::args_os().skip(1))
         .env(SWITCHED, "1")
