@@ -45,7 +45,8 @@ pub struct Config {
     pub(crate) rescan_interval: Duration,
     /// Corpus samples scanned through production after a promotion and by the
     /// health prober: at least one under infected/ and one under clean/.
-    pub(crate) smoke_samples: Vec<String>,
+    /// `None`: chosen from the corpus ([`crate::production::smoke_samples`]).
+    pub(crate) smoke_samples: Option<Vec<String>>,
     pub(crate) clamd: ClamdConfig,
     pub(crate) health: HealthConfig,
     pub(crate) milter: MilterConfig,
@@ -184,13 +185,14 @@ impl Config {
             policy: f.path("policy", defaults::POLICY),
             settle: f.duration("settle", "5s"),
             rescan_interval: f.duration("rescan_interval", "60s"),
-            smoke_samples: f.strings("smoke_samples", &["infected/clam.exe", "clean/letter.txt"]),
+            smoke_samples: f.opt_strings("smoke_samples"),
             clamd: f.section("clamd", |s| ClamdConfig::parse(s, &mut problems)),
             health: f.section("health", HealthConfig::parse),
             milter: f.section("milter", MilterConfig::parse),
         };
-        let smoke = &config.smoke_samples;
-        if !smoke.iter().any(|s| s.starts_with("infected/")) || !smoke.iter().any(|s| s.starts_with("clean/")) {
+        if let Some(smoke) = &config.smoke_samples
+            && (!smoke.iter().any(|s| s.starts_with("infected/")) || !smoke.iter().any(|s| s.starts_with("clean/")))
+        {
             problems.push("smoke_samples: needs one sample under infected/ and one under clean/".to_string());
         }
         if let Err(e) = f.finish(file) {

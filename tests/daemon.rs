@@ -217,3 +217,24 @@ fn readyz(env: &Env) -> String {
     let _ = s.read_to_string(&mut out);
     out
 }
+
+/// An operator's own corpus shares no names with the shipped one: with
+/// `smoke_samples` unset the daemon picks from it instead of refusing to start.
+#[tokio::test(flavor = "multi_thread")]
+async fn smoke_samples_default_to_the_configured_corpus() {
+    let env = Env::new("", "");
+    let corpus = env.path().join("own-corpus");
+    for (from, to) in
+        [("infected/clam.exe", "infected/our-sample.exe"), ("infected/archives/clam.zip", "infected/archives/ours.zip"), ("clean/letter.txt", "clean/memo.txt")]
+    {
+        let to = corpus.join(to);
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(sample(from), to).unwrap();
+    }
+    let config = std::fs::read_to_string(&env.config).unwrap().replace(&support::corpus().display().to_string(), &corpus.display().to_string());
+    std::fs::write(&env.config, config).unwrap();
+    let _d = env.promoted("daily-v1").await;
+    let _prod = env.start_production(&[]).await;
+    support::daemon::wait_ready(&env, 200).await;
+    assert!(env.log().contains("smoke samples chosen from the corpus: infected/our-sample.exe, clean/memo.txt"), "{}", env.log());
+}

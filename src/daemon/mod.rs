@@ -106,6 +106,10 @@ impl Daemon {
         // The policy first: a bad config must not create a state dir.
         let policy = config.load_policy()?;
         let cx = Context::open(config, StateDir::Create)?;
+        if cx.config.smoke_samples.is_none() {
+            let names: Vec<&str> = cx.production.smoke.iter().map(|s| s.name.as_str()).collect();
+            tracing::info!("smoke samples chosen from the corpus: {} (set smoke_samples to choose)", names.join(", "));
+        }
         let settings = ProbeSettings {
             interval: cx.config.health.probe_interval,
             latency_budget: cx.config.health.latency_budget,
