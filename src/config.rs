@@ -45,7 +45,8 @@ pub struct Config {
     pub(crate) rescan_interval: Duration,
     /// Corpus samples scanned through production after a promotion and by the
     /// health prober: at least one under infected/ and one under clean/.
-    pub(crate) smoke_samples: Vec<String>,
+    /// `None`: chosen from the corpus ([`crate::production::smoke_samples`]).
+    pub(crate) smoke_samples: Option<Vec<String>>,
     pub(crate) clamd: ClamdConfig,
     pub(crate) health: HealthConfig,
     pub(crate) milter: MilterConfig,
@@ -184,13 +185,14 @@ impl Config {
             policy: f.path("policy", defaults::POLICY),
             settle: f.duration("settle", "5s"),
             rescan_interval: f.duration("rescan_interval", "60s"),
-            smoke_samples: f.strings("smoke_samples", &["infected/clam.exe", "clean/letter.txt"]),
+            smoke_samples: f.opt_strings("smoke_samples"),
             clamd: f.section("clamd", |s| ClamdConfig::parse(s, &mut problems)),
             health: f.section("health", HealthConfig::parse),
             milter: f.section("milter", MilterConfig::parse),
         };
-        let smoke = &config.smoke_samples;
-        if !smoke.iter().any(|s| s.starts_with("infected/")) || !smoke.iter().any(|s| s.starts_with("clean/")) {
+        if let Some(smoke) = &config.smoke_samples
+            && (!smoke.iter().any(|s| s.starts_with("infected/")) || !smoke.iter().any(|s| s.starts_with("clean/")))
+        {
             problems.push("smoke_samples: needs one sample under infected/ and one under clean/".to_string());
         }
         if let Err(e) = f.finish(file) {
@@ -209,6 +211,31 @@ impl Config {
 
     /// The policy file's thresholds, or the built-in defaults when the
     /// configured file does not exist.
+    /// On reload: the keys that the daemon's loops, sockets and prober were
+    /// built from keep their running values; returns the ones that changed.
+    pub(crate) fn keep_restart_only(&mut self, running: &Config) -> Vec<String> {
+        let mut changed = Vec::new();
+        macro_rules! keep {
+            ($($key:literal => $($field:ident).+;)*) => {$(
+                if self.$($field).+ != running.$($field).+ {
+                    changed.push($key.to_string());
+                    self.$($field).+ = running.$($field).+.clone();
+                }
+            )*};
+        }
+        keep! {
+            "state_dir" => state_dir;
+            "incoming_dir" => incoming_dir;
+            "settle" => settle;
+            "rescan_interval" => rescan_interval;
+            "smoke_samples" => smoke_samples;
+            "clamd.socket/tcp" => clamd.endpoint;
+            "health.listen" => health.listen;
+            "health.probe_interval" => health.probe_interval;
+        }
+        changed
+    }
+
     pub(crate) fn load_policy(&self) -> Result<crate::policy::Policy, crate::policy::PolicyError> {
         if self.policy.exists() { crate::policy::Policy::load(&self.policy) } else { Ok(crate::policy::Policy::default()) }
     }

@@ -63,7 +63,7 @@ pub(crate) fn open_store(config: &Config, state: StateDir) -> Result<Store, Cont
 
 /// The production clamd, with the configured smoke samples from `corpus`.
 pub(crate) fn production(config: &Config, corpus: &Corpus) -> Result<Production, ContextError> {
-    let smoke = smoke_samples(corpus, &config.smoke_samples).map_err(|source| ContextError::Smoke { file: config.display_file(), source })?;
+    let smoke = smoke_samples(corpus, config.smoke_samples.as_deref()).map_err(|source| ContextError::Smoke { file: config.display_file(), source })?;
     let client = crate::clamd::Client::new(config.clamd.endpoint.clone(), config.clamd.timeout);
     Ok(Production { client, reload_timeout: config.clamd.reload_timeout, smoke })
 }

@@ -291,7 +291,7 @@ fn allow(j: &mut Judgement, found: Vec<Reason>, allowed: usize, what: &str) {
     if found.len() > allowed {
         j.reasons.extend(found);
     } else if !found.is_empty() {
-        tracing::info!("{} {what} within the policy's allowance of {allowed}", found.len());
+        tracing::debug!("{} {what} within the policy's allowance of {allowed}", found.len());
         j.warnings.extend(found);
     }
 }

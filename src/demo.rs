@@ -87,9 +87,25 @@ pub(crate) async fn run(keep: bool, shutdown: impl std::future::Future<Output = 
     let all_ok = demo.summary();
     if keep {
         let kept = tmp.keep();
-        println!("kept {} for inspection", kept.display());
+        print!("{}", inspect_commands(&kept));
     }
     result.map(|_| all_ok)
+}
+
+/// What `--keep` prints: the commands, with this run's paths, that show
+/// what the demo left (its daemon and production clamd have stopped).
+fn inspect_commands(kept: &Path) -> String {
+    let (dir, config) = (kept.display(), kept.join("clamgate.toml"));
+    let config = config.display();
+    format!(
+        "kept {dir} for inspection (the demo's daemon and production clamd have stopped,\n\
+         so status reports the daemon UNKNOWN and exits 3):\n\
+         \x20 clamgate status   --config {config}\n\
+         \x20 clamgate releases --config {config}\n\
+         \x20 clamgate history  --config {config}\n\
+         \x20 ls {dir}/state/quarantine/*/    # the rejected candidates: reasons.json, canary.log, files\n\
+         \x20 rm -r {dir}                      # when done\n"
+    )
 }
 
 impl Demo {

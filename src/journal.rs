@@ -96,6 +96,13 @@ pub(crate) enum Event {
     DaemonStarted { pid: u32, incoming: PathBuf },
     #[serde(rename = "daemon.stopped")]
     DaemonStopped { pid: u32 },
+    /// SIGHUP: the config and policy read again and applied; `restart`
+    /// names the changed keys that only a restart applies.
+    #[serde(rename = "daemon.reloaded")]
+    DaemonReloaded { config: Option<PathBuf>, restart: Vec<String> },
+    /// SIGHUP with a config or policy that does not load: the running one is kept.
+    #[serde(rename = "daemon.reload_failed")]
+    DaemonReloadFailed { error: String },
     #[serde(rename = "candidate.started")]
     CandidateStarted { live: Option<String> },
     /// incoming changed while the candidate was checked; it starts over.
@@ -307,6 +314,8 @@ impl Event {
             Event::ReleaseUnmarkedBad { .. } => "release.unmarked_bad",
             Event::ReleaseForced { .. } => "release.forced",
             Event::QuarantineCleared { .. } => "quarantine.cleared",
+            Event::DaemonReloaded { .. } => "daemon.reloaded",
+            Event::DaemonReloadFailed { .. } => "daemon.reload_failed",
             Event::Pin { .. } => "pin",
             Event::Unpin { .. } => "unpin",
             Event::PromotionBegin(_) => "promotion.begin",
@@ -486,6 +495,8 @@ mod tests {
         let events = [
             Event::DaemonStarted { pid: 1, incoming: "/in".into() },
             Event::DaemonStopped { pid: 1 },
+            Event::DaemonReloaded { config: Some("/etc/clamgate/clamgate.toml".into()), restart: vec!["state_dir".into()] },
+            Event::DaemonReloadFailed { error: "policy: bad".into() },
             Event::CandidateStarted { live: None },
             Event::CandidateCancelled { why: "x".into() },
             Event::CandidateError { error: "x".into() },

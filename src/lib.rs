@@ -18,6 +18,8 @@
 //! - [`daemon`]: `clamgate run`, the loop that ties the above together.
 //! - [`health`]: the prober and the HTTP endpoint (`/livez`, `/readyz`, `/metrics`).
 //! - [`metrics`]: the Prometheus registry.
+//! - [`logging`]: journald or stderr, the level, and spells (a run of
+//!   failures logged at its start, once a minute and at its end).
 //! - [`milter`]: the Postfix side, asking `/readyz` (and in scan mode, clamd).
 //!
 //! Around them: [`config`] and [`policy`] (the operator's files, read by
@@ -40,6 +42,7 @@ pub mod failpoint;
 pub(crate) mod gate;
 pub mod health;
 pub mod journal;
+pub mod logging;
 pub mod metrics;
 pub(crate) mod milter;
 pub mod policy;

@@ -4,21 +4,14 @@
 use std::process::ExitCode;
 
 use clamgate::cli::{self, Cli};
+use clamgate::logging::Verbosity;
 use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // The demo prints its own story; the daemon's warnings would only interleave.
-    let default = if matches!(cli.command, cli::Command::Demo { .. }) { "error" } else { "warn" };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("CLAMGATE_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    // No colour codes in journald or a log file; NO_COLOR is honoured too.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr()) && std::env::var_os("NO_COLOR").is_none();
-    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
-    if cli.log_json {
-        logs.json().init()
-    } else {
-        logs.init()
-    }
+    // The demo prints its own story; the daemon's lines would only interleave.
+    let verbosity = if matches!(cli.command, cli::Command::Demo { .. }) { Verbosity::Quiet } else { Verbosity::Lifecycle };
+    clamgate::logging::init(verbosity, cli.log_json);
 
     // The milter's work per message is a few small reads and writes: one
     // thread, no cross-thread wakeups, leaves the CPUs to Postfix.

@@ -9,12 +9,12 @@ use std::sync::atomic::AtomicU64;
 use std::time::{Duration, SystemTime};
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, EncodeMetric, LabelValueEncoder, MetricEncoder};
-use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::info::Info;
+use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 
 use crate::gate::Verdict;
@@ -140,6 +140,8 @@ pub struct Metrics {
     database_age: Family<DatabaseLabels, Gauge>,
     canary_load: Optional<F64Gauge>,
     canary_peak: Optional<Gauge>,
+    max_database_age: Gauge,
+    memory_budget: Gauge,
     /// Where [`Metrics::follow`] left off in the journal; `None` before the first read.
     journal_offset: Mutex<Option<u64>>,
 }
@@ -171,6 +173,8 @@ impl Metrics {
             database_age: Family::default(),
             canary_load: Optional::default(),
             canary_peak: Optional::default(),
+            max_database_age: Gauge::default(),
+            memory_budget: Gauge::default(),
             journal_offset: Mutex::new(None),
         };
         // Counters exist from the start, at 0, so `rate()` and `increase()` see the first event.
@@ -184,10 +188,7 @@ impl Metrics {
         for origin in [Origin::Automatic, Origin::Operator] {
             m.rollbacks.get_or_create_owned(&OriginLabels { origin });
         }
-        let max_age = Gauge::<i64>::default();
-        max_age.set(max_database_age.as_secs() as i64);
-        let budget = Gauge::<i64>::default();
-        budget.set(memory_budget as i64);
+        m.policy(max_database_age, memory_budget);
         let mut r = m.registry;
         r.register("probes", "Health probes through production clamd, by result", m.probes.clone());
         r.register("probe_latency_seconds", "Time of one probe's scans through production clamd", m.probe_latency.clone());
@@ -200,12 +201,18 @@ impl Metrics {
         r.register("pinned", "1 while an operator's pin holds the live release", m.pinned.clone());
         r.register("live_database_version", "Database version production clamd reports", m.database_version.clone());
         r.register("live_database_age_seconds", "Age of the live database (its build time)", m.database_age.clone());
-        r.register("policy_max_database_age_seconds", "The policy's max_database_age", max_age);
+        r.register("policy_max_database_age_seconds", "The policy's max_database_age", m.max_database_age.clone());
         r.register("canary_load_seconds", "Load time of the last canary clamd", m.canary_load.clone());
         r.register("canary_peak_bytes", "Peak resident memory of the last canary clamd", m.canary_peak.clone());
-        r.register("canary_memory_budget_bytes", "The policy's memory_budget for a canary", budget);
+        r.register("canary_memory_budget_bytes", "The policy's memory_budget for a canary", m.memory_budget.clone());
         r.register("build", "clamgate build information", Info::new(vec![("version".to_string(), env!("CARGO_PKG_VERSION").to_string())]));
         Metrics { registry: r, ..m }
+    }
+
+    /// The thresholds alerts compare against, at start and on reload.
+    pub(crate) fn policy(&self, max_database_age: Duration, memory_budget: u64) {
+        self.max_database_age.set(max_database_age.as_secs() as i64);
+        self.memory_budget.set(memory_budget as i64);
     }
 
     pub(crate) fn encode(&self) -> String {
@@ -259,7 +266,10 @@ impl Metrics {
         drop(offset);
         self.pinned.set(i64::from(store.pinned().is_some()));
         let live = store.current().ok().flatten().map(|id| {
-            let daily = store.manifest(&id).ok().and_then(|m| m.files.iter().filter(|f| f.database() == "daily").filter_map(|f| f.header.as_ref()).map(|h| h.version).max());
+            let daily = store
+                .manifest(&id)
+                .ok()
+                .and_then(|m| m.files.iter().filter(|f| f.database() == "daily").filter_map(|f| f.header.as_ref()).map(|h| h.version).max());
             ReleaseLabels { release: id, daily_version: daily.map_or_else(String::new, |v| v.to_string()) }
         });
         if live.as_ref().is_none_or(|l| self.live_release.get(l).is_none()) {
@@ -319,7 +329,14 @@ mod tests {
         let m = Metrics::new(Duration::from_secs(3600), 1 << 30);
         let text = m.encode();
         let names = names(&text);
-        for absent in ["clamgate_live_database_version", "clamgate_live_database_age_seconds", "clamgate_last_promotion_timestamp_seconds", "clamgate_canary_load_seconds", "clamgate_canary_peak_bytes", "clamgate_live_release_info"] {
+        for absent in [
+            "clamgate_live_database_version",
+            "clamgate_live_database_age_seconds",
+            "clamgate_last_promotion_timestamp_seconds",
+            "clamgate_canary_load_seconds",
+            "clamgate_canary_peak_bytes",
+            "clamgate_live_release_info",
+        ] {
             assert!(!names.iter().any(|n| n == absent), "{absent} must be absent while unknown:\n{text}");
         }
         let rejects = samples(&text).into_iter().filter(|s| s.metric == "clamgate_candidates_total" && s.labels.get("outcome") == Some("reject")).count();

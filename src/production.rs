@@ -28,13 +28,39 @@ pub(crate) struct MissingSample {
     pub(crate) corpus: PathBuf,
 }
 
-/// Picks the configured smoke samples out of the corpus.
-pub(crate) fn smoke_samples(corpus: &Corpus, names: &[String]) -> Result<Vec<SmokeSample>, MissingSample> {
+/// Picks the configured smoke samples out of the corpus; with none
+/// configured, [`default_smoke_samples`].
+pub(crate) fn smoke_samples(corpus: &Corpus, names: Option<&[String]>) -> Result<Vec<SmokeSample>, MissingSample> {
+    let Some(names) = names else { return Ok(default_smoke_samples(corpus)) };
     let find = |n: &String| {
         let s = corpus.samples.iter().find(|s| &s.name == n).ok_or_else(|| MissingSample { sample: n.clone(), corpus: corpus.dir.clone() })?;
         Ok(SmokeSample { name: s.name.clone(), path: s.path.clone(), expect: s.expect })
     };
     names.iter().map(find).collect()
+}
+
+/// The smallest sample of each kind, preferring those directly under
+/// `infected/` and `clean/`: the probe scans them every `probe_interval`, so
+/// small is cheap, and a sample in a subdirectory (archives, mail) may need
+/// a clamd option production has off. Ties go to the first name, so the
+/// choice is the same on every start. A corpus always has both kinds
+/// ([`Corpus::load`] refuses one without).
+pub(crate) fn default_smoke_samples(corpus: &Corpus) -> Vec<SmokeSample> {
+    [Expect::Infected, Expect::Clean]
+        .into_iter()
+        .filter_map(|expect| {
+            let top = if expect == Expect::Infected { "infected/" } else { "clean/" };
+            corpus
+                .samples
+                .iter()
+                .filter(|s| s.expect == expect)
+                .min_by_key(|s| {
+                    let nested = s.name.strip_prefix(top).is_none_or(|rest| rest.contains('/'));
+                    (nested, std::fs::metadata(&s.path).map_or(u64::MAX, |m| m.len()), s.name.clone())
+                })
+                .map(|s| SmokeSample { name: s.name.clone(), path: s.path.clone(), expect })
+        })
+        .collect()
 }
 
 /// Production does not scan a smoke sample as it should.
@@ -152,5 +178,44 @@ impl Production {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_smoke_samples_are_the_smallest_at_the_top_of_each_half() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, len: usize| {
+            let p = dir.path().join(name);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, vec![b'x'; len]).unwrap();
+        };
+        write("infected/big.exe", 900);
+        write("infected/small.exe", 500);
+        write("infected/archives/tiny.zip", 10);
+        write("clean/b.txt", 300);
+        write("clean/a.txt", 300);
+        write("clean/mail/tiny.eml", 5);
+        let corpus = Corpus::load(dir.path()).unwrap();
+        let names: Vec<String> = smoke_samples(&corpus, None).unwrap().into_iter().map(|s| s.name).collect();
+        assert_eq!(names, ["infected/small.exe", "clean/a.txt"]);
+        let chosen = vec!["infected/archives/tiny.zip".to_string(), "clean/mail/tiny.eml".to_string()];
+        let names: Vec<String> = smoke_samples(&corpus, Some(&chosen)).unwrap().into_iter().map(|s| s.name).collect();
+        assert_eq!(names, chosen, "a configured choice stands");
+    }
+
+    #[test]
+    fn only_nested_samples_are_still_chosen() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["infected/mail/x.eml", "clean/mail/y.eml"] {
+            let p = dir.path().join(name);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, b"x").unwrap();
+        }
+        let corpus = Corpus::load(dir.path()).unwrap();
+        assert_eq!(default_smoke_samples(&corpus).len(), 2);
     }
 }

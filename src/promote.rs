@@ -175,7 +175,7 @@ impl Activator<'_> {
             }
             Err(e) => e.to_string(),
         };
-        tracing::error!(release = id, "{kind}: {id} failed in production: {why}");
+        tracing::error!(release = id, reason = Code::ProductionFailed.as_str(), "{kind}: {id} failed in production: {why}");
         match s.fallback.filter(|p| p != id) {
             Some(prev) => self.go_back(&manifest, prev, why).await,
             None => {
@@ -218,7 +218,7 @@ impl Activator<'_> {
         let prev_manifest = self.store.manifest(&prev)?;
         match self.prod.verify(&prev_manifest, Point::RollbackReloaded).await {
             Ok(_) => {
-                tracing::warn!(release = prev, "rolled back from {id} to {prev}");
+                tracing::warn!(release = prev, reason = Code::ProductionFailed.as_str(), "rolled back from {id} to {prev}");
                 let done = Done { id: prev.clone(), from: Some(id.into()), production: None, reason: Some(why.clone()), automatic: Some(true) };
                 journal.append(Event::RollbackDone(done))?;
                 Ok(Outcome::RolledBack { reason: why, to: prev })

@@ -86,22 +86,21 @@ impl Fields {
         })
     }
 
-    /// A list of strings: `key = ["a", "b"]`.
-    pub(crate) fn strings(&mut self, key: &str, default: &[&str]) -> Vec<String> {
-        match self.take(key) {
-            None => default.iter().map(|s| s.to_string()).collect(),
-            Some(toml::Value::Array(a)) => {
+    /// A list of strings (`key = ["a", "b"]`), `None` when the key is not set.
+    pub(crate) fn opt_strings(&mut self, key: &str) -> Option<Vec<String>> {
+        Some(match self.take(key)? {
+            toml::Value::Array(a) => {
                 let out: Vec<String> = a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect();
                 if out.len() != a.len() {
                     self.problem(key, "expected a list of strings");
                 }
                 out
             }
-            Some(other) => {
+            other => {
                 self.problem(key, format_args!("expected a list of strings, found {}", other.type_str()));
-                default.iter().map(|s| s.to_string()).collect()
+                return None;
             }
-        }
+        })
     }
 
     pub(crate) fn path(&mut self, key: &str, default: &str) -> PathBuf {

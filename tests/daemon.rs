@@ -163,3 +163,78 @@ async fn a_change_during_a_canary_run_cancels_it_and_checks_the_new_files() {
     assert_eq!(judged, [v2.as_str()], "{after:#?}");
     assert_eq!(env.live(), Some(v2));
 }
+
+/// SIGHUP (logrotate, config tools) re-reads the config and policy: a good
+/// one applies, a bad one is refused with the file and key named while the
+/// running one stays; SIGTERM then stops it with `daemon.stopped`.
+#[tokio::test(flavor = "multi_thread")]
+async fn sighup_reloads_a_good_policy_and_keeps_the_running_one_on_a_bad_one() {
+    use rustix::process::Signal;
+    let (env, d, _prod) = support::daemon::live_v1("").await;
+    let policy = env.path().join("policy.toml");
+    let reloads = |event: &str| env.journal().iter().filter(|e| e.name() == event).count();
+
+    // The fixture's daily is minutes old: a 1 s limit makes readiness warn.
+    std::fs::write(&policy, "max_database_age = \"1s\"\n").unwrap();
+    d.signal(Signal::HUP);
+    env.wait_event("daemon.reloaded", None).await;
+    support::metrics::scrape_until(env.health, "the new threshold", |m| m.value("clamgate_policy_max_database_age_seconds", &[]) == Some(1.0)).await;
+    eventually("readiness warns on the new threshold", || async { readyz(&env).contains("\"status\":\"warn\"") }).await;
+
+    std::fs::write(&policy, "max_database_age = \"soon\"\n").unwrap();
+    d.signal(Signal::HUP);
+    let failed = env.wait_event("daemon.reload_failed", None).await;
+    let error = failed.get("error").unwrap();
+    assert!(error.contains(&policy.display().to_string()) && error.contains("max_database_age"), "{error}");
+    assert!(env.log().contains("keeping the running config and policy"), "{}", env.log());
+    assert_eq!(reloads("daemon.reloaded"), 1);
+    let m = support::metrics::scrape(env.health).unwrap();
+    assert_eq!(m.value("clamgate_policy_max_database_age_seconds", &[]), Some(1.0), "the running policy stays");
+
+    // A config that does not parse is refused the same way.
+    let good = std::fs::read_to_string(&env.config).unwrap();
+    std::fs::write(&env.config, format!("setle = \"1s\"\n{good}")).unwrap();
+    d.signal(Signal::HUP);
+    eventually("the bad config refused", || async { reloads("daemon.reload_failed") == 2 }).await;
+    assert!(env.journal().iter().rev().find(|e| e.name() == "daemon.reload_failed").unwrap().get("error").unwrap().contains("setle"));
+
+    std::fs::write(&env.config, good).unwrap();
+    std::fs::remove_file(&policy).unwrap();
+    d.signal(Signal::HUP);
+    eventually("the fixed config reloaded", || async { reloads("daemon.reloaded") == 2 }).await;
+    eventually("readiness passes on the built-in age limit", || async { readyz(&env).contains("\"status\":\"pass\"") }).await;
+
+    let status = d.stop();
+    assert!(status.success(), "{status:?}");
+    assert_eq!(env.journal().last().map(|e| e.name()), Some("daemon.stopped"));
+}
+
+fn readyz(env: &Env) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(env.health) else { return String::new() };
+    let _ = s.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
+/// An operator's own corpus shares no names with the shipped one: with
+/// `smoke_samples` unset the daemon picks from it instead of refusing to start.
+#[tokio::test(flavor = "multi_thread")]
+async fn smoke_samples_default_to_the_configured_corpus() {
+    let env = Env::new("", "");
+    let corpus = env.path().join("own-corpus");
+    for (from, to) in
+        [("infected/clam.exe", "infected/our-sample.exe"), ("infected/archives/clam.zip", "infected/archives/ours.zip"), ("clean/letter.txt", "clean/memo.txt")]
+    {
+        let to = corpus.join(to);
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(sample(from), to).unwrap();
+    }
+    let config = std::fs::read_to_string(&env.config).unwrap().replace(&support::corpus().display().to_string(), &corpus.display().to_string());
+    std::fs::write(&env.config, config).unwrap();
+    let _d = env.promoted("daily-v1").await;
+    let _prod = env.start_production(&[]).await;
+    support::daemon::wait_ready(&env, 200).await;
+    assert!(env.log().contains("smoke samples chosen from the corpus: infected/our-sample.exe, clean/memo.txt"), "{}", env.log());
+}

@@ -128,12 +128,13 @@ async fn gate_mode_tempfails_at_rcpt_while_clamd_is_down_and_loses_nothing() {
 }
 
 /// Scan mode through Postfix: the infected test mail is refused at the end
-/// of DATA with 554 5.7.1 naming the signature, and never delivered; a
-/// clean one is delivered with the X-Virus-Scanned header naming the live
-/// release.
+/// of DATA with 554 5.7.1 naming the signature, and never delivered, and
+/// the milter logs it once with the queue ID Postfix logged and the
+/// client's address; a clean one is delivered with the X-Virus-Scanned
+/// header naming the live release.
 #[tokio::test(flavor = "multi_thread")]
 async fn scan_mode_rejects_infected_mail_with_554_and_marks_clean_mail() {
-    let Stack { env: _env, _daemon, prod: _prod, milter: _milter, pf } = stack("mode = \"scan\"\nhealth_ttl = \"60s\"\n").await;
+    let Stack { env, _daemon, prod: _prod, milter: _milter, pf } = stack("mode = \"scan\"\nhealth_ttl = \"60s\"\n").await;
 
     let infected = sample("infected/mail/clam.mail");
     let t = pf.swaks(&["--data", &format!("@{}", infected.display())]).await;
@@ -146,6 +147,14 @@ async fn scan_mode_rejects_infected_mail_with_554_and_marks_clean_mail() {
         l.contains("/cleanup[") && l.contains("milter-reject: END-OF-MESSAGE") && l.contains("5.7.1 Message rejected: virus found (Clamgate.Test.ClamExe")
     })
     .await;
+    let maillog = pf.maillog();
+    let line = maillog.lines().find(|l| l.contains("milter-reject: END-OF-MESSAGE")).unwrap();
+    // `postfix/cleanup[123]: 4Zx9…: milter-reject: …`
+    let queue_id = line.split("]: ").nth(1).and_then(|r| r.split(':').next()).unwrap_or_else(|| panic!("no queue ID in {line}"));
+    let log = std::fs::read_to_string(env.path().join("milter.log")).unwrap();
+    let rejects: Vec<&str> = log.lines().filter(|l| l.contains("infected message")).collect();
+    assert_eq!(rejects.len(), 1, "{log}");
+    assert!(rejects[0].contains(&format!("queue_id={queue_id} ")) && rejects[0].contains("client=127.0.0.1 "), "{queue_id}: {}", rejects[0]);
 
     let clean = sample("clean/mail/order-confirmation.eml");
     let t = pf.swaks(&["--data", &format!("@{}", clean.display())]).await;

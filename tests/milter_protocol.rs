@@ -175,7 +175,11 @@ async fn unix_socket_is_private_replaces_a_stale_one_and_is_removed_at_exit() {
     drop(std::os::unix::net::UnixListener::bind(&sock).unwrap());
     let config = env.path().join("milter-unix.toml");
     let base = std::fs::read_to_string(&env.config).unwrap();
-    std::fs::write(&config, format!("{base}\n[milter]\nlisten = \"unix:{}\"\nmetrics_listen = \"\"\nhealth_url = \"http://{}/readyz\"\n", sock.display(), env.health)).unwrap();
+    std::fs::write(
+        &config,
+        format!("{base}\n[milter]\nlisten = \"unix:{}\"\nmetrics_listen = \"\"\nhealth_url = \"http://{}/readyz\"\n", sock.display(), env.health),
+    )
+    .unwrap();
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_clamgate")).args(["milter", "--config"]).arg(&config).spawn().unwrap();
     let mut up = false;
     for _ in 0..400 {
@@ -193,4 +197,15 @@ async fn unix_socket_is_private_replaces_a_stale_one_and_is_removed_at_exit() {
     let status = child.wait().unwrap();
     assert!(status.success(), "graceful exit: {status:?}");
     assert!(!sock.exists(), "socket left behind after exit");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sighup_does_not_stop_the_milter() {
+    let (env, _d, _prod) = live_v1("").await;
+    let mut m = env.spawn_milter("mode = \"gate\"\n");
+    rustix::process::kill_process(rustix::process::Pid::from_raw(m.child.id() as i32).unwrap(), rustix::process::Signal::HUP).unwrap();
+    eventually("the SIGHUP logged", || async { std::fs::read_to_string(env.path().join("milter.log")).unwrap_or_default().contains("SIGHUP") }).await;
+    assert!(m.child.try_wait().unwrap().is_none(), "the milter exited on SIGHUP");
+    let (rcpt, _) = deliver(m.addr, &clean_mail()).await;
+    assert_eq!(rcpt, Status::Accept);
 }

@@ -213,3 +213,45 @@ fn completions_are_generated() {
         assert!(text.contains("rollback") && text.contains("promote"), "{shell}");
     }
 }
+
+/// Root runs `pin` on a state dir that belongs to clamav (as the Debian
+/// package sets it up): the command runs as clamav and leaves no root-owned
+/// file behind for the daemon to trip over.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_root_run_pin_on_a_clamav_owned_state_dir_leaves_no_root_files() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    assert!(rustix::process::geteuid().is_root(), "this test needs root (CI runs as root)");
+    let (uid, gid) = clamav_ids();
+    let env = Env::new("", "");
+    let d = env.promoted("daily-v1").await;
+    d.stop();
+    // clamav must reach the config and a corpus of its own: a private copy.
+    std::fs::set_permissions(env.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let corpus = env.path().join("corpus");
+    assert!(std::process::Command::new("cp").arg("-r").arg(support::corpus()).arg(&corpus).status().unwrap().success());
+    let config = std::fs::read_to_string(&env.config).unwrap().replace(&support::corpus().display().to_string(), &corpus.display().to_string());
+    std::fs::write(&env.config, config).unwrap();
+    assert!(std::process::Command::new("chown").args(["-R", "clamav:clamav"]).arg(env.state()).status().unwrap().success());
+
+    let out =
+        std::process::Command::new(env!("CARGO_BIN_EXE_clamgate")).args(["pin", "--config"]).arg(&env.config).env("SUDO_USER", "ops-alice").output().unwrap();
+    ok(&out);
+    let mut stack = vec![env.state()];
+    while let Some(p) = stack.pop() {
+        let m = std::fs::symlink_metadata(&p).unwrap();
+        assert_eq!((m.uid(), m.gid()), (uid, gid), "{} is not clamav's", p.display());
+        if m.is_dir() {
+            stack.extend(std::fs::read_dir(&p).unwrap().map(|e| e.unwrap().path()));
+        }
+    }
+    let pin = env.journal().into_iter().rev().find(|e| e.name() == "pin").expect("pin journaled");
+    assert_eq!(pin.get("by").as_deref(), Some("ops-alice"), "who ran it survives the switch");
+}
+
+fn clamav_ids() -> (u32, u32) {
+    let id = |flag: &str| -> u32 {
+        let out = std::process::Command::new("id").args([flag, "clamav"]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().parse().expect("a clamav user (clamav-daemon is installed)")
+    };
+    (id("-u"), id("-g"))
+}

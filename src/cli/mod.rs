@@ -4,6 +4,7 @@
 pub(crate) mod change;
 pub(crate) mod check;
 pub(crate) mod inspect;
+mod owner;
 pub(crate) mod run;
 pub(crate) mod show;
 
@@ -101,13 +102,19 @@ impl From<crate::context::ContextError> for CliError {
 }
 
 /// Resolves on SIGINT or SIGTERM: the one cancellation signal every
-/// long-running command is handed.
-pub(crate) async fn shutdown_signal() {
+/// long-running command is handed. The handlers are installed when this is
+/// called, not when it is first polled: a SIGTERM that arrives while the
+/// command is still starting (a milter that just bound its socket) must stop
+/// it cleanly, not kill it with the default action.
+pub(crate) fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler installs");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler installs");
+    async move {
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
     }
 }
 
@@ -120,6 +127,8 @@ pub enum Exit {
     Environment,
     /// `clamgate status`: the monitoring-plugins convention instead.
     Plugin(Plugin),
+    /// The exit code of the same command, run again as the state dir's owner.
+    Passed(u8),
 }
 
 /// The monitoring-plugins states (Nagios, Icinga, Sensu), as exit codes.
@@ -151,6 +160,7 @@ impl Exit {
             Exit::Usage => 2,
             Exit::Environment => 3,
             Exit::Plugin(p) => p as u8,
+            Exit::Passed(code) => code,
         }
     }
 }
@@ -224,23 +234,43 @@ pub async fn run(cli: Cli) -> Result<Exit, (CliError, bool)> {
         }
         Command::Rollback(args) => {
             let json = args.json;
-            change::rollback(args).await.map_err(|e| (e, json))
+            match as_owner(&args.config) {
+                Some(ran) => ran,
+                None => change::rollback(args).await,
+            }
+            .map_err(|e| (e, json))
         }
         Command::Promote(args) => {
             let json = args.json;
-            change::promote(args).await.map_err(|e| (e, json))
+            match as_owner(&args.config) {
+                Some(ran) => ran,
+                None => change::promote(args).await,
+            }
+            .map_err(|e| (e, json))
         }
         Command::Pin(args) => {
             let json = args.json;
-            change::pin(args).await.map_err(|e| (e, json))
+            match as_owner(&args.config) {
+                Some(ran) => ran,
+                None => change::pin(args).await,
+            }
+            .map_err(|e| (e, json))
         }
         Command::Unpin(args) => {
             let json = args.json;
-            change::unpin(args).await.map_err(|e| (e, json))
+            match as_owner(&args.config) {
+                Some(ran) => ran,
+                None => change::unpin(args).await,
+            }
+            .map_err(|e| (e, json))
         }
         Command::Recheck(args) => {
             let json = args.json;
-            change::recheck(args).await.map_err(|e| (e, json))
+            match as_owner(&args.config) {
+                Some(ran) => ran,
+                None => change::recheck(args).await,
+            }
+            .map_err(|e| (e, json))
         }
         Command::Completions { shell } => {
             use clap::CommandFactory;
@@ -248,6 +278,14 @@ pub async fn run(cli: Cli) -> Result<Exit, (CliError, bool)> {
             Ok(Exit::Ok)
         }
     }
+}
+
+/// Runs a state-changing command again as the state dir's owner when root
+/// runs it on someone else's state dir; `None` to run it here. A config
+/// that does not load is left for the command itself to report.
+fn as_owner(config: &ConfigArg) -> Option<Result<Exit, CliError>> {
+    let config = config.load().ok()?;
+    owner::run_as_state_owner(&config.state_dir).transpose()
 }
 
 /// The default policy file, when it exists; else the built-in defaults.

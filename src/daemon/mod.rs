@@ -50,6 +50,10 @@ pub(crate) enum DaemonError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error("cannot handle SIGHUP: {0}")]
+    Signal(std::io::Error),
     #[error("cannot watch {dir}: {source}")]
     Watch {
         dir: PathBuf,
@@ -106,6 +110,10 @@ impl Daemon {
         // The policy first: a bad config must not create a state dir.
         let policy = config.load_policy()?;
         let cx = Context::open(config, StateDir::Create)?;
+        if cx.config.smoke_samples.is_none() {
+            let names: Vec<&str> = cx.production.smoke.iter().map(|s| s.name.as_str()).collect();
+            tracing::info!("smoke samples chosen from the corpus: {} (set smoke_samples to choose)", names.join(", "));
+        }
         let settings = ProbeSettings {
             interval: cx.config.health.probe_interval,
             latency_budget: cx.config.health.latency_budget,
@@ -120,8 +128,10 @@ impl Daemon {
 
     /// Runs until `shutdown` completes: the gate loop, the prober and the
     /// health endpoint, all stopped by the same signal and awaited.
-    pub(crate) async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
+    pub(crate) async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
         let _daemon = self.cx.store.daemon_lock()?;
+        // Installed first: from here SIGHUP (logrotate, config tools) reloads instead of killing.
+        let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).map_err(DaemonError::Signal)?;
         let addr = self.cx.config.health.listen.clone();
         let listener = tokio::net::TcpListener::bind(&addr).await.map_err(|source| DaemonError::Listen { addr: addr.clone(), source })?;
         tracing::info!("health endpoint on http://{}", listener.local_addr().map(|a| a.to_string()).unwrap_or(addr));
@@ -133,7 +143,7 @@ impl Daemon {
         tasks.spawn(crate::health::run_prober(self.health.clone(), self.cx.production.clone(), store.clone(), stop_rx.clone(), first_tx));
         tasks.spawn(systemd_notify(self.health.clone(), store.clone(), first_rx, stop_rx.clone()));
         self.health.beat();
-        let result = self.gate_loop(shutdown).await;
+        let result = self.gate_loop(shutdown, hangup).await;
         let _ = stop_tx.send(true);
         let drained = tokio::time::timeout(Duration::from_secs(10), async { while tasks.join_next().await.is_some() {} }).await;
         if drained.is_err() {
@@ -143,7 +153,7 @@ impl Daemon {
         result
     }
 
-    async fn gate_loop(&self, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
+    async fn gate_loop(&mut self, shutdown: impl Future<Output = ()>, mut hangup: tokio::signal::unix::Signal) -> Result<(), DaemonError> {
         self.start_up().await?;
         let mut lp = self.watch_incoming()?;
         let mut schedule = Schedule::new(self.cx.config.settle, self.cx.config.rescan_interval, lp.fingerprint(), Instant::now());
@@ -161,6 +171,8 @@ impl Daemon {
                         schedule.check_again();
                     }
                 }
+                // Between runs only: a SIGHUP during a run waits for its end.
+                Some(()) = hangup.recv() => self.reload()?,
                 _ = sleep_until(due.unwrap_or_else(far_future)), if due.is_some() => {
                     if let Flow::Stop = self.run_candidate(&mut schedule, &mut lp, shutdown.as_mut()).await? {
                         break;
@@ -212,7 +224,7 @@ impl Daemon {
     /// One candidate run, cancelled by a change in incoming (unless it is
     /// already deciding) or by shutdown.
     async fn run_candidate(&self, schedule: &mut Schedule, lp: &mut Loop, mut shutdown: Pin<&mut impl Future<Output = ()>>) -> Result<Flow, DaemonError> {
-        tracing::info!("incoming {} settled; checking it", lp.dir.display());
+        tracing::debug!("incoming {} settled; checking it", lp.dir.display());
         schedule.start();
         // Boxed, so that it can be dropped (its canary killed) before its
         // work directory is cleared.
@@ -221,7 +233,7 @@ impl Daemon {
             tokio::select! {
                 biased;
                 _ = &mut shutdown => {
-                    tracing::info!("shutdown during a candidate run; cancelling it");
+                    tracing::debug!("shutdown during a candidate run; cancelling it");
                     drop(run);
                     self.clear_work();
                     return Ok(Flow::Stop);
@@ -229,7 +241,7 @@ impl Daemon {
                 Some(()) = lp.watcher.changes.recv() => {
                     let deciding = self.deciding.load(Ordering::SeqCst);
                     if schedule.changed_during_run(lp.fingerprint(), Instant::now(), deciding) == DuringRun::Cancel {
-                        tracing::info!("incoming changed during the run; cancelling and starting over");
+                        tracing::debug!("incoming changed during the run; cancelling and starting over");
                         self.cx.store.journal().append(Event::CandidateCancelled { why: "incoming changed during the run".into() })?;
                         drop(run);
                         self.clear_work();
@@ -251,6 +263,37 @@ impl Daemon {
                 }
             }
         }
+    }
+
+    /// SIGHUP: the config and policy read again and checked as at start
+    /// (corpus, smoke samples, state dir); a bad one is logged and journaled,
+    /// and the running one kept. Keys the running loops were built from
+    /// apply at the next restart, and the journal names them.
+    fn reload(&mut self) -> Result<(), DaemonError> {
+        let journal = self.cx.store.journal();
+        match self.load_again() {
+            Ok((cx, policy, restart)) => {
+                let file = cx.config.file.clone();
+                tracing::info!(config = ?file, "reloaded the config and policy{}", restart_note(&restart));
+                self.health.set_thresholds(cx.config.health.latency_budget, policy.max_database_age);
+                self.health.metrics.policy(policy.max_database_age, policy.memory_budget);
+                (self.cx, self.policy) = (cx, policy);
+                journal.append(Event::DaemonReloaded { config: file, restart })?;
+            }
+            Err(e) => {
+                tracing::error!("SIGHUP: {e}; keeping the running config and policy");
+                journal.append(Event::DaemonReloadFailed { error: e.to_string() })?;
+            }
+        }
+        Ok(())
+    }
+
+    fn load_again(&self) -> Result<(Context, Policy, Vec<String>), DaemonError> {
+        let old = &self.cx.config;
+        let mut new = crate::config::Config::locate(old.file.as_deref())?;
+        let policy = new.load_policy()?;
+        let restart = new.keep_restart_only(old);
+        Ok((Context::open(new, StateDir::MustExist)?, policy, restart))
     }
 
     fn stopped(&self) -> Result<(), DaemonError> {
@@ -353,18 +396,18 @@ impl Daemon {
     async fn decide(&self, report: &Report, live: Option<&str>, baseline: Option<&Baseline>) -> Result<(), DaemonError> {
         let journal = self.cx.store.journal();
         let Some(manifest) = report.manifest.as_ref().filter(|m| !m.files.is_empty()) else {
-            tracing::warn!("incoming holds no usable database files: {:?}", report.reasons);
+            tracing::warn!(reason = codes(&report.reasons), "incoming holds no usable database files: {}", listed(&report.reasons));
             journal.append(Event::CandidateChecked(Checked { id: None, verdict: report.verdict, reasons: report.reasons.clone(), details: None }))?;
             return Ok(());
         };
         let id = manifest.id.as_str();
         match self.known(live, manifest) {
             Some(Known::Live) => {
-                tracing::debug!(candidate = id, "incoming matches the live release");
+                tracing::debug!(release = id, "incoming matches the live release");
                 return Ok(());
             }
             Some(Known::Quarantined(_)) => {
-                tracing::warn!(candidate = id, "candidate {id} was quarantined before; not checked again");
+                tracing::warn!(release = id, reason = Code::KnownBad.as_str(), "candidate {id} was quarantined before; not checked again");
                 *self.last_quarantined.lock().expect("not poisoned") = Some(id.to_string());
                 journal.append(Event::CandidateKnownBad { id: id.to_string(), reasons: report.reasons.clone() })?;
                 return Ok(());
@@ -379,9 +422,6 @@ impl Daemon {
         self.record_verdict(report, id)?;
         let lock = self.lock().await?;
         if report.verdict == Verdict::Reject {
-            for r in &report.reasons {
-                tracing::warn!(candidate = id, "rejected: {r}");
-            }
             let (log, files) = (report.canary_log.as_deref(), report.snapshot_dir.as_deref());
             self.cx.store.quarantine(&lock, manifest, &report.reasons, Source::Gate, log, files)?;
             *self.last_quarantined.lock().expect("not poisoned") = Some(id.to_string());
@@ -397,6 +437,13 @@ impl Daemon {
             CheckDetails { warnings: report.warnings.clone(), baseline: report.baseline.clone(), canary: report.canary.clone(), checks: report.checks.clone() };
         let checked = Checked { id: Some(id.to_string()), verdict: report.verdict, reasons: report.reasons.clone(), details: Some(details) };
         self.cx.store.journal().append(Event::CandidateChecked(checked))?;
+        match report.verdict {
+            Verdict::Reject => tracing::warn!(release = id, reason = codes(&report.reasons), "candidate {id} rejected: {}", listed(&report.reasons)),
+            Verdict::Pass if report.warnings.is_empty() => tracing::info!(release = id, "candidate {id} passed"),
+            Verdict::Pass => {
+                tracing::info!(release = id, reason = codes(&report.warnings), "candidate {id} passed with warnings: {}", listed(&report.warnings))
+            }
+        }
         let m = &self.health.metrics;
         m.candidate(report.verdict, report.reasons.first().map(|r| r.reason));
         if let Some(c) = &report.canary {
@@ -413,7 +460,7 @@ impl Daemon {
         failpoint::hit(Point::ReleaseWritten);
         journal.append(Event::ReleaseCreated { id: id.to_string(), signatures: manifest.total_signatures() })?;
         if let Some(pin) = store.pinned() {
-            tracing::warn!(candidate = id, "passed, but the live release is pinned by {} since {}; kept as release {id}", pin.by, pin.at);
+            tracing::warn!(release = id, "passed, but the live release is pinned by {} since {}; kept as release {id}", pin.by, pin.at);
             journal.append(Event::CandidateHeld { id: id.to_string(), pinned_by: pin.by })?;
             return Ok(());
         }
@@ -426,11 +473,24 @@ impl Daemon {
                     journal.append(Event::ReleasePruned { ids: removed })?;
                 }
             }
-            Outcome::RolledBack { reason, to } => tracing::error!(candidate = id, "rolled back to {to}: {reason}"),
-            Outcome::Broken { reason } => tracing::error!(candidate = id, "production needs attention: {reason}"),
+            Outcome::RolledBack { reason, to } => tracing::error!(release = id, "rolled back to {to}: {reason}"),
+            Outcome::Broken { reason } => tracing::error!(release = id, "production needs attention: {reason}"),
         }
         Ok(())
     }
+}
+
+fn restart_note(keys: &[String]) -> String {
+    if keys.is_empty() { String::new() } else { format!("; {} changed and apply at the next restart", keys.join(", ")) }
+}
+
+/// The reasons' codes, for the `reason` field (`CLAMGATE_REASON`).
+fn codes(reasons: &[Reason]) -> String {
+    reasons.iter().map(|r| r.reason.as_str()).collect::<Vec<_>>().join(",")
+}
+
+fn listed(reasons: &[Reason]) -> String {
+    reasons.iter().map(|r| r.to_string()).collect::<Vec<_>>().join("; ")
 }
 
 fn far_future() -> Instant {

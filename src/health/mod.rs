@@ -13,6 +13,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::candidate::Manifest;
+use crate::logging::spell::{Spell, Subject};
 use crate::metrics::Metrics;
 use crate::production::Production;
 pub(crate) use crate::status::Status;
@@ -34,6 +35,7 @@ pub(crate) struct Probe {
 }
 
 /// What the prober needs beyond production itself.
+#[derive(Debug, Clone, Copy)]
 pub struct ProbeSettings {
     pub interval: Duration,
     /// Scans slower than this make the probe `warn`.
@@ -48,7 +50,8 @@ pub struct Health {
     /// `/readyz`'s body, rendered once per probe result (and per second of
     /// staleness), so a flood of requests costs a clone, not a render.
     rendered: RwLock<Option<Rendered>>,
-    pub(crate) settings: ProbeSettings,
+    /// Replaced on reload (SIGHUP); the interval only at restart.
+    settings: RwLock<ProbeSettings>,
     pub(crate) metrics: Arc<Metrics>,
     started: Instant,
     /// Milliseconds since `started` of the main loop's last heartbeat.
@@ -57,7 +60,25 @@ pub struct Health {
 
 impl Health {
     pub fn new(settings: ProbeSettings, metrics: Arc<Metrics>) -> Arc<Health> {
-        Arc::new(Health { last: RwLock::new(None), rendered: RwLock::new(None), settings, metrics, started: Instant::now(), heartbeat: AtomicU64::new(0) })
+        Arc::new(Health {
+            last: RwLock::new(None),
+            rendered: RwLock::new(None),
+            settings: RwLock::new(settings),
+            metrics,
+            started: Instant::now(),
+            heartbeat: AtomicU64::new(0),
+        })
+    }
+
+    pub(crate) fn settings(&self) -> ProbeSettings {
+        *self.settings.read().expect("settings lock")
+    }
+
+    /// New thresholds (a reloaded config or policy); the probe interval stays.
+    pub(crate) fn set_thresholds(&self, latency_budget: Duration, max_database_age: Duration) {
+        let mut s = self.settings.write().expect("settings lock");
+        s.latency_budget = latency_budget;
+        s.max_database_age = max_database_age;
     }
 
     pub(crate) fn last(&self) -> Option<Probe> {
@@ -75,7 +96,7 @@ impl Health {
     }
 
     fn stale_after(&self) -> Duration {
-        self.settings.interval * 3 + Duration::from_secs(5)
+        self.settings().interval * 3 + Duration::from_secs(5)
     }
 
     /// [`Health::readiness`] serialized, from the cache when the probe
@@ -132,7 +153,7 @@ impl Health {
                 "clamd:database-age": [{
                     "observedValue": p.database_age.map(|d| d.as_secs()),
                     "observedUnit": "s",
-                    "status": if p.database_age.is_some_and(|a| a > self.settings.max_database_age) { "warn" } else { "pass" },
+                    "status": if p.database_age.is_some_and(|a| a > self.settings().max_database_age) { "warn" } else { "pass" },
                     "time": time,
                 }],
             },
@@ -215,6 +236,32 @@ fn warnings(p: &Probe, daily: Option<&CvdHeader>, pinned: bool, settings: &Probe
     warnings
 }
 
+/// What the prober logged last: a failing spell, and the status, so that
+/// only changes make lines (a WARN line per probe would be 86,400 a day).
+#[derive(Default)]
+struct ProbeLog {
+    failing: Spell,
+    last: Option<Status>,
+}
+
+impl ProbeLog {
+    fn probed(&mut self, p: &Probe, now: Instant) {
+        let (detail, release) = (p.output.as_deref().unwrap_or(""), p.release.as_deref());
+        let mark = if p.status == Status::Fail { self.failing.bad(now) } else { self.failing.good(now) };
+        if let Some(mark) = mark {
+            Subject::ProbeFailing.log(mark, detail, release);
+        }
+        match (self.last.replace(p.status), p.status) {
+            (Some(before), now) if before == now => {}
+            // The failing spell's lines say these.
+            (_, Status::Fail) | (Some(Status::Fail), Status::Pass) => {}
+            (_, Status::Warn) => tracing::warn!(release, status = "warn", "health: warn: {detail}"),
+            (_, Status::Pass) => tracing::info!(release, status = "pass", "health: pass"),
+            (_, Status::Skipped) => {}
+        }
+    }
+}
+
 /// Probes every interval until `shutdown` flips.
 pub(crate) async fn run_prober(
     health: Arc<Health>,
@@ -224,7 +271,8 @@ pub(crate) async fn run_prober(
     first: tokio::sync::oneshot::Sender<()>,
 ) {
     let mut first = Some(first);
-    let mut tick = tokio::time::interval(health.settings.interval);
+    let mut log = ProbeLog::default();
+    let mut tick = tokio::time::interval(health.settings().interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
@@ -233,8 +281,8 @@ pub(crate) async fn run_prober(
             _ = tick.tick() => {}
         }
         // Bounded: the client has per-call timeouts; this bounds the sum.
-        let bound = health.settings.interval.max(Duration::from_secs(5)) * 2;
-        let p = match tokio::time::timeout(bound, probe_once(&prod, &store, &health.settings)).await {
+        let bound = health.settings().interval.max(Duration::from_secs(5)) * 2;
+        let p = match tokio::time::timeout(bound, probe_once(&prod, &store, &health.settings())).await {
             Ok(p) => p,
             Err(_) => Probe {
                 status: Status::Fail,
@@ -247,9 +295,7 @@ pub(crate) async fn run_prober(
                 database_age: None,
             },
         };
-        if p.status == Status::Fail {
-            tracing::warn!(release = ?p.release, "health probe failed: {}", p.output.as_deref().unwrap_or(""));
-        }
+        log.probed(&p, Instant::now());
         health.record(p);
         health.metrics.follow(&store);
         if let Some(tx) = first.take() {

@@ -82,7 +82,11 @@ impl Default for MilterMetrics {
         r.register("scan_latency_seconds", "From the end of a message to clamd's verdict (scan mode)", m.scan_latency.clone());
         r.register("health_age_seconds", "Age of the cached /readyz answer the milter last acted on", m.health_age.clone());
         r.register("health_up", "1 when that answer said scanning is healthy", m.health_up.clone());
-        r.register("build", "clamgate build information", prometheus_client::metrics::info::Info::new(vec![("version".to_string(), env!("CARGO_PKG_VERSION").to_string())]));
+        r.register(
+            "build",
+            "clamgate build information",
+            prometheus_client::metrics::info::Info::new(vec![("version".to_string(), env!("CARGO_PKG_VERSION").to_string())]),
+        );
         MilterMetrics { registry: r, ..m }
     }
 }

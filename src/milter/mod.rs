@@ -15,10 +15,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use indymilter::{Actions, Callbacks, Context, ContextActions, EomContext, SetErrorReply, SmtpReply, Status};
+use indymilter::{Actions, Callbacks, Context, ContextActions, EomContext, SetErrorReply, SmtpReply, SocketInfo, Status};
 
 use crate::clamd::{ClamdError, Client, ScanVerdict, StreamScan};
 use crate::config::{Config, MilterConfig};
+use crate::logging::spell::{Spell, Subject};
 use metrics::{Action, MilterMetrics};
 pub(crate) use options::{MilterMode, OnInfected, Stage};
 use readiness::{HealthUrlError, ReadinessCache};
@@ -51,26 +52,20 @@ struct Shared {
     cfg: MilterConfig,
     readiness: ReadinessCache,
     clamd: Client,
-    outage: std::sync::Mutex<Option<Outage>>,
+    /// Tempfails while unhealthy, and in scan mode messages that could not
+    /// be scanned: spells, so a busy server does not log a line per message.
+    outage: std::sync::Mutex<Spell>,
+    unscannable: std::sync::Mutex<Spell>,
     metrics: Arc<MilterMetrics>,
 }
-
-/// An unhealthy spell, logged when it starts and ends and once a minute in
-/// between: a busy server would otherwise log a line per message.
-struct Outage {
-    since: Instant,
-    logged: Instant,
-    tempfailed: u64,
-    total: u64,
-}
-
-const OUTAGE_LOG_EVERY: Duration = Duration::from_secs(60);
 
 /// Per-message scan state.
 #[derive(Default)]
 struct Session {
     scan: Scan,
     release: Option<String>,
+    /// The SMTP client's address, for the reject line (scan mode only).
+    client: Option<String>,
 }
 
 /// Where one message's INSTREAM scan stands.
@@ -98,7 +93,7 @@ impl Session {
     /// Per-message state that went missing mid-message: the message is
     /// tempfailed at its end, never accepted half-scanned.
     fn lost() -> Session {
-        Session { scan: Scan::Failed(ScanFailure::Lost), release: None }
+        Session { scan: Scan::Failed(ScanFailure::Lost), release: None, client: None }
     }
 }
 
@@ -128,7 +123,7 @@ impl Shared {
         let cfg = config.milter.clone();
         let readiness = ReadinessCache::new(&cfg.health_url, cfg.health_ttl, cfg.health_timeout).map_err(MilterError::Config)?;
         let clamd = Client::new(config.clamd.endpoint.clone(), config.clamd.timeout);
-        Ok(Shared { cfg, readiness, clamd, outage: std::sync::Mutex::new(None), metrics: Arc::default() })
+        Ok(Shared { cfg, readiness, clamd, outage: Default::default(), unscannable: Default::default(), metrics: Arc::default() })
     }
 
     fn gates_at(&self, at: Stage) -> bool {
@@ -136,8 +131,13 @@ impl Shared {
     }
 
     /// Connect callback: a fresh session, gated if this is the stage.
-    async fn connect(self: Arc<Self>, ctx: &mut Context<Session>) -> Status {
-        ctx.data = Some(Session::default());
+    async fn connect(self: Arc<Self>, ctx: &mut Context<Session>, client: SocketInfo) -> Status {
+        let client = match client {
+            SocketInfo::Inet(addr) => addr.ip().to_string(),
+            SocketInfo::Unix(path) => format!("unix:{}", path.to_string_lossy()),
+            SocketInfo::Unknown => "unknown".into(),
+        };
+        ctx.data = Some(Session { client: Some(client), ..Session::default() });
         if self.gates_at(Stage::Connect) { self.gate(ctx).await } else { Status::Continue }
     }
 
@@ -170,34 +170,24 @@ impl Shared {
     }
 
     fn outage_goes_on(&self, detail: &str) {
-        let mut outage = self.outage.lock().expect("outage lock");
-        let now = Instant::now();
-        match outage.as_mut() {
-            None => {
-                tracing::warn!("scanning is not healthy ({detail}); tempfailing mail until it is");
-                *outage = Some(Outage { since: now, logged: now, tempfailed: 1, total: 1 });
-            }
-            Some(o) => {
-                o.tempfailed += 1;
-                o.total += 1;
-                if now.duration_since(o.logged) >= OUTAGE_LOG_EVERY {
-                    tracing::warn!(
-                        "scanning still not healthy after {}s ({detail}); tempfailed {} times in the last {}s",
-                        now.duration_since(o.since).as_secs(),
-                        o.tempfailed,
-                        now.duration_since(o.logged).as_secs()
-                    );
-                    o.logged = now;
-                    o.tempfailed = 0;
-                }
-            }
+        if let Some(mark) = self.outage.lock().expect("outage lock").bad(Instant::now()) {
+            Subject::MilterTempfail.log(mark, detail, None);
         }
     }
 
     fn outage_ends(&self) {
-        let mut outage = self.outage.lock().expect("outage lock");
-        if let Some(o) = outage.take() {
-            tracing::warn!("scanning is healthy again after {:.1}s; tempfailed {} times meanwhile", o.since.elapsed().as_secs_f64(), o.total);
+        if let Some(mark) = self.outage.lock().expect("outage lock").good(Instant::now()) {
+            Subject::MilterTempfail.log(mark, "", None);
+        }
+    }
+
+    /// Whether the last message could be scanned: ends or extends the spell.
+    fn scanned(&self, ok: bool, detail: &dyn std::fmt::Display) {
+        let mut spell = self.unscannable.lock().expect("unscannable lock");
+        let mark = if ok { spell.good(Instant::now()) } else { spell.bad(Instant::now()) };
+        drop(spell);
+        if let Some(mark) = mark {
+            Subject::ScanFailing.log(mark, &detail.to_string(), None);
         }
     }
 
@@ -236,10 +226,10 @@ impl Shared {
         if verdict.is_ok() {
             self.metrics.scanned(started.elapsed());
         }
-        ctx.data = Some(Session { release: session.release.clone(), ..Session::default() });
+        ctx.data = Some(Session { release: session.release.clone(), client: session.client.clone(), ..Session::default() });
         let (status, action) = match verdict {
             Ok(ScanVerdict::Clean) => self.clean(ctx, session.release.as_deref()).await,
-            Ok(ScanVerdict::Infected(sig)) => self.infected(ctx, &sig).await,
+            Ok(ScanVerdict::Infected(sig)) => self.infected(ctx, &sig, session.client.as_deref()).await,
             Ok(ScanVerdict::Error(e)) => self.unscanned(ctx, &e),
             Err(e) => self.unscanned(ctx, &e),
         };
@@ -258,6 +248,7 @@ impl Shared {
     }
 
     async fn clean(&self, ctx: &mut EomContext<Session>, release: Option<&str>) -> (Status, Action) {
+        self.scanned(true, &"");
         if self.cfg.add_header {
             let v = format!("clamgate (release {})", release.unwrap_or("unknown"));
             let _ = ctx.actions.add_header("X-Virus-Scanned", v).await;
@@ -267,12 +258,19 @@ impl Shared {
 
     /// Our own failure: tempfail, never accept unscanned, never reject.
     fn unscanned(&self, ctx: &mut EomContext<Session>, why: &dyn std::fmt::Display) -> (Status, Action) {
-        tracing::warn!("tempfailing a message that could not be scanned: {why}");
+        tracing::debug!(queue_id = %queue_id(ctx), "tempfailing a message that could not be scanned: {why}");
+        self.scanned(false, why);
         (tempfail(&mut ctx.reply, &self.cfg.tempfail_text), Action::Error)
     }
 
-    async fn infected(&self, ctx: &mut EomContext<Session>, sig: &str) -> (Status, Action) {
-        tracing::info!(signature = sig, action = %self.cfg.on_infected, "infected message");
+    /// Each infected message is logged with Postfix's queue ID (macro `i`,
+    /// sent at end of data by default) and the client, so an operator can
+    /// find it in the maillog.
+    async fn infected(&self, ctx: &mut EomContext<Session>, sig: &str, client: Option<&str>) -> (Status, Action) {
+        self.scanned(true, &"");
+        let (queue_id, client) = (queue_id(ctx), client.unwrap_or("unknown"));
+        let action = self.cfg.on_infected;
+        tracing::info!(queue_id = %queue_id, client = %client, signature = %sig, action = %action, "infected message {queue_id} from {client}: {sig}; {action}");
         match self.cfg.on_infected {
             OnInfected::Reject => {
                 let _ = ctx.reply.set_error_reply("554", Some("5.7.1"), [format!("Message rejected: virus found ({sig})")]);
@@ -291,6 +289,11 @@ impl Shared {
     }
 }
 
+/// Postfix's queue ID for the message, `unknown` if the MTA did not send it.
+fn queue_id(ctx: &EomContext<Session>) -> &str {
+    ctx.macros.get(c"i").and_then(|v| v.to_str().ok()).unwrap_or("unknown")
+}
+
 /// Abort callback: the message is gone, so is any half-sent scan with it.
 async fn abort(ctx: &mut Context<Session>) -> Status {
     if let Some(session) = ctx.data.as_mut() {
@@ -306,7 +309,7 @@ fn callbacks(shared: Arc<Shared>) -> Callbacks<Session> {
     // starts each session's state there.
     if shared.gates_at(Stage::Connect) || shared.cfg.mode == MilterMode::Scan {
         let s = shared.clone();
-        cb = cb.on_connect(move |ctx, _host, _addr| Box::pin(s.clone().connect(ctx)));
+        cb = cb.on_connect(move |ctx, _host, addr| Box::pin(s.clone().connect(ctx, addr)));
     }
     let s = shared.clone();
     cb = cb.on_rcpt(move |ctx, _args| Box::pin(s.clone().rcpt(ctx)));
@@ -351,7 +354,16 @@ pub(crate) async fn run(config: &Config, shutdown: impl Future<Output = ()> + Se
         }
         None => None,
     };
+    // SIGHUP (logrotate, config tools) must not kill the milter: it keeps
+    // nothing to reload but says so.
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).map_err(MilterError::Serve)?;
+    let hangup = tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            tracing::info!("SIGHUP: the milter reads its config only at start; restart it to apply a new one");
+        }
+    });
     let served = serve(cfg, callbacks(shared), shutdown).await;
+    hangup.abort();
     if let Some(task) = metrics {
         // Served until shutdown; a milter that failed to start never sends it.
         if served.is_err() {
@@ -366,20 +378,33 @@ async fn serve(cfg: &MilterConfig, callbacks: Callbacks<Session>, shutdown: impl
     let mut mcfg = indymilter::Config { max_connections: cfg.max_connections, ..Default::default() };
     mcfg.actions = Actions::ADD_HEADER | Actions::QUARANTINE;
     mcfg.connection_timeout = Duration::from_secs(300);
-    tracing::info!(listen = %cfg.listen, mode = %cfg.mode, "clamgate milter starting");
     let listen_failed = |source| MilterError::Listen { addr: cfg.listen.clone(), source };
     if let Some(path) = cfg.listen.strip_prefix("unix:") {
         let path = Path::new(path);
         let listener = bind_unix(path).map_err(listen_failed)?;
+        started(cfg);
         let served = indymilter::run(listener, callbacks, mcfg, shutdown).await;
         let _ = std::fs::remove_file(path);
-        served.map_err(MilterError::Serve)
+        stopped(served)
     } else if let Some(addr) = cfg.listen.strip_prefix("inet:") {
         let listener = tokio::net::TcpListener::bind(addr).await.map_err(listen_failed)?;
-        indymilter::run(listener, callbacks, mcfg, shutdown).await.map_err(MilterError::Serve)
+        started(cfg);
+        stopped(indymilter::run(listener, callbacks, mcfg, shutdown).await)
     } else {
         Err(MilterError::BadListen(cfg.listen.clone()))
     }
+}
+
+fn started(cfg: &MilterConfig) {
+    tracing::info!(listen = %cfg.listen, mode = %cfg.mode, "clamgate milter started");
+}
+
+/// A failure is reported by the caller, with the exit code.
+fn stopped(served: std::io::Result<()>) -> Result<(), MilterError> {
+    if served.is_ok() {
+        tracing::info!("clamgate milter stopped");
+    }
+    served.map_err(MilterError::Serve)
 }
 
 /// The socket is ours: a stale one is removed first (`run` removes it after),

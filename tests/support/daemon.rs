@@ -179,6 +179,10 @@ impl DaemonProc {
         self.child.id()
     }
 
+    pub fn signal(&self, sig: rustix::process::Signal) {
+        rustix::process::kill_process(rustix::process::Pid::from_raw(self.child.id() as i32).unwrap(), sig).unwrap();
+    }
+
     /// SIGTERM and wait: the graceful path.
     pub fn stop(mut self) -> std::process::ExitStatus {
         let _ = rustix::process::kill_process(rustix::process::Pid::from_raw(self.child.id() as i32).unwrap(), rustix::process::Signal::TERM);

@@ -4,7 +4,10 @@
 
 pub mod daemon;
 pub mod metrics;
+pub mod milter;
 pub mod postfix;
+pub mod prometheus;
+pub mod promql;
 
 use std::fs;
 use std::path::{Path, PathBuf};
