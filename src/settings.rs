@@ -82,6 +82,13 @@ impl Spans {
     }
 }
 
+/// Where the key at `path` (`["clamd", "binary"]`) is set in `text`, as
+/// 1-based line and column; `None` when the file does not set it.
+pub(crate) fn position(text: &str, path: &[&str]) -> Option<(usize, usize)> {
+    let path: Vec<String> = path.iter().map(|s| s.to_string()).collect();
+    Spans::of(text).at(&path)
+}
+
 fn line_starts(text: &str) -> Vec<usize> {
     std::iter::once(0).chain(text.match_indices('\n').map(|(i, _)| i + 1)).collect()
 }

@@ -325,15 +325,23 @@ pub(crate) async fn run(config: &Config, shutdown: impl Future<Output = ()> + Se
     if let Some(path) = cfg.listen.strip_prefix("unix:") {
         let path = Path::new(path);
         let listener = bind_unix(path).map_err(listen_failed)?;
+        listening();
         let served = indymilter::run(listener, callbacks, mcfg, shutdown).await;
         let _ = std::fs::remove_file(path);
         served.map_err(MilterError::Serve)
     } else if let Some(addr) = cfg.listen.strip_prefix("inet:") {
         let listener = tokio::net::TcpListener::bind(addr).await.map_err(listen_failed)?;
+        listening();
         indymilter::run(listener, callbacks, mcfg, shutdown).await.map_err(MilterError::Serve)
     } else {
         Err(MilterError::BadListen(cfg.listen.clone()))
     }
+}
+
+/// Tells systemd (Type=notify) the socket is bound: the unit orders Postfix
+/// after it, so Postfix never starts before the milter can answer.
+fn listening() {
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
 }
 
 /// The socket is ours: a stale one is removed first (`run` removes it after),
