@@ -110,7 +110,14 @@ fn package_installs_checks_and_purges_cleanly() {
     // Purge: nothing of ours is left (dpkg's own records aside).
     run(Command::new("dpkg").args(["--purge", "clamgate"]));
     assert!(!installed());
-    for path in ["/usr/bin/clamgate", "/etc/clamgate", "/var/lib/clamgate", "/usr/share/clamgate", "/lib/systemd/system/clamgate.service", "/usr/share/man/man1/clamgate.1.gz"] {
+    for path in [
+        "/usr/bin/clamgate",
+        "/etc/clamgate",
+        "/var/lib/clamgate",
+        "/usr/share/clamgate",
+        "/lib/systemd/system/clamgate.service",
+        "/usr/share/man/man1/clamgate.1.gz",
+    ] {
         assert!(fs::symlink_metadata(path).is_err(), "{path} is left after purge");
     }
 }

@@ -163,9 +163,9 @@ pub(crate) fn show(c: &Config) -> String {
         None => out.push_str(&format!("# policy: not set and {} does not exist: the built-in defaults\n", crate::config::defaults::POLICY)),
     }
     top.extend([
-            ("settle", d(c.settle)),
-            ("rescan_interval", d(c.rescan_interval)),
-            ("smoke_samples", Value::Array(c.smoke_samples.iter().map(|x| s(x)).collect())),
+        ("settle", d(c.settle)),
+        ("rescan_interval", d(c.rescan_interval)),
+        ("smoke_samples", Value::Array(c.smoke_samples.iter().map(|x| s(x)).collect())),
     ]);
     section(&mut out, None, top);
     let endpoint = match &c.clamd.endpoint {

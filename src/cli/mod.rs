@@ -249,9 +249,10 @@ fn manpages(out: &std::path::Path) -> Result<(), CliError> {
     fn write(cmd: clap::Command, name: String, out: &std::path::Path) -> Result<(), CliError> {
         let file = out.join(format!("{name}.1"));
         let mut buf = Vec::new();
-        clap_mangen::Man::new(cmd.clone().name(name.clone())).render(&mut buf).and_then(|()| std::fs::write(&file, buf)).map_err(|e| {
-            CliError::environment("environment.manpages", format!("cannot write {}: {e}", file.display()))
-        })?;
+        clap_mangen::Man::new(cmd.clone().name(name.clone()))
+            .render(&mut buf)
+            .and_then(|()| std::fs::write(&file, buf))
+            .map_err(|e| CliError::environment("environment.manpages", format!("cannot write {}: {e}", file.display())))?;
         for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set() && s.get_name() != "help") {
             write(sub.clone(), format!("{name}-{}", sub.get_name()), out)?;
         }
