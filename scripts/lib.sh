@@ -104,11 +104,13 @@ start_daemon() {
   local settle=$1 probe=$2 extra=${3:-}; shift 2; shift $(( $# > 0 ))
   health=$(free_port)
   mkdir -p "$work/incoming" "$work/prod"
+  # The shipped policy, named: a named policy must exist.
+  cp policies/default.toml "$work/policy.toml"
   cat > "$work/clamgate.toml" <<EOT
 state_dir = "$work/state"
 incoming_dir = "$work/incoming"
 corpus_dir = "$work/fx/corpus"
-policy = "$work/no-policy.toml"
+policy = "$work/policy.toml"
 settle = "$settle"
 $extra
 [clamd]

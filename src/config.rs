@@ -25,7 +25,9 @@ pub(crate) mod defaults {
     pub(crate) const HEALTH_LISTEN: &str = "127.0.0.1:3311";
     pub(crate) const HEALTH_URL: &str = "http://127.0.0.1:3311/readyz";
     /// The milter's socket: Postfix's `smtpd_milters` must name the same.
-    pub(crate) const MILTER_LISTEN: &str = "unix:/run/clamgate/milter.sock";
+    /// Under Postfix's queue directory, so a chrooted smtpd reaches it as
+    /// `unix:clamgate/milter.sock` (systemd/postfix/main.cf).
+    pub(crate) const MILTER_LISTEN: &str = "unix:/var/spool/postfix/clamgate/milter.sock";
     /// The milter's own `/metrics` (loopback: it tells nothing outsiders need).
     pub(crate) const MILTER_METRICS_LISTEN: &str = "127.0.0.1:3313";
 }
@@ -37,8 +39,7 @@ pub struct Config {
     pub(crate) state_dir: PathBuf,
     pub(crate) incoming_dir: PathBuf,
     pub(crate) corpus_dir: PathBuf,
-    /// Policy file; the built-in defaults apply when it does not exist.
-    pub(crate) policy: PathBuf,
+    pub(crate) policy: PolicyFile,
     /// Quiet time before a change in incoming_dir becomes a candidate.
     pub(crate) settle: Duration,
     /// Full rescan of incoming_dir, so a missed file event only delays.
@@ -50,6 +51,26 @@ pub struct Config {
     pub(crate) clamd: ClamdConfig,
     pub(crate) health: HealthConfig,
     pub(crate) milter: MilterConfig,
+}
+
+/// Which policy applies. A policy the config names must exist: a typo must
+/// not run on thresholds the operator never chose.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum PolicyFile {
+    /// No `policy` key: [`defaults::POLICY`] if it exists, else the built-in
+    /// defaults (the same rule as for the config file itself).
+    Default,
+    Named(PathBuf),
+}
+
+impl PolicyFile {
+    /// The file the thresholds come from; `None` for the built-in defaults.
+    pub(crate) fn path(&self) -> Option<&Path> {
+        match self {
+            PolicyFile::Named(p) => Some(p),
+            PolicyFile::Default => Some(Path::new(defaults::POLICY)).filter(|p| p.exists()),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -95,10 +116,10 @@ pub(crate) struct MilterConfig {
 }
 
 impl ClamdConfig {
-    fn parse(s: &mut Fields, problems: &mut Vec<String>) -> ClamdConfig {
+    fn parse(s: &mut Fields) -> ClamdConfig {
         let endpoint = match (s.opt_string("socket"), s.opt_string("tcp")) {
             (Some(_), Some(_)) => {
-                problems.push("clamd: set socket or tcp, not both".into());
+                s.problem("tcp", "set socket or tcp, not both");
                 Endpoint::Unix(defaults::CLAMD_SOCKET.into())
             }
             (_, Some(t)) => Endpoint::Tcp(t),
@@ -176,31 +197,25 @@ impl Config {
 
     pub fn parse(file: &Path, text: &str) -> Result<Config, SettingsError> {
         let mut f = Fields::parse(file, text)?;
-        let mut problems = Vec::new();
         let config = Config {
             file: Some(file.to_path_buf()),
             state_dir: f.path("state_dir", defaults::STATE_DIR),
             incoming_dir: f.path("incoming_dir", defaults::INCOMING_DIR),
             corpus_dir: f.path("corpus_dir", defaults::CORPUS_DIR),
-            policy: f.path("policy", defaults::POLICY),
+            policy: f.opt_string("policy").map_or(PolicyFile::Default, |p| PolicyFile::Named(p.into())),
             settle: f.duration("settle", "5s"),
             rescan_interval: f.duration("rescan_interval", "60s"),
             smoke_samples: f.opt_strings("smoke_samples"),
-            clamd: f.section("clamd", |s| ClamdConfig::parse(s, &mut problems)),
+            clamd: f.section("clamd", ClamdConfig::parse),
             health: f.section("health", HealthConfig::parse),
             milter: f.section("milter", MilterConfig::parse),
         };
         if let Some(smoke) = &config.smoke_samples
             && (!smoke.iter().any(|s| s.starts_with("infected/")) || !smoke.iter().any(|s| s.starts_with("clean/")))
         {
-            problems.push("smoke_samples: needs one sample under infected/ and one under clean/".to_string());
+            f.problem("smoke_samples", "needs one sample under infected/ and one under clean/");
         }
-        if let Err(e) = f.finish(file) {
-            problems.extend(e.problems);
-        }
-        if !problems.is_empty() {
-            return Err(SettingsError { file: file.to_path_buf(), problems });
-        }
+        f.finish(file)?;
         Ok(config)
     }
 
@@ -209,8 +224,6 @@ impl Config {
         self.file.clone().unwrap_or_else(|| PathBuf::from("(defaults)"))
     }
 
-    /// The policy file's thresholds, or the built-in defaults when the
-    /// configured file does not exist.
     /// On reload: the keys that the daemon's loops, sockets and prober were
     /// built from keep their running values; returns the ones that changed.
     pub(crate) fn keep_restart_only(&mut self, running: &Config) -> Vec<String> {
@@ -236,8 +249,13 @@ impl Config {
         changed
     }
 
+    /// The policy's thresholds (see [`PolicyFile`]); a named file that is
+    /// missing is an error.
     pub(crate) fn load_policy(&self) -> Result<crate::policy::Policy, crate::policy::PolicyError> {
-        if self.policy.exists() { crate::policy::Policy::load(&self.policy) } else { Ok(crate::policy::Policy::default()) }
+        match self.policy.path() {
+            Some(p) => crate::policy::Policy::load(p),
+            None => Ok(crate::policy::Policy::default()),
+        }
     }
 }
 
@@ -286,9 +304,43 @@ mod tests {
         let text =
             "settle = \"soon\"\nstate_dri = \"/x\"\n[clamd]\ntcp = \"127.0.0.1:3310\"\nsocket = \"/s\"\n[milter]\nmode = \"block\"\n[health]\nlisten = 5\n";
         let err = Config::parse(Path::new("/etc/c.toml"), text).unwrap_err().to_string();
-        for want in ["settle: invalid duration", "state_dri: unknown key", "clamd: set socket or tcp", "milter.mode", "health.listen: expected a string"] {
+        for want in [
+            "/etc/c.toml:1:1: settle: invalid duration",
+            "/etc/c.toml:2:1: state_dri: unknown key",
+            "/etc/c.toml:4:1: clamd.tcp: set socket or tcp, not both",
+            "/etc/c.toml:7:1: milter.mode",
+            "/etc/c.toml:9:1: health.listen: expected a string",
+        ] {
             assert!(err.contains(want), "{want:?} missing: {err}");
         }
+    }
+
+    /// A mistyped policy path used to run silently on the built-in defaults.
+    #[test]
+    fn a_named_policy_must_exist() {
+        let c = Config::parse(Path::new("c.toml"), "policy = \"/nonexistent/polcy.toml\"\n").unwrap();
+        assert_eq!(c.policy, PolicyFile::Named("/nonexistent/polcy.toml".into()));
+        let err = c.load_policy().unwrap_err().to_string();
+        assert!(err.contains("/nonexistent/polcy.toml"), "{err}");
+        assert_eq!(Config::parse(Path::new("c.toml"), "").unwrap().policy, PolicyFile::Default);
+    }
+
+    /// The shipped, commented example (installed as /etc/clamgate/clamgate.toml)
+    /// parses, sets every key, and sets each to its default.
+    #[test]
+    fn shipped_example_parses_to_the_defaults() {
+        let text = include_str!("../etc/clamgate.toml");
+        let c = Config::parse(Path::new("etc/clamgate.toml"), text).unwrap();
+        let d = Config::parse(Path::new("x"), "").unwrap();
+        assert_eq!(c.policy, PolicyFile::Named(defaults::POLICY.into()));
+        assert_eq!(format!("{:?}", Config { file: None, policy: PolicyFile::Default, ..c }), format!("{:?}", Config { file: None, ..d }));
+        // Every key the code reads is set (24; `clamd.tcp`, the alternative
+        // to `socket`, and `smoke_samples`, unset by default, are in
+        // comments), so the file documents them all.
+        let table: toml::Table = text.parse().unwrap();
+        let leaves: usize = table.values().map(|v| v.as_table().map_or(1, toml::Table::len)).sum();
+        assert_eq!(leaves, 24, "etc/clamgate.toml should set every key");
+        assert!(text.contains("# tcp = ") && text.contains("# smoke_samples = "), "clamd.tcp and smoke_samples are documented");
     }
 
     #[test]

@@ -68,9 +68,9 @@ impl Corpus {
             if !root.is_dir() {
                 return Err(layout(format!("has no {sub}/ directory")));
             }
-            walk(&root, &mut |path| {
+            walk(&root, &mut |path, real| {
                 let name = path.strip_prefix(dir).unwrap_or(path).to_string_lossy().into_owned();
-                samples.push(Sample { name, path: path.to_path_buf(), expect, pattern: None });
+                samples.push(Sample { name, path: real, expect, pattern: None });
             })
             .map_err(|(file, source)| CorpusError::Read { file, source })?;
         }
@@ -92,30 +92,25 @@ impl Corpus {
 fn apply_expectations(expect_file: &Path, samples: &mut [Sample]) -> Result<(), CorpusError> {
     let text = fs::read_to_string(expect_file).map_err(|source| CorpusError::Read { file: expect_file.to_path_buf(), source })?;
     let mut f = Fields::parse(expect_file, &text)?;
-    let mut problems = Vec::new();
     f.section("signatures", |s| {
         for sample in samples.iter_mut() {
             if let Some(p) = s.opt_string(&sample.name) {
                 match Regex::new(&p) {
                     Ok(re) => sample.pattern = Some(re),
-                    Err(e) => problems.push(format!("signatures.{:?}: bad pattern: {e}", sample.name)),
+                    Err(e) => s.problem(&sample.name, format_args!("bad pattern: {e}")),
                 }
             }
         }
     });
     // Keys left over name files that are not in the corpus.
-    if let Err(mut e) = f.finish(expect_file) {
+    f.finish(expect_file).map_err(|mut e| {
         for p in &mut e.problems {
-            if p.ends_with("unknown key") {
-                *p = p.replace("unknown key", "no such sample in the corpus");
+            if p.text.ends_with("unknown key") {
+                p.text = p.text.replace("unknown key", "no such sample in the corpus");
             }
         }
-        problems.extend(e.problems);
-    }
-    if !problems.is_empty() {
-        return Err(crate::settings::SettingsError { file: expect_file.to_path_buf(), problems }.into());
-    }
-    Ok(())
+        e.into()
+    })
 }
 
 /// Over names and contents, so an edited sample invalidates cached baselines.
@@ -129,16 +124,28 @@ fn digest(samples: &[Sample]) -> Result<String, CorpusError> {
     Ok(hex::encode(&h.finalize()[..8]))
 }
 
-fn walk(dir: &Path, f: &mut impl FnMut(&Path)) -> Result<(), (PathBuf, std::io::Error)> {
+/// Calls `f(name_path, real_path)` for each sample file under `dir`, sorted.
+fn walk(dir: &Path, f: &mut impl FnMut(&Path, PathBuf)) -> Result<(), (PathBuf, std::io::Error)> {
     let mut entries: Vec<_> = fs::read_dir(dir).map_err(|e| (dir.to_path_buf(), e))?.collect::<Result<_, _>>().map_err(|e| (dir.to_path_buf(), e))?;
     entries.sort_by_key(|e| e.file_name());
     for e in entries {
-        let ft = e.file_type().map_err(|err| (e.path(), err))?;
-        // Only regular files and real directories: a corpus is data, not links.
+        let path = e.path();
+        let ft = e.file_type().map_err(|err| (path.clone(), err))?;
         if ft.is_dir() {
-            walk(&e.path(), f)?;
+            walk(&path, f)?;
         } else if ft.is_file() {
-            f(&e.path());
+            f(&path, path.clone());
+        } else if ft.is_symlink() {
+            // The packaged corpus links its infected samples into Debian's
+            // clamav-testfiles. A link to a file is that file (scanned at its
+            // real path); a link to a directory could loop and a dangling one
+            // is a sample that cannot be scanned: both are errors, never
+            // silently skipped.
+            let target = fs::canonicalize(&path).map_err(|err| (path.clone(), err))?;
+            if !fs::metadata(&target).map_err(|err| (path.clone(), err))?.is_file() {
+                return Err((path, std::io::Error::other("a link to something other than a regular file")));
+            }
+            f(&path, target);
         }
     }
     Ok(())
@@ -348,6 +355,26 @@ mod tests {
             assert_eq!(j.warnings.len(), warnings, "{what}");
             assert_eq!(j.samples.iter().filter(|s| !s.ok).count() > 0, !want.is_empty() || warnings > 0, "{what}");
         }
+    }
+
+    /// The packaged corpus links into /usr/share/clamav-testfiles; the loader
+    /// used to skip every link without a word, leaving infected/ empty.
+    #[test]
+    fn links_to_files_are_samples_and_dangling_links_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        for sub in ["infected", "clean", "elsewhere"] {
+            fs::create_dir(root.join(sub)).unwrap();
+        }
+        fs::write(root.join("elsewhere/clam.exe"), b"sample").unwrap();
+        fs::write(root.join("clean/letter.txt"), b"hello").unwrap();
+        std::os::unix::fs::symlink(root.join("elsewhere/clam.exe"), root.join("infected/clam.exe")).unwrap();
+        let c = Corpus::load(root).unwrap();
+        let s = c.samples.iter().find(|s| s.name == "infected/clam.exe").expect("the link is a sample");
+        assert_eq!(s.path, fs::canonicalize(root.join("elsewhere/clam.exe")).unwrap());
+        std::os::unix::fs::symlink(root.join("elsewhere/gone"), root.join("infected/gone.exe")).unwrap();
+        let err = Corpus::load(root).unwrap_err().to_string();
+        assert!(err.contains("infected/gone.exe"), "{err}");
     }
 
     #[test]

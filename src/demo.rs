@@ -119,9 +119,11 @@ impl Demo {
         for (name, bytes) in CLEAN {
             fs::write(root.join("corpus").join(name), bytes).map_err(io(format!("write {name}")))?;
         }
+        // The built-in policy, named so no /etc/clamgate file changes the story.
+        fs::write(root.join("policy.toml"), crate::policy::DEFAULT_TOML).map_err(io("write policy"))?;
         let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map_err(io("pick a port"))?.port();
         let text = format!(
-            "state_dir = \"{r}/state\"\nincoming_dir = \"{r}/incoming\"\ncorpus_dir = \"{r}/corpus\"\npolicy = \"{r}/no-policy.toml\"\n\
+            "state_dir = \"{r}/state\"\nincoming_dir = \"{r}/incoming\"\ncorpus_dir = \"{r}/corpus\"\npolicy = \"{r}/policy.toml\"\n\
              settle = \"300ms\"\nrescan_interval = \"2s\"\nsmoke_samples = [\"infected/clam.exe\", \"clean/letter.txt\"]\n\
              [clamd]\nsocket = \"{r}/prod/clamd.sock\"\nreload_timeout = \"30s\"\n[health]\nlisten = \"127.0.0.1:{port}\"\nprobe_interval = \"250ms\"\n",
             r = root.display()

@@ -2,32 +2,119 @@
 //!
 //! The files are parsed into a raw table first, then each known key is taken
 //! and validated; every problem is collected, so one run reports all bad keys
-//! at once, each by name, and any key left over is reported as unknown.
+//! at once, each by name and by `file:line:column`, and any key left over is
+//! reported as unknown.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::time::Duration;
 
-/// Problems found in one settings file, each naming its key.
-#[derive(Debug, thiserror::Error)]
-#[error("{}: {}", file.display(), problems.join("; "))]
+/// Problems found in one settings file, each naming its key and, when the
+/// file has it, where: `file:line:column: key: what`.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{}", self.lines().join("; "))]
 pub struct SettingsError {
     pub(crate) file: PathBuf,
-    pub(crate) problems: Vec<String>,
+    pub(crate) problems: Vec<Problem>,
+}
+
+impl SettingsError {
+    /// One line per problem, each with the file and position, for printing
+    /// them one under the other (`clamgate config check`).
+    pub fn lines(&self) -> Vec<String> {
+        self.problems.iter().map(|p| p.located(&self.file)).collect()
+    }
+}
+
+/// One bad key or value; `at` is its line and column (1-based), when known.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Problem {
+    pub(crate) at: Option<(usize, usize)>,
+    /// `key: what is wrong`.
+    pub(crate) text: String,
+}
+
+impl Problem {
+    pub(crate) fn new(at: Option<(usize, usize)>, text: impl Into<String>) -> Problem {
+        Problem { at, text: text.into() }
+    }
+
+    fn located(&self, file: &Path) -> String {
+        match self.at {
+            Some((line, col)) => format!("{}:{line}:{col}: {}", file.display(), self.text),
+            None => format!("{}: {}", file.display(), self.text),
+        }
+    }
+}
+
+/// Where each key of a file was written: the dotted path, as a list so a key
+/// with a dot in it (`"infected/clam.exe"`) stays one segment.
+#[derive(Debug, Default)]
+struct Spans {
+    keys: HashMap<Vec<String>, usize>,
+    /// Byte offset where each line starts.
+    lines: Vec<usize>,
+}
+
+impl Spans {
+    fn of(text: &str) -> Spans {
+        let mut spans = Spans { keys: HashMap::new(), lines: line_starts(text) };
+        if let Ok(doc) = toml::de::DeTable::parse(text) {
+            spans.collect(doc.get_ref(), &mut Vec::new());
+        }
+        spans
+    }
+
+    fn collect(&mut self, table: &toml::de::DeTable<'_>, path: &mut Vec<String>) {
+        for (k, v) in table.iter() {
+            path.push(k.get_ref().to_string());
+            self.keys.insert(path.clone(), k.span().start);
+            if let toml::de::DeValue::Table(t) = v.get_ref() {
+                self.collect(t, path);
+            }
+            path.pop();
+        }
+    }
+
+    fn at(&self, path: &[String]) -> Option<(usize, usize)> {
+        self.keys.get(path).map(|&offset| line_col(&self.lines, offset))
+    }
+}
+
+/// Where the key at `path` (`["clamd", "binary"]`) is set in `text`, as
+/// 1-based line and column; `None` when the file does not set it.
+pub(crate) fn position(text: &str, path: &[&str]) -> Option<(usize, usize)> {
+    let path: Vec<String> = path.iter().map(|s| s.to_string()).collect();
+    Spans::of(text).at(&path)
+}
+
+fn line_starts(text: &str) -> Vec<usize> {
+    std::iter::once(0).chain(text.match_indices('\n').map(|(i, _)| i + 1)).collect()
+}
+
+/// 1-based line and column (in bytes) of a byte offset.
+fn line_col(lines: &[usize], offset: usize) -> (usize, usize) {
+    let line = lines.partition_point(|&start| start <= offset).max(1);
+    (line, offset - lines[line - 1] + 1)
 }
 
 /// Takes keys out of a TOML table, recording problems instead of stopping.
 pub(crate) struct Fields {
     prefix: String,
+    path: Vec<String>,
+    spans: Rc<Spans>,
     table: toml::Table,
-    problems: Vec<String>,
+    problems: Vec<Problem>,
 }
 
 impl Fields {
     pub(crate) fn parse(file: &Path, text: &str) -> Result<Fields, SettingsError> {
-        let table: toml::Table = text
-            .parse()
-            .map_err(|e: toml::de::Error| SettingsError { file: file.to_path_buf(), problems: vec![format!("not valid TOML: {}", e.message())] })?;
-        Ok(Fields { prefix: String::new(), table, problems: Vec::new() })
+        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+            let at = e.span().map(|s| line_col(&line_starts(text), s.start));
+            SettingsError { file: file.to_path_buf(), problems: vec![Problem::new(at, format!("not valid TOML: {}", e.message().trim_end()))] }
+        })?;
+        Ok(Fields { prefix: String::new(), path: Vec::new(), spans: Rc::new(Spans::of(text)), table, problems: Vec::new() })
     }
 
     fn key(&self, key: &str) -> String {
@@ -38,9 +125,17 @@ impl Fields {
         self.table.remove(key)
     }
 
-    fn problem(&mut self, key: &str, what: impl std::fmt::Display) {
-        let k = self.key(key);
-        self.problems.push(format!("{k}: {what}"));
+    /// Where `key` of this table was written, if it was.
+    fn at(&self, key: &str) -> Option<(usize, usize)> {
+        let mut path = self.path.clone();
+        path.push(key.to_string());
+        self.spans.at(&path)
+    }
+
+    /// Records a problem with `key`, at the line where the file sets it.
+    pub(crate) fn problem(&mut self, key: &str, what: impl std::fmt::Display) {
+        let p = Problem::new(self.at(key), format!("{}: {what}", self.key(key)));
+        self.problems.push(p);
     }
 
     /// A `[section]`: its keys are checked by `f` with `section.` in messages.
@@ -53,7 +148,9 @@ impl Fields {
                 toml::Table::new()
             }
         };
-        let mut sub = Fields { prefix: format!("{}{key}.", self.prefix), table, problems: Vec::new() };
+        let mut path = self.path.clone();
+        path.push(key.to_string());
+        let mut sub = Fields { prefix: format!("{}{key}.", self.prefix), path, spans: self.spans.clone(), table, problems: Vec::new() };
         let out = f(&mut sub);
         sub.finish_into(&mut self.problems);
         out
@@ -194,11 +291,12 @@ impl Fields {
         }
     }
 
-    fn finish_into(self, problems: &mut Vec<String>) {
-        problems.extend(self.problems);
-        for key in self.table.keys() {
-            problems.push(format!("{}{key}: unknown key", self.prefix));
+    fn finish_into(mut self, problems: &mut Vec<Problem>) {
+        let left: Vec<String> = self.table.keys().cloned().collect();
+        for key in left {
+            self.problem(&key, "unknown key");
         }
+        problems.extend(self.problems);
     }
 
     /// Reports every problem, unknown keys included, or nothing.
@@ -291,6 +389,21 @@ mod tests {
         for want in ["a: invalid duration", "b: -3 is out of range", "c: expected a string", "s.d: expected a string", "s.q: unknown key", "zz: unknown key"] {
             assert!(msg.contains(want), "{want:?} missing in {msg}");
         }
-        assert!(msg.starts_with("p.toml: "));
+        assert!(msg.starts_with("p.toml:1:1: a: invalid duration"), "{msg}");
+        for want in ["p.toml:2:1: b:", "p.toml:4:1: zz: unknown key", "p.toml:6:1: s.d:", "p.toml:7:1: s.q: unknown key"] {
+            assert!(msg.contains(want), "{want:?} missing in {msg}");
+        }
+    }
+
+    /// An operator's typo must point at the line to fix, not only the key.
+    #[test]
+    fn positions_are_line_and_column() {
+        let file = Path::new("c.toml");
+        let mut f = Fields::parse(file, "# comment\n\n[milter]\n  lisen = \"x\"\n").unwrap();
+        f.section("milter", |s| s.string("listen", ""));
+        assert_eq!(f.finish(file).unwrap_err().lines(), ["c.toml:4:3: milter.lisen: unknown key"]);
+        let err = Fields::parse(file, "a = 1\nb = \n").err().unwrap();
+        assert!(err.to_string().starts_with("c.toml:2:"), "{err}");
+        assert_eq!(line_col(&line_starts("ab\ncd"), 4), (2, 2));
     }
 }

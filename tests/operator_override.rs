@@ -178,12 +178,20 @@ async fn state_changes_print_one_json_object_and_show_diffs_containers() {
 
     let (code, v) = json(&env, &["rollback"]);
     assert_eq!(code, 0, "{v:#}");
-    assert_eq!((v["action"].as_str(), v["id"].as_str(), v["from"].as_str(), v["marked_bad"].as_str()), (Some("rollback"), Some(v1.as_str()), Some(v2.as_str()), Some(v2.as_str())), "{v:#}");
+    assert_eq!(
+        (v["action"].as_str(), v["id"].as_str(), v["from"].as_str(), v["marked_bad"].as_str()),
+        (Some("rollback"), Some(v1.as_str()), Some(v2.as_str()), Some(v2.as_str())),
+        "{v:#}"
+    );
     assert_eq!((v["production"]["result"].as_str(), v["production"]["database"].as_u64()), (Some("scanning"), Some(1)), "{v:#}");
 
     let (code, v) = json(&env, &["promote", &v2, "--force"]);
     assert_eq!(code, 0, "{v:#}");
-    assert_eq!((v["id"].as_str(), v["overrode"]["source"].as_str(), v["production"]["database"].as_u64()), (Some(v2.as_str()), Some("operator"), Some(2)), "{v:#}");
+    assert_eq!(
+        (v["id"].as_str(), v["overrode"]["source"].as_str(), v["production"]["database"].as_u64()),
+        (Some(v2.as_str()), Some("operator"), Some(2)),
+        "{v:#}"
+    );
 
     let (code, v) = json(&env, &["pin"]);
     assert_eq!((code, v["action"].as_str(), v["id"].as_str(), v["changed"].as_bool()), (0, Some("pin"), Some(v2.as_str()), Some(true)), "{v:#}");

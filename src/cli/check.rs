@@ -81,7 +81,7 @@ pub(crate) async fn run(args: CheckArgs) -> Result<Exit, CliError> {
     Ok(if report.verdict == Verdict::Pass { Exit::Ok } else { Exit::Rejected })
 }
 
-fn is_executable(p: &Path) -> bool {
+pub(crate) fn is_executable(p: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
     std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }

@@ -168,7 +168,9 @@ fn print(o: &mut impl Write, v: &View) -> std::io::Result<()> {
         (_, true, _) => "the live release".to_string(),
         (Kind::Release, false, None) => "a kept release".to_string(),
         (Kind::Release, false, Some(b)) => format!("a kept release, marked bad by the {} {}", b.source, when(&b.at)),
-        (Kind::Candidate, _, b) => format!("a quarantined candidate, not a release{}", b.as_ref().map(|b| format!(" (by the {} {})", b.source, when(&b.at))).unwrap_or_default()),
+        (Kind::Candidate, _, b) => {
+            format!("a quarantined candidate, not a release{}", b.as_ref().map(|b| format!(" (by the {} {})", b.source, when(&b.at))).unwrap_or_default())
+        }
     };
     writeln!(o, "id        {}  {what}", v.id)?;
     let width = v.files.iter().map(|f| f.name.len()).max().unwrap_or(0);

@@ -3,6 +3,7 @@
 
 pub(crate) mod change;
 pub(crate) mod check;
+pub(crate) mod config;
 pub(crate) mod inspect;
 mod owner;
 pub(crate) mod run;
@@ -57,10 +58,19 @@ pub enum Command {
         #[arg(long)]
         keep: bool,
     },
+    /// Check the config (and the policy, corpus and clamd it names), or print it with defaults filled in.
+    #[command(subcommand)]
+    Config(config::ConfigCommand),
     /// Print shell completions.
     Completions {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
+    },
+    /// Write the man pages (clamgate.1 and one per subcommand) into DIR; used by scripts/build-deb.
+    #[command(hide = true)]
+    Manpages {
+        #[arg(long)]
+        out: PathBuf,
     },
 }
 
@@ -73,7 +83,11 @@ pub struct ConfigArg {
 
 impl ConfigArg {
     pub(crate) fn load(&self) -> Result<crate::config::Config, CliError> {
-        crate::config::Config::locate(self.config.as_deref()).map_err(|e| CliError::usage("config.invalid", e))
+        self.load_config().map_err(|e| CliError::usage("config.invalid", e))
+    }
+
+    pub(crate) fn load_config(&self) -> Result<crate::config::Config, crate::config::ConfigError> {
+        crate::config::Config::locate(self.config.as_deref())
     }
 
     /// Everything a command that changes state needs.
@@ -272,6 +286,8 @@ pub async fn run(cli: Cli) -> Result<Exit, (CliError, bool)> {
             }
             .map_err(|e| (e, json))
         }
+        Command::Config(cmd) => config::run(cmd).await.map_err(|e| (e, false)),
+        Command::Manpages { out } => manpages(&out).map(|()| Exit::Ok).map_err(|e| (e, false)),
         Command::Completions { shell } => {
             use clap::CommandFactory;
             clap_complete::generate(shell, &mut Cli::command(), "clamgate", &mut std::io::stdout());
@@ -286,6 +302,29 @@ pub async fn run(cli: Cli) -> Result<Exit, (CliError, bool)> {
 fn as_owner(config: &ConfigArg) -> Option<Result<Exit, CliError>> {
     let config = config.load().ok()?;
     owner::run_as_state_owner(&config.state_dir).transpose()
+}
+
+/// clamgate(1) and clamgate-SUB(1) for each visible subcommand (and
+/// clamgate-config-check(1) for nested ones), from the clap definitions, so
+/// the man pages cannot drift from `--help`.
+fn manpages(out: &std::path::Path) -> Result<(), CliError> {
+    use clap::CommandFactory;
+    fn write(cmd: clap::Command, name: String, out: &std::path::Path) -> Result<(), CliError> {
+        let file = out.join(format!("{name}.1"));
+        let mut buf = Vec::new();
+        clap_mangen::Man::new(cmd.clone().name(name.clone()))
+            .render(&mut buf)
+            .and_then(|()| std::fs::write(&file, buf))
+            .map_err(|e| CliError::environment("environment.manpages", format!("cannot write {}: {e}", file.display())))?;
+        for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set() && s.get_name() != "help") {
+            write(sub.clone(), format!("{name}-{}", sub.get_name()), out)?;
+        }
+        Ok(())
+    }
+    std::fs::create_dir_all(out).map_err(|e| CliError::environment("environment.manpages", format!("cannot create {}: {e}", out.display())))?;
+    let mut cmd = Cli::command();
+    cmd.build();
+    write(cmd, "clamgate".into(), out)
 }
 
 /// The default policy file, when it exists; else the built-in defaults.

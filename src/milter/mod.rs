@@ -395,8 +395,12 @@ async fn serve(cfg: &MilterConfig, callbacks: Callbacks<Session>, shutdown: impl
     }
 }
 
+/// Logs the start and tells systemd (Type=notify) the socket is bound: the
+/// unit orders Postfix after it, so Postfix never starts before the milter
+/// can answer.
 fn started(cfg: &MilterConfig) {
     tracing::info!(listen = %cfg.listen, mode = %cfg.mode, "clamgate milter started");
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
 }
 
 /// A failure is reported by the caller, with the exit code.

@@ -23,6 +23,8 @@ impl Env {
         let root = tempfile::Builder::new().prefix("cgd-").tempdir_in("/tmp").unwrap();
         let r = root.path();
         fs::create_dir_all(r.join("incoming")).unwrap();
+        // The config names it, so it must exist; a test may overwrite it.
+        fs::copy(super::repo().join("policies/default.toml"), r.join("policy.toml")).unwrap();
         let config = r.join("clamgate.toml");
         let health = free_port();
         fs::write(
