@@ -202,3 +202,27 @@ fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
         }
     }
 }
+
+/// Without flags, `check` gates with what the config says (corpus_dir,
+/// policy, clamd.binary), as the daemon would; a flag overrides its key.
+#[test]
+fn check_uses_the_config_unless_a_flag_says_otherwise() {
+    let cmd = Cmd::new();
+    let strict = cmd.path().join("strict.toml");
+    std::fs::write(&strict, "max_file_size = \"10B\"\n").unwrap();
+    let config = cmd.path().join("check.toml");
+    std::fs::write(&config, format!("corpus_dir = \"{}\"\npolicy = \"{}\"\n", s(&corpus()), s(&strict))).unwrap();
+    let good = s(&set("good"));
+    let (code, r) = cmd.json(&["check", &good, "--config", &s(&config)]);
+    assert_eq!(code, 1, "{r:#}");
+    assert_eq!(reason_codes(&r), ["file.too_large"], "the config's policy applies: {r:#}");
+    let shipped = s(&repo().join("policies/default.toml"));
+    let (code, r) = cmd.json(&["check", &good, "--config", &s(&config), "--policy", &shipped]);
+    assert_eq!(code, 0, "--policy wins over the config's: {r:#}");
+    assert_eq!(r["samples"].as_array().unwrap().len(), 20, "the config's corpus was used: {r:#}");
+    let missing = cmd.path().join("missing.toml");
+    std::fs::write(&config, format!("corpus_dir = \"{}\"\npolicy = \"{}\"\n", s(&corpus()), s(&missing))).unwrap();
+    let (code, out, err) = cmd.run(&["check", &good, "--config", &s(&config)]);
+    assert_eq!(code, 2, "a named policy that does not exist is an error: {out}{err}");
+    assert!(err.contains(&s(&missing)), "{err}");
+}

@@ -7,7 +7,6 @@ use clap::Args;
 
 use super::{CliError, Exit};
 use crate::candidate::{self, Manifest};
-use crate::config::defaults;
 use crate::corpus::Corpus;
 use crate::gate::{Baseline, Gate, GateError, Report, Verdict};
 use crate::policy::Policy;
@@ -18,19 +17,24 @@ use crate::validate;
 pub struct CheckArgs {
     /// Directory of database files (as freshclam writes them).
     pub(crate) dir: PathBuf,
-    /// Corpus directory with clean/ and infected/.
-    #[arg(long, default_value = defaults::CORPUS_DIR)]
-    pub(crate) corpus: PathBuf,
+    /// Config file whose corpus_dir, policy and clamd binary are used unless
+    /// the flags below say otherwise (default: $CLAMGATE_CONFIG, else
+    /// /etc/clamgate/clamgate.toml if present, else the built-in defaults).
+    #[arg(long)]
+    pub(crate) config: Option<PathBuf>,
+    /// Corpus directory with clean/ and infected/ (default: the config's corpus_dir).
+    #[arg(long)]
+    pub(crate) corpus: Option<PathBuf>,
     /// The release the candidate would replace (a release directory or any
     /// directory of database files): versions, counts and verdicts are compared.
     #[arg(long)]
     pub(crate) baseline: Option<PathBuf>,
-    /// Policy file (default: /etc/clamgate/policies/default.toml if present, else built-in defaults).
+    /// Policy file (default: the config's policy).
     #[arg(long)]
     pub(crate) policy: Option<PathBuf>,
-    /// clamd binary started for the canary.
-    #[arg(long, default_value = defaults::CLAMD_BINARY)]
-    pub(crate) clamd: PathBuf,
+    /// clamd binary started for the canary (default: the config's clamd.binary).
+    #[arg(long)]
+    pub(crate) clamd: Option<PathBuf>,
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub(crate) json: bool,
@@ -43,15 +47,19 @@ pub(crate) async fn run(args: CheckArgs) -> Result<Exit, CliError> {
     if !args.dir.is_dir() {
         return Err(CliError::usage("usage.not_a_directory", format!("{}: not a directory", args.dir.display())));
     }
-    let policy = match args.policy.clone().or_else(super::default_policy_path) {
-        Some(p) => Policy::load(&p).map_err(|e| CliError::usage("config.policy", e))?,
-        None => Policy::default(),
-    };
-    let corpus = Corpus::load(&args.corpus).map_err(|e| CliError::usage("config.corpus", e))?;
-    if !is_executable(&args.clamd) {
+    // The flags win; else the config the daemon would use says.
+    let config = crate::config::Config::locate(args.config.as_deref()).map_err(|e| CliError::usage("config.invalid", e))?;
+    let policy = match &args.policy {
+        Some(p) => Policy::load(p),
+        None => config.load_policy(),
+    }
+    .map_err(|e| CliError::usage("config.policy", e))?;
+    let corpus = Corpus::load(args.corpus.as_deref().unwrap_or(&config.corpus_dir)).map_err(|e| CliError::usage("config.corpus", e))?;
+    let clamd = args.clamd.clone().unwrap_or_else(|| config.clamd.binary.clone());
+    if !is_executable(&clamd) {
         return Err(CliError::environment(
             "environment.no_clamd",
-            format!("{}: no clamd binary there (install clamav-daemon, or pass --clamd)", args.clamd.display()),
+            format!("{}: no clamd binary there (install clamav-daemon, or pass --clamd)", clamd.display()),
         ));
     }
     let work = tempfile::Builder::new()
@@ -62,7 +70,7 @@ pub(crate) async fn run(args: CheckArgs) -> Result<Exit, CliError> {
         Some(b) => Some(load_baseline(b, &work.path().join("baseline"), &policy)?),
         None => None,
     };
-    let gate = Gate { policy: &policy, clamd_binary: &args.clamd, corpus: &corpus, known: None };
+    let gate = Gate { policy: &policy, clamd_binary: &clamd, corpus: &corpus, known: None };
     let report = gate.check(&args.dir, &work.path().join("candidate"), baseline.as_ref()).await.map_err(|e| match e {
         GateError::Snapshot(e @ candidate::SnapshotError::ReadDir { .. }) => CliError::usage("usage.unreadable_dir", e),
         e => CliError::environment("environment.gate", e),

@@ -327,12 +327,6 @@ fn manpages(out: &std::path::Path) -> Result<(), CliError> {
     write(cmd, "clamgate".into(), out)
 }
 
-/// The default policy file, when it exists; else the built-in defaults.
-pub(crate) fn default_policy_path() -> Option<PathBuf> {
-    let p = PathBuf::from(crate::config::defaults::POLICY);
-    p.exists().then_some(p)
-}
-
 /// An RFC 3339 time as the operator reads it: local time and how long ago.
 pub(crate) fn when(ts: &str) -> String {
     let Ok(t) = ts.parse::<jiff::Timestamp>() else { return ts.to_string() };

@@ -176,12 +176,19 @@ pub struct Cmd {
 
 impl Cmd {
     pub fn new() -> Cmd {
-        Cmd { tmp: tempfile::Builder::new().prefix("cg-").tempdir_in("/tmp").unwrap() }
+        let tmp = tempfile::Builder::new().prefix("cg-").tempdir_in("/tmp").unwrap();
+        // A config of its own: never /etc/clamgate (the package test installs one for a while).
+        fs::write(tmp.path().join("clamgate.toml"), format!("policy = \"{}\"\n", repo().join("policies/default.toml").display())).unwrap();
+        Cmd { tmp }
     }
 
     pub fn command(&self) -> assert_cmd::Command {
         let mut c = assert_cmd::Command::cargo_bin("clamgate").unwrap();
-        c.env_clear().env("PATH", std::env::var("PATH").unwrap_or_default()).env("TMPDIR", self.tmp.path()).timeout(Duration::from_secs(300));
+        c.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("TMPDIR", self.tmp.path())
+            .env("CLAMGATE_CONFIG", self.tmp.path().join("clamgate.toml"))
+            .timeout(Duration::from_secs(300));
         c
     }
 
