@@ -138,10 +138,11 @@ wait_milter() {
     until_ok 30 "$1" listening "${2##*:}"
   fi
 }
-# start_milter NAME MODE ADDR: `clamgate milter` (the daemon's config plus a
-# [milter] section in $work/NAME.toml, log $work/NAME.log); sets $pid (in pids).
+# start_milter NAME MODE ADDR [LINES]: `clamgate milter` (the daemon's config
+# plus a [milter] section, with LINES added, in $work/NAME.toml, log
+# $work/NAME.log); sets $pid (in pids).
 start_milter() {
-  { cat "$work/clamgate.toml"; printf '[milter]\nlisten = "%s"\nmetrics_listen = "127.0.0.1:%s"\nhealth_url = "http://127.0.0.1:%s/readyz"\nmode = "%s"\n' "$3" "$(free_port)" "$health" "$2"; } > "$work/$1.toml"
+  { cat "$work/clamgate.toml"; printf '[milter]\nlisten = "%s"\nmetrics_listen = "127.0.0.1:%s"\nhealth_url = "http://127.0.0.1:%s/readyz"\nmode = "%s"\n%s\n' "$3" "$(free_port)" "$health" "$2" "${4:-}"; } > "$work/$1.toml"
   NO_COLOR=1 CLAMGATE_LOG=${CLAMGATE_LOG:-warn} "$bin" milter --config "$work/$1.toml" > "$work/$1.log" 2>&1 &
   pid=$!
   pids+=("$pid")
