@@ -42,7 +42,7 @@ start_production
 until_ok 60 "/readyz 200" ready
 
 # --- the three milters -------------------------------------------------------
-gate_addr=$(milter_addr milter-gate "$MILTER_SOCKET"); start_milter milter-gate gate "$gate_addr" "stage = \"$MILTER_STAGE\""
+gate_addr=$(milter_addr milter-gate "$MILTER_SOCKET"); start_milter milter-gate gate "$gate_addr" "stage = \"$MILTER_STAGE\""; gate_pid=$pid
 scan_addr=$(milter_addr milter-scan "$MILTER_SOCKET"); start_milter milter-scan scan "$scan_addr"
 cm_addr=$(milter_addr clamav-milter "$MILTER_SOCKET")
 if [[ $cm_addr == inet:* ]]; then cm_socket="inet:${cm_addr##*:}@127.0.0.1"; else cm_socket=$cm_addr; fi
@@ -92,6 +92,7 @@ for (( r = 1; r <= ROUNDS; r++ )); do
   for n in "${names[@]}"; do
     echo "round $r: ${label[$n]}..." >&2
     measure "$n" "${milter[$n]}"
+    echo "  $REPLY msg/s" >&2
     rates[$n]+="$REPLY "
   done
 done
@@ -106,6 +107,12 @@ printf '%-32s %12s %14s\n' "variant" "msg/s" "vs no milter"
 for n in "${names[@]}"; do
   printf '%-32s %12.1f %14.3f\n' "${label[$n]}" "${rate[$n]}" "$(echo "scale=3; ${rate[$n]} / ${rate[none]}" | bc)"
 done
+# CPU the gate milter used per SMTP session it served (utime + stime).
+if [[ " ${names[*]} " == *" gate "* ]]; then
+  read -r -a st < "/proc/$gate_pid/stat"
+  sessions=$(( ROUNDS * (MESSAGES + WARMUP) ))
+  printf '%-46s %8.1f us CPU per SMTP session (%d sessions)\n' "gate milter" "$(echo "scale=1; (${st[13]} + ${st[14]}) * 1000000 / $(getconf CLK_TCK) / $sessions" | bc)" "$sessions"
+fi
 verdict() { if (( $(echo "$1 >= $2" | bc) )); then echo PASS; else echo MISS; fi; }
 if [[ -n ${rate[gate]:-} && -n ${rate[none]:-} ]]; then
   gate_ratio=$(echo "scale=3; ${rate[gate]} / ${rate[none]}" | bc)
