@@ -166,15 +166,9 @@ impl Report {
 }
 
 impl Gate<'_> {
-    /// Checks the database files in `src`. `work` must not exist; it is
-    /// created and holds the snapshot and the canary's files.
-    pub(crate) async fn check(&self, src: &Path, work: &Path, baseline: Option<&Baseline>) -> Result<Report, GateError> {
-        let (r, snap) = self.snapshot(src, work, baseline)?;
-        self.check_snapshot(r, &snap, work, baseline).await
-    }
-
-    /// The file rules: a private copy of `src` under `work/snapshot`, and the
-    /// report's first step.
+    /// The file rules: a private copy of `src` under `work/snapshot` (`work`
+    /// must not exist), and the report's first step. [`Gate::check_snapshot`]
+    /// goes on from there; `isolate::run` ties the two.
     pub(crate) fn snapshot(&self, src: &Path, work: &Path, baseline: Option<&Baseline>) -> Result<(Report, Snapshot), GateError> {
         std::fs::create_dir_all(work).map_err(|source| SnapshotError::Write { file: work.to_path_buf(), source })?;
         let mut r = Report::new(src, baseline);

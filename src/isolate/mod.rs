@@ -23,7 +23,7 @@ use crate::policy::Isolation as Policy;
 use bisect::{Found, Probe};
 
 /// How a candidate run ended under isolation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub(crate) enum Outcome {
     /// The whole candidate's verdict stands: it passed, or isolation does
@@ -51,22 +51,18 @@ pub(crate) struct Isolated {
     pub(crate) reduced: Option<Report>,
     /// Canary runs spent on bisection.
     pub(crate) bisect_runs: u32,
+    /// The candidate's files (no signature counts when the full run was skipped).
+    #[serde(skip)]
+    pub(crate) manifest: Manifest,
     /// Live release verdicts scanned during this run, for the caller to cache.
     #[serde(skip)]
     pub(crate) new_baseline_verdicts: Option<Verdicts>,
 }
 
-impl Isolated {
-    /// The report the caller decides on: the reduced set's, else the whole's.
-    pub(crate) fn report(&self) -> Option<&Report> {
-        self.reduced.as_ref().or(self.full.as_ref())
-    }
-}
-
 /// Told the held files (and the bisection runs so far) each time the list
 /// grows, before the reduced set's run: the daemon journals and records
 /// them there, so a restart skips what was already attributed.
-pub(crate) type OnHeld<'a> = &'a dyn Fn(&[HeldFile], u32);
+pub(crate) type OnHeld<'a> = &'a (dyn Fn(&str, &[HeldFile], u32) + Sync);
 
 /// Gates the files in `src` under the policy's isolation. `held_before` is
 /// what earlier runs held: a file with the same name and content is held
@@ -90,11 +86,14 @@ pub(crate) async fn run(
         Vec::new()
     };
     let mut iso =
-        Isolated { outcome: Outcome::Whole, candidate: candidate.id.clone(), full: None, held: pre, reduced: None, bisect_runs: 0, new_baseline_verdicts: None };
+        Isolated { outcome: Outcome::Whole, candidate: candidate.id.clone(), full: None, held: pre, reduced: None, bisect_runs: 0, manifest: candidate, new_baseline_verdicts: None };
     let mut failing = None;
     if iso.held.is_empty() {
         let full = gate.check_snapshot(r, &snap, work, baseline.as_ref()).await?;
         iso.new_baseline_verdicts = full.new_baseline_verdicts.clone();
+        if let Some(m) = &full.manifest {
+            iso.manifest = m.clone();
+        }
         let whole = full.verdict == Verdict::Pass || !file_mode || !attribute::isolable(&full);
         if whole {
             iso.full = Some(full);
@@ -112,7 +111,7 @@ pub(crate) async fn run(
         if let Some(last) = failing.take() {
             reducer.attribute(&mut iso, &last, &suspects).await?;
         }
-        on_held(&iso.held, iso.bisect_runs);
+        on_held(&iso.candidate, &iso.held, iso.bisect_runs);
         failpoint::hit(Point::IsolateReduced);
         let held: BTreeSet<String> = iso.held.iter().map(|h| h.name.clone()).collect();
         let set = reducer.assemble(&held)?;
