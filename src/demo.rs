@@ -121,11 +121,14 @@ impl Demo {
         }
         let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map_err(io("pick a port"))?.port();
         let text = format!(
-            "state_dir = \"{r}/state\"\nincoming_dir = \"{r}/incoming\"\ncorpus_dir = \"{r}/corpus\"\npolicy = \"{r}/no-policy.toml\"\n\
+            "state_dir = \"{r}/state\"\nincoming_dir = \"{r}/incoming\"\ncorpus_dir = \"{r}/corpus\"\npolicy = \"{r}/policy.toml\"\n\
              settle = \"300ms\"\nrescan_interval = \"2s\"\nsmoke_samples = [\"infected/clam.exe\", \"clean/letter.txt\"]\n\
              [clamd]\nsocket = \"{r}/prod/clamd.sock\"\nreload_timeout = \"30s\"\n[health]\nlisten = \"127.0.0.1:{port}\"\nprobe_interval = \"250ms\"\n",
             r = root.display()
         );
+        // The demo's story is whole rejections (quarantine): per-file
+        // isolation would promote the good remainder of each bad set instead.
+        fs::write(root.join("policy.toml"), "isolation = \"set\"\n").map_err(io("write policy"))?;
         let config_file = root.join("clamgate.toml");
         fs::write(&config_file, &text).map_err(io("write config"))?;
         let config = Config::parse(&config_file, &text).map_err(|e| DemoError::Setup(e.to_string()))?;

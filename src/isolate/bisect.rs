@@ -103,7 +103,8 @@ mod tests {
     #[test]
     fn table() {
         // (what, failing groups, suspects, max runs, found, at most runs)
-        let cases: Vec<(&str, Vec<Vec<&'static str>>, usize, u32, Found, u32)> = vec![
+        type Case = (&'static str, Vec<Vec<&'static str>>, usize, u32, Found, u32);
+        let cases: Vec<Case> = vec![
             ("one suspect needs no run", vec![vec!["f00"]], 1, 8, set(&["f00"]), 0),
             ("first of twenty", vec![vec!["f00"]], 20, 8, set(&["f00"]), 5),
             ("last of twenty", vec![vec!["f19"]], 20, 8, set(&["f19"]), 6),
