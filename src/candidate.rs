@@ -62,6 +62,21 @@ pub struct Manifest {
     pub id: String,
     pub(crate) digest: String,
     pub files: Vec<DbFile>,
+    /// Files of the candidate this release was reduced from that were held
+    /// back (per-file isolation); not covered by the id.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub held: Vec<HeldFile>,
+}
+
+/// A candidate's file kept out of a release because it was found to cause a
+/// failure. Its (name, sha256) is not checked again until its content changes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeldFile {
+    pub name: String,
+    pub sha256: String,
+    pub reason: Code,
+    /// One line: the signature name, clamd's error line, or the sample.
+    pub detail: String,
 }
 
 impl Manifest {
@@ -72,7 +87,7 @@ impl Manifest {
             h.update(format!("{}\0{}\0{}\n", f.name, f.size, f.sha256).as_bytes());
         }
         let digest = hex::encode(h.finalize());
-        Manifest { id: digest[..12].to_string(), digest, files }
+        Manifest { id: digest[..12].to_string(), digest, files, held: Vec::new() }
     }
 
     pub(crate) fn total_signatures(&self) -> u64 {

@@ -128,6 +128,9 @@ impl Demo {
              [clamd]\nsocket = \"{r}/prod/clamd.sock\"\nreload_timeout = \"30s\"\n[health]\nlisten = \"127.0.0.1:{port}\"\nprobe_interval = \"250ms\"\n",
             r = root.display()
         );
+        // The demo's story is whole rejections (quarantine): per-file
+        // isolation would promote the good remainder of each bad set instead.
+        fs::write(root.join("policy.toml"), "isolation = \"set\"\n").map_err(io("write policy"))?;
         let config_file = root.join("clamgate.toml");
         fs::write(&config_file, &text).map_err(io("write config"))?;
         let config = Config::parse(&config_file, &text).map_err(|e| DemoError::Setup(e.to_string()))?;

@@ -29,6 +29,8 @@ macro_rules! points {
 
 points! {
     CorpusScan = "corpus-scan",
+    IsolateBisect = "isolate-bisect",
+    IsolateReduced = "isolate-reduced",
     ReleaseFilesWritten = "release-files-written",
     ReleaseWritten = "release-written",
     CurrentLinkCreated = "current-link-created",

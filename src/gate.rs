@@ -115,11 +115,18 @@ pub(crate) enum GateError {
     Snapshot(#[from] SnapshotError),
     #[error("cannot start a canary clamd: {0}")]
     Canary(StartError),
+    #[error("cannot assemble a reduced set in {dir}: {source}")]
+    Assemble {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Says why a manifest is not to be checked again, if it is not.
 pub(crate) type KnownCheck<'a> = &'a (dyn Fn(&Manifest) -> Option<Reason> + Sync);
 
+#[derive(Clone, Copy)]
 pub(crate) struct Gate<'a> {
     pub(crate) policy: &'a Policy,
     pub(crate) clamd_binary: &'a Path,
@@ -159,14 +166,28 @@ impl Report {
 }
 
 impl Gate<'_> {
-    /// Checks the database files in `src`. `work` must not exist; it is
-    /// created and holds the snapshot and the canary's files.
-    pub(crate) async fn check(&self, src: &Path, work: &Path, baseline: Option<&Baseline>) -> Result<Report, GateError> {
+    /// The file rules: a private copy of `src` under `work/snapshot` (`work`
+    /// must not exist), and the report's first step. [`Gate::check_snapshot`]
+    /// goes on from there; `isolate::run` ties the two.
+    pub(crate) fn snapshot(&self, src: &Path, work: &Path, baseline: Option<&Baseline>) -> Result<(Report, Snapshot), GateError> {
         std::fs::create_dir_all(work).map_err(|source| SnapshotError::Write { file: work.to_path_buf(), source })?;
         let mut r = Report::new(src, baseline);
         let snap = candidate::snapshot(src, &work.join("snapshot"), self.policy)?;
         self.files(&mut r, src, &snap);
-        let (manifest, format_ok) = self.format(&mut r, &snap);
+        Ok((r, snap))
+    }
+
+    /// The whole gate on a set assembled from files that passed the file
+    /// rules already (per-file isolation); its canary works under `work`.
+    pub(crate) async fn check_set(&self, src: &Path, set: &Snapshot, work: &Path, baseline: Option<&Baseline>) -> Result<Report, GateError> {
+        let mut r = Report::new(src, baseline);
+        self.files(&mut r, src, set);
+        self.check_snapshot(r, set, work, baseline).await
+    }
+
+    /// Every step after the file rules, on the files in `snap`.
+    pub(crate) async fn check_snapshot(&self, mut r: Report, snap: &Snapshot, work: &Path, baseline: Option<&Baseline>) -> Result<Report, GateError> {
+        let (manifest, format_ok) = self.format(&mut r, snap);
         if let Some(reason) = self.known.and_then(|known| known(&manifest)) {
             r.check(Step::Known, Status::Fail, reason.message.clone());
             r.reasons.push(reason);
@@ -181,7 +202,7 @@ impl Gate<'_> {
             return Ok(r);
         }
         let canary = Canary { binary: self.clamd_binary, policy: self.policy };
-        let Some(run) = self.canary(&mut r, &canary, &snap, work).await? else { return Ok(r) };
+        let Some(run) = self.canary(&mut r, &canary, snap, work).await? else { return Ok(r) };
         let baseline_verdicts = self.baseline_verdicts(&mut r, &canary, baseline, work).await;
         self.corpus(&mut r, &run, baseline_verdicts.as_ref());
         if r.reasons.is_empty() {

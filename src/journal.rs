@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::canary::CanaryStats;
+use crate::candidate::HeldFile;
 use crate::gate::{Check, Verdict};
 use crate::promote::Activation;
 use crate::reason::Reason;
@@ -118,6 +119,14 @@ pub(crate) enum Event {
     CandidateKnownBad { id: String, reasons: Vec<Reason> },
     #[serde(rename = "candidate.quarantined")]
     CandidateQuarantined { id: String },
+    /// Per-file isolation named the files behind a candidate's failure;
+    /// its reduced set is checked next.
+    #[serde(rename = "candidate.isolated")]
+    CandidateIsolated { id: String, held: Vec<HeldFile>, bisect_runs: u32 },
+    /// What came of the reduced set: `id` is the set promoted or rejected,
+    /// absent when nothing was left to promote.
+    #[serde(rename = "candidate.reduced")]
+    CandidateReduced { id: Option<String>, from: String, outcome: crate::isolate::Outcome, held: Vec<HeldFile> },
     /// It passed, but a pin holds the live release.
     #[serde(rename = "candidate.held")]
     CandidateHeld { id: String, pinned_by: String },
@@ -308,6 +317,8 @@ impl Event {
             Event::CandidateKnownBad { .. } => "candidate.known_bad",
             Event::CandidateQuarantined { .. } => "candidate.quarantined",
             Event::CandidateHeld { .. } => "candidate.held",
+            Event::CandidateIsolated { .. } => "candidate.isolated",
+            Event::CandidateReduced { .. } => "candidate.reduced",
             Event::ReleaseCreated { .. } => "release.created",
             Event::ReleasePruned { .. } => "release.pruned",
             Event::ReleaseMarkedBad { .. } => "release.marked_bad",
@@ -336,12 +347,13 @@ impl Event {
             Event::CandidateKnownBad { id, .. }
             | Event::CandidateQuarantined { id }
             | Event::CandidateHeld { id, .. }
+            | Event::CandidateIsolated { id, .. }
             | Event::ReleaseCreated { id, .. }
             | Event::ReleaseMarkedBad { id, .. }
             | Event::ReleaseUnmarkedBad { id, .. }
             | Event::ReleaseForced { id, .. }
             | Event::QuarantineCleared { id, .. } => Some(id),
-            Event::Pin { id, .. } => id.as_deref(),
+            Event::Pin { id, .. } | Event::CandidateReduced { id, .. } => id.as_deref(),
             Event::PromotionBegin(b) | Event::RollbackBegin(b) => Some(&b.id),
             Event::PromotionDone(d) | Event::RollbackDone(d) => Some(&d.id),
             Event::PromotionFailed(f) | Event::RollbackFailed(f) => Some(&f.id),
@@ -485,6 +497,10 @@ mod tests {
         assert_eq!(j.read_from(end).unwrap(), (Vec::new(), 0), "a replaced journal is read from its start");
     }
 
+    fn held() -> HeldFile {
+        HeldFile { name: "feed.ndb".into(), sha256: "ab".into(), reason: crate::reason::Code::CorpusFalsePositive, detail: "Feed.Sig on clean/a".into() }
+    }
+
     /// The names each variant writes are the ones operators' scripts match
     /// on; `name()` must say the same.
     #[test]
@@ -504,6 +520,8 @@ mod tests {
             Event::CandidateKnownBad { id: "r".into(), reasons: vec![] },
             Event::CandidateQuarantined { id: "r".into() },
             Event::CandidateHeld { id: "r".into(), pinned_by: "ops".into() },
+            Event::CandidateIsolated { id: "c".into(), held: vec![held()], bisect_runs: 2 },
+            Event::CandidateReduced { id: Some("r".into()), from: "c".into(), outcome: crate::isolate::Outcome::Reduced, held: vec![held()] },
             Event::ReleaseCreated { id: "r".into(), signatures: 3 },
             Event::ReleasePruned { ids: vec![] },
             Event::ReleaseMarkedBad { id: "r".into(), by: "ops".into() },

@@ -10,6 +10,8 @@
 //! - [`canary`]: a throw-away clamd on the candidate, within budgets.
 //! - [`corpus`]: samples that must be detected or stay clean, scanned and judged.
 //! - [`gate`]: the pipeline tying the steps together into a [`gate::Report`].
+//! - [`isolate`]: per-file isolation: the files behind a failure held back,
+//!   the rest gated again as a reduced set.
 //! - [`store`]: the state dir: releases, `current`, quarantine, lock.
 //! - [`journal`]: the append-only history, one typed [`journal::Event`] a line.
 //! - [`production`]: the production clamd: RELOAD, VERSION, smoke scans.
@@ -41,6 +43,7 @@ pub(crate) mod diff;
 pub mod failpoint;
 pub(crate) mod gate;
 pub mod health;
+pub(crate) mod isolate;
 pub mod journal;
 pub mod logging;
 pub mod metrics;

@@ -61,7 +61,7 @@ impl FirstReason {
     }
 }
 
-label_value!(Origin, FirstReason, Status, Verdict);
+label_value!(Origin, FirstReason, Status, Verdict, Code);
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct ProbeLabels {
@@ -82,6 +82,11 @@ struct OriginLabels {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct DatabaseLabels {
     database: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct HeldLabels {
+    reason: Code,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -136,6 +141,7 @@ pub struct Metrics {
     last_promotion: Optional<F64Gauge>,
     live_release: Family<ReleaseLabels, Gauge>,
     pinned: Gauge,
+    held_files: Family<HeldLabels, Gauge>,
     database_version: Family<DatabaseLabels, Gauge>,
     database_age: Family<DatabaseLabels, Gauge>,
     canary_load: Optional<F64Gauge>,
@@ -169,6 +175,7 @@ impl Metrics {
             last_promotion: Optional::default(),
             live_release: Family::default(),
             pinned: Gauge::default(),
+            held_files: Family::default(),
             database_version: Family::default(),
             database_age: Family::default(),
             canary_load: Optional::default(),
@@ -199,6 +206,7 @@ impl Metrics {
         r.register("last_promotion_timestamp_seconds", "When a release was last made live", m.last_promotion.clone());
         r.register("live_release_info", "The live release and its daily version (always 1)", m.live_release.clone());
         r.register("pinned", "1 while an operator's pin holds the live release", m.pinned.clone());
+        r.register("held_files", "Files per-file isolation holds back from the live release, by reason code", m.held_files.clone());
         r.register("live_database_version", "Database version production clamd reports", m.database_version.clone());
         r.register("live_database_age_seconds", "Age of the live database (its build time)", m.database_age.clone());
         r.register("policy_max_database_age_seconds", "The policy's max_database_age", m.max_database_age.clone());
@@ -245,6 +253,18 @@ impl Metrics {
         }
     }
 
+    /// The held files by reason; a reason no longer held reads 0, one never
+    /// held is absent.
+    fn held(&self, held: &[crate::candidate::HeldFile]) {
+        for &reason in Code::ALL {
+            let n = held.iter().filter(|h| h.reason == reason).count() as i64;
+            let labels = HeldLabels { reason };
+            if n > 0 || self.held_files.get(&labels).is_some() {
+                self.held_files.get_or_create(&labels).set(n);
+            }
+        }
+    }
+
     /// Brings the journal's story and the live state up to date: promotions
     /// and rollbacks are counted from the journal, so an operator's
     /// `clamgate rollback` (another process) counts as the daemon's own do.
@@ -265,6 +285,7 @@ impl Metrics {
         }
         drop(offset);
         self.pinned.set(i64::from(store.pinned().is_some()));
+        self.held(&store.held());
         let live = store.current().ok().flatten().map(|id| {
             let daily = store
                 .manifest(&id)

@@ -25,6 +25,28 @@ pub struct Policy {
     pub(crate) max_file_size: u64,
     pub(crate) max_files: usize,
     pub(crate) max_database_age: Duration,
+    pub(crate) isolation: Isolation,
+    pub(crate) max_bisect_runs: u32,
+}
+
+/// What a failed candidate costs: only its bad files (`file`) or all of it (`set`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum Isolation {
+    File,
+    Set,
+}
+
+impl std::str::FromStr for Isolation {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "file" => Ok(Isolation::File),
+            "set" => Ok(Isolation::Set),
+            other => Err(format!("{other:?} is not one of \"file\", \"set\"")),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +88,8 @@ impl Policy {
             max_file_size: f.size("max_file_size", "1GiB"),
             max_files: f.int("max_files", 200, 1..=100_000) as usize,
             max_database_age: f.duration("max_database_age", "3d"),
+            isolation: f.choice("isolation", Isolation::File),
+            max_bisect_runs: f.int("max_bisect_runs", 8, 0..=1000) as u32,
         };
         f.finish(file)?;
         Ok(policy)
@@ -92,6 +116,7 @@ mod tests {
             ("allow_downgrade = \"yes\"", "allow_downgrade: expected true or false"),
             ("alow_downgrade = true", "alow_downgrade: unknown key"),
             ("load_timeout = ", "not valid TOML"),
+            ("isolation = \"files\"", "isolation: \"files\" is not one of"),
         ];
         for (text, want) in cases {
             let err = Policy::parse(Path::new("/etc/clamgate/p.toml"), text).unwrap_err().to_string();

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
-use crate::candidate::Manifest;
+use crate::candidate::{HeldFile, Manifest};
 use crate::corpus::Verdicts;
 use crate::journal::Journal;
 use crate::reason::Reason;
@@ -476,6 +476,22 @@ impl Store {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
             Err(e) => Err(io("cannot remove", &path)(e)),
         }
+    }
+
+    /// The files held back by per-file isolation (`held.json`): each is
+    /// held again, unchecked, while its content stays the same. Unreadable
+    /// reads as none: that only costs a check.
+    pub(crate) fn held(&self) -> Vec<HeldFile> {
+        fs::read_to_string(self.root.join("held.json")).ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default()
+    }
+
+    /// Replaces the held list; written like a cache entry, before the
+    /// reduced set is checked, so a restart does not attribute again.
+    pub(crate) fn record_held(&self, held: &[HeldFile]) -> Result<(), StoreError> {
+        let path = self.root.join("held.json");
+        let tmp = path.with_extension("tmp");
+        write_synced(&tmp, &serde_json::to_vec_pretty(held).expect("serializes"))?;
+        fs::rename(&tmp, &path).map_err(io("cannot write", &path))
     }
 
     /// Cached verdicts of a release on a corpus (by digest): a baseline is

@@ -50,12 +50,24 @@ fn every_bad_set_is_rejected_with_its_reason_code() {
         ("fp", "corpus.false_positive", "clean/letter.txt"),
         ("miss", "corpus.missed", "infected/clam.exe"),
     ];
-    for (name, code, file) in cases {
-        let (exit, r) = check(&cmd, &set(name), &[]);
-        assert_eq!(exit, 1, "{name}: {r:#}");
-        assert_eq!(r["verdict"], "reject", "{name}");
-        let reasons = r["reasons"].as_array().unwrap();
-        assert!(reasons.iter().any(|x| x["reason"] == code && x["file"] == file), "{name}: want {code} on {file}, got {reasons:#?}");
+    // Parametrised over the policy's isolation: "set" rejects the whole
+    // candidate (exit 1); "file", the default, holds back the bad file and
+    // exits 4 when the rest passes on its own, 1 when nothing is left.
+    let set_policy = cmd.path().join("set.toml");
+    std::fs::write(&set_policy, "isolation = \"set\"\n").unwrap();
+    for isolation in ["set", "file"] {
+        let policy = s(&set_policy);
+        let extra: &[&str] = if isolation == "set" { &["--policy", policy.as_str()] } else { &[] };
+        for (name, code, file) in cases {
+            let (exit, r) = check(&cmd, &set(name), extra);
+            let alone = std::fs::read_dir(set(name)).unwrap().count() == 1;
+            let want = if isolation == "set" || alone { 1 } else { 4 };
+            assert_eq!(exit, want, "{isolation} {name}: {r:#}");
+            assert_eq!(r["verdict"], "reject", "{name}: the whole candidate's verdict");
+            let reasons = r["reasons"].as_array().unwrap();
+            assert!(reasons.iter().any(|x| x["reason"] == code && x["file"] == file), "{name}: want {code} on {file}, got {reasons:#?}");
+            assert_eq!(r.get("isolation").is_some(), isolation == "file", "{isolation} {name}");
+        }
     }
 }
 
@@ -63,7 +75,9 @@ fn every_bad_set_is_rejected_with_its_reason_code() {
 fn human_output_names_the_file_the_reason_and_what_to_do() {
     let cmd = Cmd::new();
     let (code, out, _) = cmd.run(&["check", &s(&set("load-fail")), "--corpus", &s(&corpus())]);
-    assert_eq!(code, 1);
+    assert_eq!(code, 4, "only the set without offset.ndb would be promoted: {out}");
+    assert!(out.lines().any(|l| l.starts_with("  offset.ndb: ") && l.ends_with("[canary.load_failed]")), "{out}");
+    assert!(out.contains("REDUCED: the reduced set"), "{out}");
     assert!(out.contains("canary   FAIL"), "{out}");
     let line = out.lines().find(|l| l.contains("[canary.load_failed]")).expect(&out);
     assert!(line.contains("offset.ndb") && line.contains("Invalid offset value"), "{line}");

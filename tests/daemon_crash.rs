@@ -29,19 +29,52 @@ enum Story {
     /// daily-v1-zip live, daily-v2 passes the canary but fails production's
     /// smoke scan (production runs `ScanArchive no`) and is rolled back.
     RolledBack,
+    /// daily-v1 live; daily-v2 arrives with the `pair` feed files, two of
+    /// which fail only together: bisection holds them back and the reduced
+    /// set (daily-v2 and the good feeds) is promoted.
+    Isolated,
+}
+
+const PAIR_POLICY: &str = "allowed_false_positives = 1\nmax_bisect_runs = 16\n";
+
+/// The `pair` set's files with daily-v2, and without the failing pair.
+fn pair_files(with_pair: bool) -> Vec<(&'static str, String)> {
+    let mut files: Vec<(&'static str, String)> = vec![("daily-v2", "daily.cud".into())];
+    for e in fs::read_dir(set("pair")).unwrap().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if with_pair || !name.starts_with("pair-") {
+            files.push(("pair", name));
+        }
+    }
+    files
+}
+
+fn files_id(files: &[(&str, String)]) -> String {
+    let db = |(s, f): &(&str, String)| {
+        let bytes = fs::read(set(s).join(f)).unwrap();
+        clamgate::candidate::DbFile { name: f.clone(), size: bytes.len() as u64, sha256: hex::encode(Sha256::digest(&bytes)), signatures: 0, header: None }
+    };
+    Manifest::new(files.iter().map(db).collect()).id
 }
 
 impl Story {
     fn live_first(self) -> &'static str {
         match self {
-            Story::Promoted => "daily-v1",
+            Story::Promoted | Story::Isolated => "daily-v1",
             Story::RolledBack => "daily-v1-zip",
+        }
+    }
+
+    fn ends_on_id(self) -> String {
+        match self {
+            Story::Isolated => files_id(&pair_files(false)),
+            _ => set_id(self.ends_on()),
         }
     }
 
     fn ends_on(self) -> &'static str {
         match self {
-            Story::Promoted => "daily-v2",
+            Story::Promoted | Story::Isolated => "daily-v2",
             Story::RolledBack => "daily-v1-zip",
         }
     }
@@ -50,7 +83,7 @@ impl Story {
 async fn crash_at(point: &str, story: Story) {
     assert!(failpoint::ALL.iter().any(|p| p.name() == point), "{point} is not a failpoint");
     let smoke = match story {
-        Story::Promoted => "",
+        Story::Promoted | Story::Isolated => "",
         Story::RolledBack => "smoke_samples = [\"infected/archives/clam.zip\", \"clean/letter.txt\"]",
     };
     let env = Env::new(smoke, "");
@@ -58,14 +91,22 @@ async fn crash_at(point: &str, story: Story) {
     let first = env.spawn();
     env.wait_event("promotion.done", Some(&set_id(story.live_first()))).await;
     let prod = match story {
-        Story::Promoted => env.start_production(&[]).await,
+        Story::Promoted | Story::Isolated => env.start_production(&[]).await,
         Story::RolledBack => env.start_production(&["ScanArchive no"]).await,
     };
     wait_ready(&env, 200).await;
     assert!(first.stop().success(), "{}", env.log());
 
     // The crash: the daemon kills itself with SIGKILL at the point.
-    env.put("daily-v2");
+    match story {
+        Story::Isolated => {
+            env.policy(PAIR_POLICY);
+            let files = pair_files(true);
+            let picked: Vec<(&str, &str)> = files.iter().map(|(s, f)| (*s, f.as_str())).collect();
+            env.put_files(&picked);
+        }
+        _ => env.put("daily-v2"),
+    }
     let mut crashing = env.spawn_with(&[("CLAMGATE_FAILPOINT", point)]);
     let status = crashing.wait_exit();
     assert_eq!(status.signal(), Some(9), "the daemon did not reach {point}: {status:?}\n{}", env.log());
@@ -74,9 +115,11 @@ async fn crash_at(point: &str, story: Story) {
 
     // The restart finishes or undoes what was interrupted.
     let _daemon = env.spawn();
-    let end = set_id(story.ends_on());
+    let end = story.ends_on_id();
     match story {
-        Story::Promoted => env.wait_after(before, "promotion of daily-v2", |e| e.name() == "promotion.done" && e.id() == Some(end.as_str())).await,
+        Story::Promoted | Story::Isolated => {
+            env.wait_after(before, "promotion of daily-v2", |e| e.name() == "promotion.done" && e.id() == Some(end.as_str())).await
+        }
         Story::RolledBack => env.wait_after(before, "rollback to daily-v1-zip", |e| e.name() == "rollback.done" && e.id() == Some(end.as_str())).await,
     };
     assert_eq!(env.live(), Some(end.clone()), "{}", env.log());
@@ -128,6 +171,18 @@ async fn crash_while_the_canary_runs() {
     // The canary clamd dies with the daemon (parent-death signal), or the
     // final check that only production's clamd runs fails.
     crash_at("corpus-scan", Story::Promoted).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn crash_while_bisecting() {
+    // Nothing was recorded yet: the restart attributes again from scratch.
+    crash_at("isolate-bisect", Story::Isolated).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn crash_before_the_reduced_set_is_checked() {
+    // The held files were recorded: the restart goes straight to the reduced set.
+    crash_at("isolate-reduced", Story::Isolated).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -9,6 +9,7 @@ use super::{CliError, Exit};
 use crate::candidate::{self, Manifest};
 use crate::corpus::Corpus;
 use crate::gate::{Baseline, Gate, GateError, Report, Verdict};
+use crate::isolate::{self, Isolated, Outcome};
 use crate::policy::Policy;
 use crate::status::Status;
 use crate::validate;
@@ -71,7 +72,7 @@ pub(crate) async fn run(args: CheckArgs) -> Result<Exit, CliError> {
         None => None,
     };
     let gate = Gate { policy: &policy, clamd_binary: &clamd, corpus: &corpus, known: None };
-    let report = gate.check(&args.dir, &work.path().join("candidate"), baseline.as_ref()).await.map_err(|e| match e {
+    let iso = isolate::run(&gate, &args.dir, &work.path().join("candidate"), baseline.as_ref(), &[], &|_, _, _| {}).await.map_err(|e| match e {
         GateError::Snapshot(e @ candidate::SnapshotError::ReadDir { .. }) => CliError::usage("usage.unreadable_dir", e),
         e => CliError::environment("environment.gate", e),
     })?;
@@ -80,13 +81,59 @@ pub(crate) async fn run(args: CheckArgs) -> Result<Exit, CliError> {
         eprintln!("work directory kept: {}", kept.display());
     }
     let mut out = std::io::stdout().lock();
+    let report = iso.full.as_ref().or(iso.reduced.as_ref()).expect("a gate run has a report");
     if args.json {
-        let _ = serde_json::to_writer_pretty(&mut out, &report);
+        let _ = serde_json::to_writer_pretty(&mut out, &json(&iso, report));
         let _ = writeln!(out);
     } else {
-        let _ = print_human(&mut out, &report);
+        let _ = print_human(&mut out, report, iso.outcome == Outcome::Whole);
+        let _ = print_isolation(&mut out, &iso);
     }
-    Ok(if report.verdict == Verdict::Pass { Exit::Ok } else { Exit::Rejected })
+    Ok(match iso.outcome {
+        Outcome::Whole if report.verdict == Verdict::Pass => Exit::Ok,
+        Outcome::Reduced => Exit::Reduced,
+        _ => Exit::Rejected,
+    })
+}
+
+/// The whole candidate's report, as before isolation, with `isolation`
+/// (outcome, held files, bisection runs) and `reduced` (the reduced set's
+/// report) added when isolation ran.
+fn json(iso: &Isolated, report: &Report) -> serde_json::Value {
+    let mut v = serde_json::to_value(report).unwrap_or_default();
+    if iso.outcome != Outcome::Whole
+        && let Some(o) = v.as_object_mut()
+    {
+        o.insert("isolation".into(), serde_json::json!({ "outcome": iso.outcome, "held": iso.held, "bisect_runs": iso.bisect_runs }));
+        o.insert("reduced".into(), serde_json::to_value(&iso.reduced).unwrap_or_default());
+    }
+    v
+}
+
+fn print_isolation(out: &mut impl Write, iso: &Isolated) -> std::io::Result<()> {
+    if iso.outcome == Outcome::Whole {
+        return Ok(());
+    }
+    writeln!(out, "held back ({} bisection canary runs):", iso.bisect_runs)?;
+    for h in &iso.held {
+        writeln!(out, "  {}: {} [{}]", h.name, h.detail, h.reason)?;
+    }
+    let reduced = iso.reduced.as_ref();
+    let id = reduced.and_then(|r| r.candidate.as_deref()).unwrap_or("(none)");
+    match iso.outcome {
+        Outcome::Reduced => {
+            let files: Vec<&str> = reduced.and_then(|r| r.manifest.as_ref()).map(|m| m.files.iter().map(|f| f.name.as_str()).collect()).unwrap_or_default();
+            writeln!(out, "REDUCED: the reduced set {id} ({}) passed the whole gate and would be promoted without the held files", files.join(", "))
+        }
+        Outcome::NothingLeft => writeln!(out, "NOTHING LEFT: without the held files the candidate is the live release; nothing would be promoted"),
+        _ => {
+            writeln!(out, "REJECTED: the reduced set {id} fails too:")?;
+            for reason in reduced.map(|r| r.reasons.as_slice()).unwrap_or_default() {
+                writeln!(out, "  {reason}")?;
+            }
+            writeln!(out, "  nothing would be promoted")
+        }
+    }
 }
 
 pub(crate) fn is_executable(p: &Path) -> bool {
@@ -116,7 +163,7 @@ fn load_baseline(dir: &Path, work: &Path, policy: &Policy) -> Result<Baseline, C
     Ok(Baseline { dir: snap.dir, manifest: Manifest::new(files), verdicts: None })
 }
 
-fn print_human(out: &mut impl Write, r: &Report) -> std::io::Result<()> {
+fn print_human(out: &mut impl Write, r: &Report, whole: bool) -> std::io::Result<()> {
     for c in &r.checks {
         let status = match c.status {
             Status::Pass => "pass",
@@ -144,7 +191,10 @@ fn print_human(out: &mut impl Write, r: &Report) -> std::io::Result<()> {
             for code in codes {
                 writeln!(out, "  what to do ({code}): {}", code.hint())?;
             }
-            writeln!(out, "  nothing was promoted; production keeps its live release")
+            if whole {
+                writeln!(out, "  nothing was promoted; production keeps its live release")?;
+            }
+            Ok(())
         }
     }
 }

@@ -26,6 +26,10 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the whole gate on a directory of database files, offline; promotes nothing.
+    ///
+    /// Exits 0 if the whole set would be promoted, 1 if nothing would be, 4
+    /// if only a reduced set would be (policy isolation = "file": the files
+    /// held back and the reduced set are listed), 2 usage/config, 3 environment.
     Check(check::CheckArgs),
     /// The daemon: watch incoming, gate, promote, roll back.
     Run(ConfigArg),
@@ -139,6 +143,8 @@ pub enum Exit {
     Rejected,
     Usage,
     Environment,
+    /// `clamgate check`: only a reduced set (some files held back) would be promoted.
+    Reduced,
     /// `clamgate status`: the monitoring-plugins convention instead.
     Plugin(Plugin),
     /// The exit code of the same command, run again as the state dir's owner.
@@ -173,6 +179,7 @@ impl Exit {
             Exit::Rejected => 1,
             Exit::Usage => 2,
             Exit::Environment => 3,
+            Exit::Reduced => 4,
             Exit::Plugin(p) => p as u8,
             Exit::Passed(code) => code,
         }

@@ -72,6 +72,9 @@ struct StatusView {
     pinned: Option<Pin>,
     /// Releases that passed while pinned, waiting for `promote`.
     waiting: Vec<String>,
+    /// Files per-file isolation holds back from the live release, with why;
+    /// each is held until its content changes.
+    held: Vec<crate::candidate::HeldFile>,
     last_candidate: Option<LastCandidate>,
     health: ProductionHealth,
     /// What the daemon's own `/readyz` says; what the exit code follows.
@@ -169,6 +172,7 @@ async fn status_view(args: &ConfigArg) -> Result<StatusView, CliError> {
     Ok(StatusView {
         live: live(&store, &entries)?,
         waiting: waiting(&entries, pinned.as_ref()),
+        held: store.held(),
         pinned,
         last_candidate: last_candidate(&store, &entries),
         health: production_health(&config).await,
@@ -268,6 +272,9 @@ fn print_status(o: &mut impl Write, v: &StatusView) -> std::io::Result<()> {
     if !v.waiting.is_empty() {
         writeln!(o, "waiting   {} (passed, held by the pin; `clamgate promote ID`)", v.waiting.join(", "))?;
     }
+    for h in &v.held {
+        writeln!(o, "held      {}: {} [{}] (held back until it changes)", h.name, h.detail, h.reason)?;
+    }
     match &v.last_candidate {
         Some(l) => {
             let reasons: Vec<String> = l.reasons.iter().map(|r| format!("{} [{}]", r.message, r.reason)).collect();
@@ -332,10 +339,17 @@ pub(crate) async fn history(args: HistoryArgs) -> Result<Exit, CliError> {
 /// The fields an operator scans a history line for, as `key=value`.
 fn detail(fields: &Value) -> String {
     let mut detail = Vec::new();
-    for key in ["verdict", "from", "production", "reason", "by", "pinned_by", "why", "error"] {
+    for key in ["verdict", "outcome", "from", "production", "reason", "by", "pinned_by", "why", "error"] {
         if let Some(v) = fields.get(key).filter(|v| !v.is_null()) {
             detail.push(format!("{key}={}", v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string())));
         }
+    }
+    if let Some(held) = fields.get("held").and_then(Value::as_array).filter(|h| !h.is_empty()) {
+        let files: Vec<String> = held.iter().map(|h| format!("{}({})", h["name"].as_str().unwrap_or("?"), h["reason"].as_str().unwrap_or("?"))).collect();
+        detail.push(format!("held={}", files.join(",")));
+    }
+    if let Some(runs) = fields.get("bisect_runs").and_then(Value::as_u64) {
+        detail.push(format!("bisect_runs={runs}"));
     }
     if let Some(reasons) = fields.get("reasons").and_then(Value::as_array).filter(|r| !r.is_empty()) {
         let codes: Vec<&str> = reasons.iter().filter_map(|r| r["reason"].as_str()).collect();

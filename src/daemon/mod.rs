@@ -16,11 +16,13 @@ use std::time::{Duration, SystemTime};
 
 use tokio::time::{Instant, Interval, sleep_until};
 
+use crate::candidate::HeldFile;
 use crate::candidate::Manifest;
 use crate::context::{Context, ContextError, StateDir};
 use crate::failpoint::{self, Point};
 use crate::gate::{Baseline, Gate, Report, Verdict};
 use crate::health::{Health, ProbeSettings};
+use crate::isolate::{self, Isolated, Outcome as IsoOutcome};
 use crate::journal::{CheckDetails, Checked, Event, Phase};
 use crate::metrics::Metrics;
 use crate::policy::Policy;
@@ -383,17 +385,80 @@ impl Daemon {
         };
         let cfg = &self.cx.config;
         let gate = Gate { policy: &self.policy, clamd_binary: &cfg.clamd.binary, corpus: &self.cx.corpus, known: Some(&known) };
+        let held_before = self.cx.store.held();
+        let on_held = |id: &str, held: &[HeldFile], bisect_runs: u32| self.attributed(id, held, bisect_runs);
         // Our failure, not the candidate's (no clamd binary, disk full):
         // production is untouched, and the run is retried later.
-        let report = gate.check(&cfg.incoming_dir, &work, baseline.as_ref()).await?;
+        let iso = isolate::run(&gate, &cfg.incoming_dir, &work, baseline.as_ref(), &held_before, &on_held).await?;
         self.deciding.store(true, Ordering::SeqCst);
-        let result = self.decide(&report, live.as_deref(), baseline.as_ref()).await;
+        let result = self.decide_isolated(&iso, live.as_deref(), baseline.as_ref()).await;
         self.deciding.store(false, Ordering::SeqCst);
         let _ = std::fs::remove_dir_all(&work);
         result
     }
 
-    async fn decide(&self, report: &Report, live: Option<&str>, baseline: Option<&Baseline>) -> Result<(), DaemonError> {
+    /// Attribution found files to hold: recorded and journaled before the
+    /// reduced set is checked, so a crash costs no second attribution.
+    fn attributed(&self, id: &str, held: &[HeldFile], bisect_runs: u32) {
+        let names: Vec<&str> = held.iter().map(|h| h.name.as_str()).collect();
+        tracing::warn!(candidate = id, "holding back {}; checking the rest as a reduced set", names.join(", "));
+        if let Err(e) = self.cx.store.record_held(held) {
+            tracing::warn!("cannot record the held files: {e}");
+        }
+        let event = Event::CandidateIsolated { id: id.to_string(), held: held.to_vec(), bisect_runs };
+        if let Err(e) = self.cx.store.journal().append(event) {
+            tracing::warn!("cannot journal the held files: {e}");
+        }
+    }
+
+    /// The decision after isolation: the whole candidate's as before, or
+    /// the reduced set promoted, or nothing.
+    async fn decide_isolated(&self, iso: &Isolated, live: Option<&str>, baseline: Option<&Baseline>) -> Result<(), DaemonError> {
+        let store = &self.cx.store;
+        if let (Some(b), Some(v)) = (baseline, &iso.new_baseline_verdicts)
+            && let Err(e) = store.cache_verdicts(&b.manifest.id, &self.cx.corpus.digest, v)
+        {
+            tracing::warn!("cannot cache the live release's verdicts: {e}");
+        }
+        if iso.outcome == IsoOutcome::Whole {
+            let full = iso.full.as_ref().expect("a whole verdict has a report");
+            if full.verdict == Verdict::Pass && !store.held().is_empty() {
+                store.record_held(&[])?;
+            }
+            return self.decide(full, live).await;
+        }
+        if let Some(full) = &iso.full {
+            self.record_verdict(full, &iso.candidate)?;
+        }
+        let reduced = iso.reduced.as_ref();
+        let id = reduced.filter(|_| iso.outcome != IsoOutcome::NothingLeft).and_then(|r| r.manifest.as_ref()).map(|m| m.id.clone());
+        if let (Some(r), Some(id)) = (reduced, &id) {
+            self.record_verdict(r, id)?;
+        }
+        let journal = store.journal();
+        journal.append(Event::CandidateReduced { id: id.clone(), from: iso.candidate.clone(), outcome: iso.outcome, held: iso.held.clone() })?;
+        let lock = self.lock().await?;
+        match (iso.outcome, reduced) {
+            (IsoOutcome::Reduced, Some(r)) => {
+                let mut manifest = r.manifest.clone().expect("a passed set has a manifest");
+                manifest.held = iso.held.clone();
+                self.promote(&lock, r, &manifest, live).await
+            }
+            (IsoOutcome::Rejected, Some(r)) => {
+                let files = iso.full.as_ref().and_then(|f| f.snapshot_dir.as_deref());
+                let reasons: Vec<Reason> = iso.full.iter().chain([r]).flat_map(|x| x.reasons.clone()).collect();
+                store.quarantine(&lock, &iso.manifest, &reasons, Source::Gate, r.canary_log.as_deref(), files)?;
+                journal.append(Event::CandidateQuarantined { id: iso.candidate.clone() })?;
+                Ok(())
+            }
+            _ => {
+                tracing::warn!(candidate = iso.candidate, "without its held files the candidate is the live release; nothing to promote");
+                Ok(())
+            }
+        }
+    }
+
+    async fn decide(&self, report: &Report, live: Option<&str>) -> Result<(), DaemonError> {
         let journal = self.cx.store.journal();
         let Some(manifest) = report.manifest.as_ref().filter(|m| !m.files.is_empty()) else {
             tracing::warn!(reason = codes(&report.reasons), "incoming holds no usable database files: {}", listed(&report.reasons));
@@ -413,11 +478,6 @@ impl Daemon {
                 return Ok(());
             }
             None => {}
-        }
-        if let (Some(b), Some(v)) = (baseline, &report.new_baseline_verdicts)
-            && let Err(e) = self.cx.store.cache_verdicts(&b.manifest.id, &self.cx.corpus.digest, v)
-        {
-            tracing::warn!("cannot cache the live release's verdicts: {e}");
         }
         self.record_verdict(report, id)?;
         let lock = self.lock().await?;

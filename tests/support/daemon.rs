@@ -74,6 +74,30 @@ impl Env {
         }
     }
 
+    /// Replaces incoming's files with files picked from fixture sets:
+    /// `(set, file)`, each under its own name, as `put` does.
+    pub fn put_files(&self, files: &[(&str, &str)]) {
+        let incoming = self.path().join("incoming");
+        for e in fs::read_dir(&incoming).unwrap().flatten() {
+            fs::remove_file(e.path()).unwrap();
+        }
+        for (set_name, file) in files {
+            let tmp = incoming.join(format!("{file}.tmp"));
+            fs::copy(set(set_name).join(file), &tmp).unwrap();
+            fs::rename(&tmp, incoming.join(file)).unwrap();
+        }
+    }
+
+    /// Writes the daemon's policy file (read at start and on SIGHUP).
+    pub fn policy(&self, text: &str) {
+        fs::write(self.path().join("policy.toml"), text).unwrap();
+    }
+
+    /// The live release's manifest.json.
+    pub fn live_manifest(&self) -> serde_json::Value {
+        serde_json::from_str(&fs::read_to_string(self.current().join("manifest.json")).unwrap()).unwrap()
+    }
+
     /// Production clamd on `state/current`.
     pub async fn start_production(&self, extra: &[&str]) -> Clamd {
         Clamd::start_in(&self.current(), &self.path().join("prod"), extra).await.expect("production clamd starts")

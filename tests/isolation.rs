@@ -1,0 +1,154 @@
+//! Per-file isolation with real clamds: a bad feed file holds back only
+//! itself, the rest of the candidate goes live after passing the whole gate
+//! again, and `isolation = "set"` rejects it all as before.
+
+mod support;
+
+use std::path::Path;
+
+use support::daemon::Env;
+use support::*;
+
+/// The daemon on daily-v1, production scanning it.
+async fn live_v1() -> (Env, support::daemon::DaemonProc, Clamd) {
+    let env = Env::new("", "");
+    let d = env.promoted("daily-v1").await;
+    let prod = env.start_production(&[]).await;
+    (env, d, prod)
+}
+
+fn names(v: &serde_json::Value, key: &str) -> Vec<String> {
+    v[key].as_array().map(|a| a.iter().map(|f| f["name"].as_str().unwrap().to_string()).collect()).unwrap_or_default()
+}
+
+/// Waits for the reduced set of the candidate now in incoming to be decided.
+async fn reduced(env: &Env, from: usize) -> serde_json::Value {
+    env.wait_after(from, "candidate.reduced", |e| e.name() == "candidate.reduced").await.json()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_false_positive_feed_file_is_held_the_new_daily_goes_live_and_its_fix_later() {
+    let (env, _d, prod) = live_v1().await;
+    let before = env.journal().len();
+    env.put_files(&[("daily-v2", "daily.cud"), ("fp", "fp.hdb"), ("good-ndb", "clamgate.ndb")]);
+    let r = reduced(&env, before).await;
+    assert_eq!(r["outcome"], "reduced", "{r}");
+    let id = r["id"].as_str().unwrap().to_string();
+    env.wait_after(before, "promotion of the reduced set", |e| e.name() == "promotion.done" && e.id() == Some(id.as_str())).await;
+    let isolated = env.wait_after(before, "candidate.isolated", |e| e.name() == "candidate.isolated").await.json();
+    assert_eq!(isolated["bisect_runs"], 0, "the signature name names the file: {isolated}");
+
+    let m = env.live_manifest();
+    assert_eq!(names(&m, "files"), ["clamgate.ndb", "daily.cud"]);
+    assert_eq!(names(&m, "held"), ["fp.hdb"]);
+    assert_eq!(m["held"][0]["reason"], "corpus.false_positive");
+    assert!(m["held"][0]["detail"].as_str().unwrap().contains("Clamgate.Test.FalsePositive"), "{m}");
+    assert_eq!(prod.client().version().await.unwrap().database, Some(2), "production runs the new daily");
+    assert!(!prod.client().scan_file(&sample("clean/letter.txt")).await.unwrap().is_infected());
+
+    // status names the file and the signature, in text and JSON.
+    let status = Cmd::new();
+    let cfg = env.config.to_str().unwrap();
+    let (_, text, _) = status.run(&["status", "--config", cfg]);
+    assert!(text.contains("fp.hdb") && text.contains("Clamgate.Test.FalsePositive"), "{text}");
+    let (_, json) = status.json(&["status", "--config", cfg]);
+    assert_eq!(names(&json, "held"), ["fp.hdb"], "{json}");
+
+    // The feed publishes a fixed fp.hdb: it is checked again and goes live.
+    let before = env.journal().len();
+    env.put_files(&[("daily-v2", "daily.cud"), ("fp-fixed", "fp.hdb"), ("good-ndb", "clamgate.ndb")]);
+    let done = env.wait_after(before, "promotion of the fixed feed", |e| e.name() == "promotion.done").await;
+    let m = env.live_manifest();
+    assert_eq!(done.id(), m["id"].as_str());
+    assert_eq!(names(&m, "files"), ["clamgate.ndb", "daily.cud", "fp.hdb"]);
+    assert!(names(&m, "held").is_empty(), "{m}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_feed_file_clamd_refuses_is_held_and_the_rest_goes_live() {
+    let (env, _d, prod) = live_v1().await;
+    let before = env.journal().len();
+    env.put_files(&[("daily-v2", "daily.cud"), ("load-fail", "offset.ndb"), ("good-ndb", "clamgate.ndb")]);
+    let r = reduced(&env, before).await;
+    assert_eq!(r["outcome"], "reduced", "{r}");
+    assert_eq!(names(&r, "held"), ["offset.ndb"]);
+    assert_eq!(r["held"][0]["reason"], "canary.load_failed");
+    let detail = r["held"][0]["detail"].as_str().unwrap();
+    assert!(detail.contains("Can't load offset.ndb"), "the clamd error line, without the canary's path: {detail}");
+    let id = r["id"].as_str().unwrap().to_string();
+    env.wait_after(before, "promotion", |e| e.name() == "promotion.done" && e.id() == Some(id.as_str())).await;
+    assert_eq!(prod.client().version().await.unwrap().database, Some(2));
+
+    // Unchanged, the held file is not checked again after a restart.
+    let before = env.journal().len();
+    drop(_d);
+    let _d = env.spawn();
+    let again = reduced(&env, before).await;
+    assert_eq!(again["outcome"], "nothing_left", "{again}");
+    let canaried = env.journal()[before..].iter().any(|e| e.name() == "candidate.checked");
+    assert!(!canaried, "a held file was checked again");
+}
+
+/// `clamgate check` against a baseline directory, with a policy.
+fn check(dir: &Path, baseline: &Path, policy: &str) -> (i32, serde_json::Value) {
+    let cmd = Cmd::new();
+    let p = cmd.path().join("policy.toml");
+    std::fs::write(&p, policy).unwrap();
+    let corpus = corpus();
+    let args =
+        ["check", dir.to_str().unwrap(), "--corpus", corpus.to_str().unwrap(), "--baseline", baseline.to_str().unwrap(), "--policy", p.to_str().unwrap()];
+    cmd.json(&args)
+}
+
+/// A directory holding the given fixture files.
+fn dir_of(root: &Path, name: &str, files: &[(&str, &str)]) -> std::path::PathBuf {
+    let d = root.join(name);
+    std::fs::create_dir_all(&d).unwrap();
+    for (s, f) in files {
+        std::fs::copy(set(s).join(f), d.join(f)).unwrap();
+    }
+    d
+}
+
+#[test]
+fn two_feed_files_that_only_fail_together_are_found_by_bisection() {
+    let tmp = tempfile::tempdir().unwrap();
+    let live = dir_of(tmp.path(), "live", &[("daily-v1", "daily.cud")]);
+    let pair: Vec<String> = std::fs::read_dir(set("pair")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    let mut files: Vec<(&str, &str)> = pair.iter().map(|f| ("pair", f.as_str())).collect();
+    files.push(("daily-v2", "daily.cud"));
+    let cand = dir_of(tmp.path(), "cand", &files);
+    let (code, json) = check(&cand, &live, "allowed_false_positives = 1\nmax_bisect_runs = 16\n");
+    assert_eq!(code, 4, "{json:#}");
+    assert_eq!(names(&json["isolation"], "held"), ["pair-a.hdb", "pair-b.hdb"], "{json:#}");
+    assert!(json["isolation"]["bisect_runs"].as_u64().unwrap() > 0);
+    let kept = names(&json["reduced"]["manifest"], "files");
+    assert_eq!(kept, ["daily.cud", "feed-1.hdb", "feed-2.hdb", "feed-3.hdb", "feed-4.hdb", "feed-5.hdb", "feed-6.hdb"]);
+
+    // Out of bisection runs: everything still under suspicion is held.
+    let (code, json) = check(&cand, &live, "allowed_false_positives = 1\nmax_bisect_runs = 1\n");
+    assert_eq!(code, 1, "the live release again: nothing to promote\n{json:#}");
+    assert_eq!(json["isolation"]["outcome"], "nothing_left");
+    assert_eq!(names(&json["isolation"], "held").len(), 9);
+}
+
+#[test]
+fn a_bad_official_container_keeps_its_live_version_and_the_feed_updates_go_live() {
+    let tmp = tempfile::tempdir().unwrap();
+    let live = dir_of(tmp.path(), "live", &[("daily-v1", "daily.cud"), ("good", "clamgate.hdb")]);
+    let cand = dir_of(tmp.path(), "cand", &[("daily-md5-mismatch", "daily.cud"), ("good", "clamgate.hdb"), ("good-ndb", "clamgate.ndb")]);
+    let (code, json) = check(&cand, &live, "");
+    assert_eq!(code, 4, "{json:#}");
+    assert_eq!(json["isolation"]["held"][0]["name"], "daily.cud");
+    assert_eq!(json["isolation"]["held"][0]["reason"], "cvd.md5_mismatch");
+    let reduced = &json["reduced"]["manifest"]["files"];
+    let daily = reduced.as_array().unwrap().iter().find(|f| f["name"] == "daily.cud").unwrap();
+    let live_sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(std::fs::read(live.join("daily.cud")).unwrap()));
+    assert_eq!(daily["sha256"], live_sha, "the live daily stands in");
+    assert_eq!(names(&json["reduced"]["manifest"], "files"), ["clamgate.hdb", "clamgate.ndb", "daily.cud"]);
+
+    // isolation = "set": today's behaviour, the whole candidate is rejected.
+    let (code, json) = check(&cand, &live, "isolation = \"set\"\n");
+    assert_eq!(code, 1, "{json:#}");
+    assert!(json.get("isolation").is_none(), "{json:#}");
+}
