@@ -80,6 +80,9 @@ async fn readyz_follows_what_production_really_does() {
 #[tokio::test(flavor = "multi_thread")]
 async fn metrics_parse_as_prometheus_text_and_count_what_happened() {
     let env = Env::new("", "");
+    // The whole candidate rejected, as these counters were written for;
+    // held files under isolation are counted by tests/isolation.rs.
+    env.policy("isolation = \"set\"\n");
     let _d = env.promoted("daily-v1").await;
     let _prod = env.start_production(&[]).await;
     env.put("fp");

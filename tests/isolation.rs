@@ -53,6 +53,11 @@ async fn a_false_positive_feed_file_is_held_the_new_daily_goes_live_and_its_fix_
     assert!(text.contains("fp.hdb") && text.contains("Clamgate.Test.FalsePositive"), "{text}");
     let (_, json) = status.json(&["status", "--config", cfg]);
     assert_eq!(names(&json, "held"), ["fp.hdb"], "{json}");
+    let m = support::metrics::scrape_until(env.health, "the held file counted", |m| {
+        m.value("clamgate_held_files", &[("reason", "corpus.false_positive")]) == Some(1.0)
+    })
+    .await;
+    assert_eq!(m.value("clamgate_held_files", &[]), Some(1.0), "one held file in all:\n{}", m.text);
 
     // The feed publishes a fixed fp.hdb: it is checked again and goes live.
     let before = env.journal().len();
@@ -62,6 +67,7 @@ async fn a_false_positive_feed_file_is_held_the_new_daily_goes_live_and_its_fix_
     assert_eq!(done.id(), m["id"].as_str());
     assert_eq!(names(&m, "files"), ["clamgate.ndb", "daily.cud", "fp.hdb"]);
     assert!(names(&m, "held").is_empty(), "{m}");
+    support::metrics::scrape_until(env.health, "no held file once the fix is live", |m| m.value("clamgate_held_files", &[]).unwrap_or(0.0) == 0.0).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -42,9 +42,12 @@ fn json(env: &Env, args: &[&str]) -> (i32, Value) {
     (out.status.code().unwrap(), v)
 }
 
-/// `good` live in production, then the `fp` set rejected for its false positive.
+/// `good` live in production, then the `fp` set rejected for its false
+/// positive, as a whole (`isolation = "set"`): these are the operator's
+/// answers to a quarantined candidate.
 async fn fp_quarantined() -> (Env, DaemonProc, Clamd) {
     let env = Env::new(SMOKE, "");
+    env.policy("isolation = \"set\"\n");
     let d = env.promoted("good").await;
     let prod = env.start_production(&[]).await;
     env.put("fp");
