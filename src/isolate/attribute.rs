@@ -75,15 +75,38 @@ fn defines(name: &str) -> bool {
     !matches!(name.rsplit_once('.').map(|(_, e)| e), Some("ign" | "ign2" | "fp" | "sfp" | "wdb" | "cfg" | "info"))
 }
 
-/// Whether the file holds `sig` as a whole field. Text databases and
-/// uncompressed `.cld` containers are searched as they are; a compressed
-/// container (`.cvd`, `.cud`) cannot be, and never counts.
+/// Whether the file holds `sig` as a whole field. Text databases are
+/// searched as they are; a container (`.cvd`, `.cud`, `.cld`) by its
+/// members, unpacked as `clamgate show` does (a member is read up to
+/// [`MAX_MEMBER`]; an unreadable container never counts).
 pub(crate) fn mentions(path: &Path, sig: &str) -> bool {
-    let compressed = matches!(path.extension().and_then(|e| e.to_str()), Some("cvd" | "cud"));
-    if compressed || sig.is_empty() {
+    if sig.is_empty() {
         return false;
     }
-    let Ok(bytes) = std::fs::read(path) else { return false };
+    match path.extension().and_then(|e| e.to_str()) {
+        Some(ext @ ("cvd" | "cud" | "cld")) => container_mentions(path, ext, sig).unwrap_or(false),
+        _ => std::fs::read(path).is_ok_and(|bytes| has_field(&bytes, sig)),
+    }
+}
+
+/// Largest container member searched; the official daily's biggest is
+/// tens of MiB.
+const MAX_MEMBER: u64 = 512 << 20;
+
+fn container_mentions(path: &Path, ext: &str, sig: &str) -> std::io::Result<bool> {
+    use std::io::Read;
+    let body = crate::validate::cvd::body(std::fs::File::open(path)?, ext)?;
+    let mut found = false;
+    crate::validate::cvd::for_each_member(body, |_, member| {
+        let mut bytes = Vec::new();
+        member.take(MAX_MEMBER).read_to_end(&mut bytes)?;
+        found = has_field(&bytes, sig);
+        Ok(!found)
+    })?;
+    Ok(found)
+}
+
+fn has_field(bytes: &[u8], sig: &str) -> bool {
     let sep = |b: Option<&u8>| b.is_none_or(|c| matches!(c, b':' | b';' | b'\n' | b'\r' | b'\t' | b',' | b' ' | b'\0'));
     let needle = sig.as_bytes();
     bytes.windows(needle.len()).enumerate().any(|(i, w)| w == needle && sep(i.checked_sub(1).and_then(|j| bytes.get(j))) && sep(bytes.get(i + needle.len())))
@@ -145,7 +168,25 @@ mod tests {
         assert!(!mentions(&dir.path().join("missing.hdb"), "Feed.Bad.Sig"));
         let cud = dir.path().join("daily.cud");
         std::fs::write(&cud, "aa:1:Feed.Bad.Sig\n").unwrap();
-        assert!(!mentions(&cud, "Feed.Bad.Sig"), "a compressed container is never searched");
+        assert!(!mentions(&cud, "Feed.Bad.Sig"), "an unreadable container never counts");
         assert!(!defines("local.ign2") && defines("feed.ndb"));
+    }
+
+    #[test]
+    fn containers_are_searched_by_their_members() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let tar = crate::validate::cvd::tests::tar(&[("COPYING", b"text"), ("daily.hdb", b"aa:1:Win.Test.Bad-1\n")]);
+        let header = vec![b' '; crate::validate::cvd::HEADER_LEN];
+        let cld = dir.path().join("daily.cld");
+        std::fs::write(&cld, [header.clone(), tar.clone()].concat()).unwrap();
+        let mut gz = flate2::write::GzEncoder::new(header, flate2::Compression::fast());
+        gz.write_all(&tar).unwrap();
+        let cud = dir.path().join("daily.cud");
+        std::fs::write(&cud, gz.finish().unwrap()).unwrap();
+        for c in [&cld, &cud] {
+            assert!(mentions(c, "Win.Test.Bad-1"), "{}", c.display());
+            assert!(!mentions(c, "Win.Test.Bad"), "{}: whole fields only", c.display());
+        }
     }
 }

@@ -140,7 +140,7 @@ fn tar_size(field: &[u8]) -> Option<u64> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use proptest::prelude::*;
 
@@ -176,7 +176,7 @@ mod tests {
     }
 
     /// A tar of two members, as sigtool writes one (ustar, octal sizes).
-    fn tar(members: &[(&str, &[u8])]) -> Vec<u8> {
+    pub(crate) fn tar(members: &[(&str, &[u8])]) -> Vec<u8> {
         let mut out = Vec::new();
         for (name, data) in members {
             let mut h = [0u8; 512];
