@@ -99,6 +99,9 @@ pub(crate) enum Event {
     DaemonStopped { pid: u32 },
     /// SIGHUP: the config and policy read again and applied; `restart`
     /// names the changed keys that only a restart applies.
+    /// `clamgate recheck FILE`: a held file is checked again.
+    #[serde(rename = "held.cleared")]
+    HeldCleared { name: String, sha256: String, by: String },
     #[serde(rename = "daemon.reloaded")]
     DaemonReloaded { config: Option<PathBuf>, restart: Vec<String> },
     /// SIGHUP with a config or policy that does not load: the running one is kept.
@@ -325,6 +328,7 @@ impl Event {
             Event::ReleaseUnmarkedBad { .. } => "release.unmarked_bad",
             Event::ReleaseForced { .. } => "release.forced",
             Event::QuarantineCleared { .. } => "quarantine.cleared",
+            Event::HeldCleared { .. } => "held.cleared",
             Event::DaemonReloaded { .. } => "daemon.reloaded",
             Event::DaemonReloadFailed { .. } => "daemon.reload_failed",
             Event::Pin { .. } => "pin",
@@ -513,6 +517,7 @@ mod tests {
             Event::DaemonStopped { pid: 1 },
             Event::DaemonReloaded { config: Some("/etc/clamgate/clamgate.toml".into()), restart: vec!["state_dir".into()] },
             Event::DaemonReloadFailed { error: "policy: bad".into() },
+            Event::HeldCleared { name: "fp.hdb".into(), sha256: "ab".into(), by: "ops".into() },
             Event::CandidateStarted { live: None },
             Event::CandidateCancelled { why: "x".into() },
             Event::CandidateError { error: "x".into() },

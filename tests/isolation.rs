@@ -158,3 +158,34 @@ fn a_bad_official_container_keeps_its_live_version_and_the_feed_updates_go_live(
     assert_eq!(code, 1, "{json:#}");
     assert!(json.get("isolation").is_none(), "{json:#}");
 }
+
+/// After a false alarm the operator fixes what judged it (here: allows one
+/// false positive, and reloads) and clears the hold: the daemon checks the
+/// held file again with incoming as it is, and now it goes live.
+#[tokio::test(flavor = "multi_thread")]
+async fn recheck_of_a_held_file_has_it_checked_again() {
+    let (env, d, _prod) = live_v1().await;
+    let before = env.journal().len();
+    env.put_files(&[("daily-v2", "daily.cud"), ("fp", "fp.hdb"), ("good-ndb", "clamgate.ndb")]);
+    assert_eq!(reduced(&env, before).await["outcome"], "reduced");
+    env.wait_after(before, "the reduced set live", |e| e.name() == "promotion.done").await;
+    assert_eq!(names(&env.live_manifest(), "held"), ["fp.hdb"]);
+
+    env.policy("allowed_false_positives = 1\n");
+    d.signal(rustix::process::Signal::HUP);
+    env.wait_event("daemon.reloaded", None).await;
+    let from = env.journal().len();
+    let cmd = Cmd::new();
+    let (code, out) = cmd.json(&["recheck", "fp.hdb", "--config", env.config.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out["message"].as_str().unwrap().contains("cleared the hold on fp.hdb"), "{out}");
+    let cleared = env.wait_after(from, "held.cleared", |e| e.name() == "held.cleared").await;
+    assert_eq!(cleared.get("name").as_deref(), Some("fp.hdb"));
+    env.wait_after(from, "the whole set live", |e| e.name() == "promotion.done").await;
+    let m = env.live_manifest();
+    assert_eq!(names(&m, "files"), ["clamgate.ndb", "daily.cud", "fp.hdb"]);
+    assert!(names(&m, "held").is_empty(), "{m}");
+
+    let (code, _, err) = cmd.run(&["recheck", "fp.hdb", "--config", env.config.to_str().unwrap()]);
+    assert_eq!(code, 1, "nothing held any more: {err}");
+}

@@ -62,7 +62,8 @@ pub struct ChangeArgs {
 pub struct RecheckArgs {
     #[command(flatten)]
     pub(crate) config: ConfigArg,
-    /// Quarantined candidate or release marked bad: full id or unique prefix.
+    /// Quarantined candidate or release marked bad (full id or unique
+    /// prefix), or the name of a file per-file isolation holds back (`fp.hdb`).
     pub(crate) id: String,
     /// Print one JSON object: what happened.
     #[arg(long)]
@@ -307,6 +308,20 @@ pub(crate) async fn unpin(args: ChangeArgs) -> Result<Exit, CliError> {
 pub(crate) async fn recheck(args: RecheckArgs) -> Result<Exit, CliError> {
     let (_, store) = args.config.store()?;
     let lock = lock(&store)?;
+    let mut held = store.held();
+    if let Some(at) = held.iter().position(|h| h.name == args.id) {
+        let file = held.remove(at);
+        store.record_held(&held).map_err(store_err)?;
+        store.journal().append(Event::HeldCleared { name: file.name.clone(), sha256: file.sha256.clone(), by: operator() }).map_err(store_err)?;
+        let mut out = Changed::new(Action::Recheck, None);
+        out.message = format!(
+            "cleared the hold on {} ({}: {}): the daemon checks it again with incoming as it is, and holds it again if it still fails",
+            file.name,
+            file.reason.as_str(),
+            file.detail
+        );
+        return out.emit(args.json);
+    }
     let id = store.resolve_any(&args.id).map_err(|e| no_such(e, "recheck.no_such_id"))?;
     let Some(q) = store.quarantined(&id) else {
         return Err(CliError::refused("recheck.not_quarantined", format!("{id} is not marked bad; nothing to clear")));

@@ -77,6 +77,9 @@ pub(crate) struct Daemon {
     /// operator clears that (`clamgate recheck`), the same files are
     /// checked again.
     last_quarantined: std::sync::Mutex<Option<String>>,
+    /// How many files per-file isolation held after the last run: fewer
+    /// later means `clamgate recheck FILE` cleared one.
+    held: std::sync::atomic::AtomicUsize,
 }
 
 const LOCK_WAIT: Duration = Duration::from_secs(30);
@@ -125,7 +128,8 @@ impl Daemon {
         // What the journal holds now is history; from here on it is counted.
         metrics.follow(&cx.store);
         let health = Health::new(settings, Arc::new(metrics));
-        Ok(Daemon { cx, policy, health, deciding: AtomicBool::new(false), last_quarantined: std::sync::Mutex::new(None) })
+        let held = std::sync::atomic::AtomicUsize::new(cx.store.held().len());
+        Ok(Daemon { cx, policy, health, deciding: AtomicBool::new(false), last_quarantined: std::sync::Mutex::new(None), held })
     }
 
     /// Runs until `shutdown` completes: the gate loop, the prober and the
@@ -176,7 +180,10 @@ impl Daemon {
                 // Between runs only: a SIGHUP during a run waits for its end.
                 Some(()) = hangup.recv() => self.reload()?,
                 _ = sleep_until(due.unwrap_or_else(far_future)), if due.is_some() => {
-                    if let Flow::Stop = self.run_candidate(&mut schedule, &mut lp, shutdown.as_mut()).await? {
+                    let flow = self.run_candidate(&mut schedule, &mut lp, shutdown.as_mut()).await?;
+                    // What the run left held; a recheck before the next tick still counts.
+                    self.held.store(self.cx.store.held().len(), Ordering::Relaxed);
+                    if let Flow::Stop = flow {
                         break;
                     }
                 }
@@ -304,9 +311,15 @@ impl Daemon {
         Ok(())
     }
 
-    /// True once, when the quarantine of the last run's candidate is gone:
-    /// `clamgate recheck` (or `promote --force`) cleared it.
+    /// True once, when the quarantine of the last run's candidate is gone
+    /// (`clamgate recheck` or `promote --force` cleared it), or a held file
+    /// is no longer held (`clamgate recheck FILE`).
     fn mark_cleared(&self) -> bool {
+        let held = self.cx.store.held().len();
+        if held < self.held.swap(held, Ordering::Relaxed) {
+            tracing::info!("a held file was cleared; checking incoming again");
+            return true;
+        }
         let mut last = self.last_quarantined.lock().expect("not poisoned");
         let cleared = last.as_deref().is_some_and(|id| self.cx.store.quarantined(id).is_none());
         if cleared {
