@@ -97,11 +97,11 @@ pub(crate) enum Event {
     DaemonStarted { pid: u32, incoming: PathBuf },
     #[serde(rename = "daemon.stopped")]
     DaemonStopped { pid: u32 },
-    /// SIGHUP: the config and policy read again and applied; `restart`
-    /// names the changed keys that only a restart applies.
     /// `clamgate recheck FILE`: a held file is checked again.
     #[serde(rename = "held.cleared")]
     HeldCleared { name: String, sha256: String, by: String },
+    /// SIGHUP: the config and policy read again and applied; `restart`
+    /// names the changed keys that only a restart applies.
     #[serde(rename = "daemon.reloaded")]
     DaemonReloaded { config: Option<PathBuf>, restart: Vec<String> },
     /// SIGHUP with a config or policy that does not load: the running one is kept.

@@ -489,7 +489,8 @@ impl Store {
     /// reduced set is checked, so a restart does not attribute again.
     pub(crate) fn record_held(&self, held: &[HeldFile]) -> Result<(), StoreError> {
         let path = self.root.join("held.json");
-        let tmp = path.with_extension("tmp");
+        // Per process: the daemon and a `recheck` never rename each other's half-written file.
+        let tmp = path.with_extension(format!("{}.tmp", std::process::id()));
         write_synced(&tmp, &serde_json::to_vec_pretty(held).expect("serializes"))?;
         fs::rename(&tmp, &path).map_err(io("cannot write", &path))
     }

@@ -58,6 +58,9 @@ async fn a_false_positive_feed_file_is_held_the_new_daily_goes_live_and_its_fix_
     })
     .await;
     assert_eq!(m.value("clamgate_held_files", &[]), Some(1.0), "one held file in all:\n{}", m.text);
+    // One candidate, counted once, by its final outcome: the reduced set passed.
+    assert_eq!(m.value("clamgate_candidates_total", &[("outcome", "reject")]), Some(0.0), "{}", m.text);
+    assert_eq!(m.value("clamgate_candidates_total", &[("outcome", "pass")]), Some(2.0), "daily-v1, then the reduced set:\n{}", m.text);
 
     // The feed publishes a fixed fp.hdb: it is checked again and goes live.
     let before = env.journal().len();

@@ -255,7 +255,6 @@ pub(crate) async fn promote(args: PromoteArgs) -> Result<Exit, CliError> {
             return Err(CliError::refused("promote.quarantined", format!("{id} {what}: {}); pass --force to promote it anyway", why.join("; "))));
         }
         eprintln!("warning: promoting {id}, which {what}: {})", why.join("; "));
-        c.store.journal().append(Event::ReleaseForced { id: id.clone(), by: operator(), reasons: q.reasons.clone() }).map_err(store_err)?;
     }
     if !is_release {
         let m = c.store.release_from_quarantine(&lock, &id).map_err(|e| match e {
@@ -263,6 +262,11 @@ pub(crate) async fn promote(args: PromoteArgs) -> Result<Exit, CliError> {
             e => CliError::refused("promote.files_unusable", e),
         })?;
         c.store.journal().append(Event::ReleaseCreated { id: id.clone(), signatures: m.total_signatures() }).map_err(store_err)?;
+    }
+    // Journaled once the override can happen, before the activation that
+    // might still fail in production: who overrode what stays on record.
+    if let Some(q) = &quarantined {
+        c.store.journal().append(Event::ReleaseForced { id: id.clone(), by: operator(), reasons: q.reasons.clone() }).map_err(store_err)?;
     }
     let outcome = activator(&c, &lock).activate(Activation::Promotion, &id, None).await.map_err(store_err)?;
     let live_now = matches!(outcome, Outcome::Live(_));

@@ -440,13 +440,16 @@ impl Daemon {
             }
             return self.decide(full, live).await;
         }
-        if let Some(full) = &iso.full {
-            self.record_verdict(full, &iso.candidate)?;
-        }
         let reduced = iso.reduced.as_ref();
         let id = reduced.filter(|_| iso.outcome != IsoOutcome::NothingLeft).and_then(|r| r.manifest.as_ref()).map(|m| m.id.clone());
+        // Both verdicts are journaled; the metrics count one candidate, by
+        // its final outcome (the reduced set's when it ran).
+        let reduced_ran = reduced.is_some() && id.is_some();
+        if let Some(full) = &iso.full {
+            self.record_verdict(full, &iso.candidate, !reduced_ran)?;
+        }
         if let (Some(r), Some(id)) = (reduced, &id) {
-            self.record_verdict(r, id)?;
+            self.record_verdict(r, id, true)?;
         }
         let journal = store.journal();
         journal.append(Event::CandidateReduced { id: id.clone(), from: iso.candidate.clone(), outcome: iso.outcome, held: iso.held.clone() })?;
@@ -462,6 +465,8 @@ impl Daemon {
                 let reasons: Vec<Reason> = iso.full.iter().chain([r]).flat_map(|x| x.reasons.clone()).collect();
                 store.quarantine(&lock, &iso.manifest, &reasons, Source::Gate, r.canary_log.as_deref(), files)?;
                 journal.append(Event::CandidateQuarantined { id: iso.candidate.clone() })?;
+                // Remembered like any quarantine: a recheck makes it due again.
+                *self.last_quarantined.lock().expect("not poisoned") = Some(iso.candidate.clone());
                 Ok(())
             }
             _ => {
@@ -492,7 +497,7 @@ impl Daemon {
             }
             None => {}
         }
-        self.record_verdict(report, id)?;
+        self.record_verdict(report, id, true)?;
         let lock = self.lock().await?;
         if report.verdict == Verdict::Reject {
             let (log, files) = (report.canary_log.as_deref(), report.snapshot_dir.as_deref());
@@ -505,7 +510,9 @@ impl Daemon {
     }
 
     /// Journals the verdict and feeds the metrics.
-    fn record_verdict(&self, report: &Report, id: &str) -> Result<(), DaemonError> {
+    /// `count`: whether this verdict is the candidate's final one, the one
+    /// the candidates metric counts.
+    fn record_verdict(&self, report: &Report, id: &str, count: bool) -> Result<(), DaemonError> {
         let details =
             CheckDetails { warnings: report.warnings.clone(), baseline: report.baseline.clone(), canary: report.canary.clone(), checks: report.checks.clone() };
         let checked = Checked { id: Some(id.to_string()), verdict: report.verdict, reasons: report.reasons.clone(), details: Some(details) };
@@ -518,7 +525,9 @@ impl Daemon {
             }
         }
         let m = &self.health.metrics;
-        m.candidate(report.verdict, report.reasons.first().map(|r| r.reason));
+        if count {
+            m.candidate(report.verdict, report.reasons.first().map(|r| r.reason));
+        }
         if let Some(c) = &report.canary {
             m.canary(c.load_ms.map(Duration::from_millis), c.peak_rss_bytes);
         }
