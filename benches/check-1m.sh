@@ -14,18 +14,11 @@ cd "$(dirname "$0")/.."
 SIGS=${SIGS:-1000000}
 RUNS=${RUNS:-2}
 TIMEOUT=${TIMEOUT:-300}    # seconds any one wait may take
-target_dir=${CARGO_TARGET_DIR:-target}
 
 BENCH=check-1m
 source benches/lib.sh
 
-min() { printf '%s\n' "$@" | sort -g | head -1; }
-
-echo "building (release) and fixtures..." >&2
-cargo build --release --locked -q
-testdata/make-fixtures "$work/fx" >/dev/null
-bin=$(cd "$target_dir" && pwd)/release/clamgate
-[[ -x $bin ]] || die "$bin: not built"
+build_with_fixtures
 
 echo "building a $SIGS-signature daily.cud..." >&2
 mkdir -p "$work/big" && build_daily 2 "$SIGS" "$work/big/daily.cud"

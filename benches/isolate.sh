@@ -18,17 +18,11 @@ cd "$(dirname "$0")/.."
 FEEDS=${FEEDS:-20}
 LINES=${LINES:-200}
 RUNS=${RUNS:-3}
-target_dir=${CARGO_TARGET_DIR:-target}
 
 BENCH=isolate
 source benches/lib.sh
 
-min() { printf '%s\n' "$@" | sort -g | head -1; }
-
-echo "building (release) and fixtures..." >&2
-cargo build --release --locked -q
-testdata/make-fixtures "$work/fx" >/dev/null
-bin=$(cd "$target_dir" && pwd)/release/clamgate
+build_with_fixtures
 fx=$work/fx
 
 # feed DIR N VERSION: feed-N.hdb with LINES hashes that match nothing.

@@ -253,46 +253,11 @@ pub async fn run(cli: Cli) -> Result<Exit, (CliError, bool)> {
             let json = args.show.json;
             inspect::show(args).await.map_err(|e| (e, json))
         }
-        Command::Rollback(args) => {
-            let json = args.json;
-            match as_owner(&args.config) {
-                Some(ran) => ran,
-                None => change::rollback(args).await,
-            }
-            .map_err(|e| (e, json))
-        }
-        Command::Promote(args) => {
-            let json = args.json;
-            match as_owner(&args.config) {
-                Some(ran) => ran,
-                None => change::promote(args).await,
-            }
-            .map_err(|e| (e, json))
-        }
-        Command::Pin(args) => {
-            let json = args.json;
-            match as_owner(&args.config) {
-                Some(ran) => ran,
-                None => change::pin(args).await,
-            }
-            .map_err(|e| (e, json))
-        }
-        Command::Unpin(args) => {
-            let json = args.json;
-            match as_owner(&args.config) {
-                Some(ran) => ran,
-                None => change::unpin(args).await,
-            }
-            .map_err(|e| (e, json))
-        }
-        Command::Recheck(args) => {
-            let json = args.json;
-            match as_owner(&args.config) {
-                Some(ran) => ran,
-                None => change::recheck(args).await,
-            }
-            .map_err(|e| (e, json))
-        }
+        Command::Rollback(args) => changing(as_owner(&args.config), args.json, change::rollback(args)).await,
+        Command::Promote(args) => changing(as_owner(&args.config), args.json, change::promote(args)).await,
+        Command::Pin(args) => changing(as_owner(&args.config), args.json, change::pin(args)).await,
+        Command::Unpin(args) => changing(as_owner(&args.config), args.json, change::unpin(args)).await,
+        Command::Recheck(args) => changing(as_owner(&args.config), args.json, change::recheck(args)).await,
         Command::Config(cmd) => config::run(cmd).await.map_err(|e| (e, false)),
         Command::Manpages { out } => manpages(&out).map(|()| Exit::Ok).map_err(|e| (e, false)),
         Command::Completions { shell } => {
@@ -301,6 +266,20 @@ pub async fn run(cli: Cli) -> Result<Exit, (CliError, bool)> {
             Ok(Exit::Ok)
         }
     }
+}
+
+/// A state-changing command: the result of its re-run as the state dir's
+/// owner if there was one, else `here` (not started until awaited).
+async fn changing(
+    ran: Option<Result<Exit, CliError>>,
+    json: bool,
+    here: impl std::future::Future<Output = Result<Exit, CliError>>,
+) -> Result<Exit, (CliError, bool)> {
+    match ran {
+        Some(ran) => ran,
+        None => here.await,
+    }
+    .map_err(|e| (e, json))
 }
 
 /// Runs a state-changing command again as the state dir's owner when root
