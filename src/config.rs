@@ -21,6 +21,8 @@ pub(crate) mod defaults {
     /// Debian's clamd `LocalSocket`.
     pub(crate) const CLAMD_SOCKET: &str = "/run/clamav/clamd.ctl";
     pub(crate) const CLAMD_BINARY: &str = "/usr/sbin/clamd";
+    /// Debian's clamd config, production's in managed mode.
+    pub(crate) const CLAMD_CONF: &str = "/etc/clamav/clamd.conf";
     /// The health endpoint, and where the milter asks it.
     pub(crate) const HEALTH_LISTEN: &str = "127.0.0.1:3311";
     pub(crate) const HEALTH_URL: &str = "http://127.0.0.1:3311/readyz";
@@ -82,6 +84,11 @@ pub(crate) struct ClamdConfig {
     pub(crate) timeout: Duration,
     /// How long production may take to show a new release after RELOAD.
     pub(crate) reload_timeout: Duration,
+    /// `managed = true`: clamgate runs production clamd itself from `conf`.
+    pub(crate) managed: bool,
+    /// The operator's `clamd.conf`; in managed mode its `LocalSocket` is the
+    /// production socket.
+    pub(crate) conf: PathBuf,
 }
 
 #[derive(Debug, Clone)]
@@ -126,11 +133,17 @@ impl ClamdConfig {
             (Some(p), None) => Endpoint::Unix(p.into()),
             (None, None) => Endpoint::Unix(defaults::CLAMD_SOCKET.into()),
         };
+        let managed = s.bool("managed", false);
+        if managed && matches!(endpoint, Endpoint::Tcp(_)) {
+            s.problem("tcp", "managed mode serves the LocalSocket of clamd.conf only; remove tcp (see the README on TCP clients)");
+        }
         ClamdConfig {
             endpoint,
             binary: s.path("binary", defaults::CLAMD_BINARY),
             timeout: s.duration("timeout", "30s"),
             reload_timeout: s.duration("reload_timeout", "300s"),
+            managed,
+            conf: s.path("conf", defaults::CLAMD_CONF),
         }
     }
 }
@@ -243,6 +256,8 @@ impl Config {
             "rescan_interval" => rescan_interval;
             "smoke_samples" => smoke_samples;
             "clamd.socket/tcp" => clamd.endpoint;
+            "clamd.managed" => clamd.managed;
+            "clamd.conf" => clamd.conf;
             "health.listen" => health.listen;
             "health.probe_interval" => health.probe_interval;
         }
@@ -334,12 +349,12 @@ mod tests {
         let d = Config::parse(Path::new("x"), "").unwrap();
         assert_eq!(c.policy, PolicyFile::Named(defaults::POLICY.into()));
         assert_eq!(format!("{:?}", Config { file: None, policy: PolicyFile::Default, ..c }), format!("{:?}", Config { file: None, ..d }));
-        // Every key the code reads is set (24; `clamd.tcp`, the alternative
+        // Every key the code reads is set (26; `clamd.tcp`, the alternative
         // to `socket`, and `smoke_samples`, unset by default, are in
         // comments), so the file documents them all.
         let table: toml::Table = text.parse().unwrap();
         let leaves: usize = table.values().map(|v| v.as_table().map_or(1, toml::Table::len)).sum();
-        assert_eq!(leaves, 24, "etc/clamgate.toml should set every key");
+        assert_eq!(leaves, 26, "etc/clamgate.toml should set every key");
         assert!(text.contains("# tcp = ") && text.contains("# smoke_samples = "), "clamd.tcp and smoke_samples are documented");
     }
 

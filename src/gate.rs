@@ -11,6 +11,7 @@ use crate::canary::{Canary, CanaryError, CanaryRun, CanaryStats};
 use crate::candidate::{self, Manifest, Snapshot, SnapshotError};
 use crate::clamd::process::StartError;
 use crate::corpus::{self, Corpus, SampleResult, Verdicts};
+use crate::managed::Managed;
 use crate::policy::Policy;
 use crate::reason::{Code, Reason};
 use crate::status::Status;
@@ -105,6 +106,14 @@ pub(crate) struct Report {
     /// The snapshot directory holding the checked copy of the files.
     #[serde(skip)]
     pub(crate) snapshot_dir: Option<PathBuf>,
+    /// Managed mode: the passed canary, kept running (its managed name).
+    #[serde(skip)]
+    pub(crate) kept: Option<String>,
+    /// The kept canary's verdicts: the release's own, cached as the
+    /// baseline of the next candidate (it runs production's config), so
+    /// the next update needs no baseline canary.
+    #[serde(skip)]
+    pub(crate) kept_verdicts: Option<Verdicts>,
 }
 
 /// Our own failure, not the candidate's: the caller retries later and
@@ -134,6 +143,11 @@ pub(crate) struct Gate<'a> {
     /// Stops the run before any canary when it returns a reason: the daemon
     /// uses it so a quarantined digest (or the live one) is not canaried again.
     pub(crate) known: Option<KnownCheck<'a>>,
+    /// Managed mode: canaries from the operator's clamd.conf.
+    pub(crate) managed: Option<&'a Managed>,
+    /// Managed mode: a candidate that passes keeps its canary running, to
+    /// become production (`Report::kept`). Off for bisection probes.
+    pub(crate) keep: bool,
 }
 
 impl Report {
@@ -153,6 +167,8 @@ impl Report {
             new_baseline_verdicts: None,
             canary_log: None,
             snapshot_dir: None,
+            kept: None,
+            kept_verdicts: None,
         }
     }
 
@@ -201,14 +217,28 @@ impl Gate<'_> {
             r.check(Step::Corpus, Status::Skipped, "static checks failed");
             return Ok(r);
         }
-        let canary = Canary { binary: self.clamd_binary, policy: self.policy };
-        let Some(run) = self.canary(&mut r, &canary, snap, work).await? else { return Ok(r) };
+        let canary = Canary { binary: self.clamd_binary, policy: self.policy, managed: self.managed };
+        let Some(mut run) = self.canary(&mut r, &canary, snap, work).await? else { return Ok(r) };
         let baseline_verdicts = self.baseline_verdicts(&mut r, &canary, baseline, work).await;
         self.corpus(&mut r, &run, baseline_verdicts.as_ref());
         if r.reasons.is_empty() {
             r.verdict = Verdict::Pass;
+            self.keep(&mut r, &mut run);
         }
         Ok(r)
+    }
+
+    /// Managed mode: the canary that passed stays running, recorded as
+    /// holding the candidate; a failure to record it only costs a load.
+    fn keep(&self, r: &mut Report, run: &mut CanaryRun) {
+        let (Some(m), Some((name, p)), Some(id)) = (self.managed, run.running.take(), r.manifest.as_ref().map(|m| m.id.clone())) else { return };
+        match m.keep(&name, p, &id) {
+            Ok(()) => {
+                r.kept = Some(name);
+                r.kept_verdicts = Some(run.verdicts.clone());
+            }
+            Err(e) => tracing::warn!(candidate = id, "cannot keep the canary: {e}; production will load the release itself"),
+        }
     }
 
     /// File rules: what the snapshot refused.
@@ -258,7 +288,7 @@ impl Gate<'_> {
     /// Loads the candidate in a canary clamd and scans the corpus; `None`
     /// when the candidate failed there (the report says why).
     async fn canary(&self, r: &mut Report, canary: &Canary<'_>, snap: &Snapshot, work: &Path) -> Result<Option<CanaryRun>, GateError> {
-        let run = match canary.run(&snap.dir, &work.join("canary"), self.corpus).await {
+        let run = match canary.run(&snap.dir, &work.join("canary"), self.corpus, self.keep).await {
             Ok(run) => run,
             Err(CanaryError::Environment(e)) => return Err(GateError::Canary(e)),
             Err(CanaryError::Rejected { reason, stats, log }) => {
@@ -284,7 +314,7 @@ impl Gate<'_> {
         if let Some(v) = &b.verdicts {
             return Some(v.clone());
         }
-        match canary.run(&b.dir, &work.join("baseline-canary"), self.corpus).await {
+        match canary.run(&b.dir, &work.join("baseline-canary"), self.corpus, false).await {
             Ok(run) => {
                 r.new_baseline_verdicts = Some(run.verdicts.clone());
                 Some(run.verdicts)

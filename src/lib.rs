@@ -17,6 +17,8 @@
 //! - [`production`]: the production clamd: RELOAD, VERSION, smoke scans.
 //! - [`diff`]: signatures added and removed between two releases (`show`).
 //! - [`promote`]: moving `current` and proving production runs it, or going back.
+//! - [`managed`]: managed mode: clamgate runs production clamd, and hands
+//!   the production socket to the canary that passed.
 //! - [`daemon`]: `clamgate run`, the loop that ties the above together.
 //! - [`health`]: the prober and the HTTP endpoint (`/livez`, `/readyz`, `/metrics`).
 //! - [`metrics`]: the Prometheus registry.
@@ -46,6 +48,7 @@ pub mod health;
 pub(crate) mod isolate;
 pub mod journal;
 pub mod logging;
+pub(crate) mod managed;
 pub mod metrics;
 pub(crate) mod milter;
 pub mod policy;

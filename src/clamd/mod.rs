@@ -94,7 +94,7 @@ impl Client {
         Client { endpoint, timeout }
     }
 
-    pub(crate) fn unix(path: impl Into<PathBuf>, timeout: Duration) -> Self {
+    pub fn unix(path: impl Into<PathBuf>, timeout: Duration) -> Self {
         Client::new(Endpoint::Unix(path.into()), timeout)
     }
 

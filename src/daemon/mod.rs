@@ -7,6 +7,7 @@
 
 mod decide;
 mod schedule;
+mod supervise;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -56,6 +57,8 @@ pub(crate) enum DaemonError {
     Config(#[from] crate::config::ConfigError),
     #[error("cannot handle SIGHUP: {0}")]
     Signal(std::io::Error),
+    #[error(transparent)]
+    Managed(#[from] crate::managed::ManagedError),
     #[error("cannot watch {dir}: {source}")]
     Watch {
         dir: PathBuf,
@@ -173,6 +176,7 @@ impl Daemon {
                 _ = lp.rescan.tick() => schedule.rescan(lp.fingerprint(), Instant::now()),
                 _ = lp.heartbeat.tick() => {
                     self.health.beat();
+                    self.supervise().await;
                     if self.mark_cleared() {
                         schedule.check_again();
                     }
@@ -204,16 +208,25 @@ impl Daemon {
         }
         self.cx.store.journal().append(Event::DaemonStarted { pid: std::process::id(), incoming: self.cx.config.incoming_dir.clone() })?;
         tracing::info!(state_dir = %self.cx.config.state_dir.display(), incoming = %self.cx.config.incoming_dir.display(), "clamgate daemon started");
-        // Verifying production can take up to reload_timeout: keep /livez
-        // and the systemd watchdog fed meanwhile.
+        // Verifying production (or loading it, managed) can take up to
+        // reload_timeout: keep /livez and the systemd watchdog fed meanwhile.
         let mut beat = tokio::time::interval(Duration::from_secs(1));
-        let mut resume = std::pin::pin!(self.resume_interrupted());
+        let mut resume = std::pin::pin!(async {
+            self.adopt_production().await?;
+            let resumed = self.resume_interrupted().await;
+            self.sweep_managed().await?;
+            resumed
+        });
         let resumed = loop {
             tokio::select! {
                 r = &mut resume => break r,
                 _ = beat.tick() => self.health.beat(),
             }
         };
+        if let Err(e @ DaemonError::Managed(crate::managed::ManagedError::Occupied(_))) = resumed {
+            // Two clamds on one production path: the operator must choose.
+            return Err(e);
+        }
         if let Err(e) = resumed {
             // Production keeps whatever it runs; the health endpoint tells.
             tracing::error!("could not finish the interrupted promotion or rollback: {e}");
@@ -341,7 +354,7 @@ impl Daemon {
     }
 
     fn activator<'a>(&'a self, lock: &'a StateLock) -> Activator<'a> {
-        Activator { store: &self.cx.store, lock, prod: &self.cx.production }
+        Activator { store: &self.cx.store, lock, prod: &self.cx.production, managed: self.cx.managed.as_ref() }
     }
 
     /// A promotion or rollback that a crash interrupted is finished now
@@ -397,7 +410,8 @@ impl Daemon {
             })
         };
         let cfg = &self.cx.config;
-        let gate = Gate { policy: &self.policy, clamd_binary: &cfg.clamd.binary, corpus: &self.cx.corpus, known: Some(&known) };
+        let managed = self.cx.managed.as_ref();
+        let gate = Gate { policy: &self.policy, clamd_binary: &cfg.clamd.binary, corpus: &self.cx.corpus, known: Some(&known), managed, keep: managed.is_some() };
         let held_before = self.cx.store.held();
         let on_held = |id: &str, held: &[HeldFile], bisect_runs: u32| self.attributed(id, held, bisect_runs);
         // Our failure, not the candidate's (no clamd binary, disk full):
@@ -406,6 +420,8 @@ impl Daemon {
         self.deciding.store(true, Ordering::SeqCst);
         let result = self.decide_isolated(&iso, live.as_deref(), baseline.as_ref()).await;
         self.deciding.store(false, Ordering::SeqCst);
+        // A canary kept for a promotion that did not happen stops now.
+        self.sweep_managed().await?;
         let _ = std::fs::remove_dir_all(&work);
         result
     }
