@@ -314,6 +314,16 @@ impl Gate<'_> {
         if let Some(v) = &b.verdicts {
             return Some(v.clone());
         }
+        // Managed mode: the clamd serving the live release runs production's
+        // config, as the canary does; its verdicts cost no engine load.
+        if let Some(client) = self.managed.and_then(|m| m.serving(&b.manifest.id, self.policy.scan_timeout)) {
+            let verdicts = corpus::scan(&client, self.corpus, self.policy.scan_parallelism, self.policy.scan_timeout).await;
+            // Production busy or gone: a canary of the baseline, as in RELOAD mode.
+            if verdicts.values().all(|v| !matches!(v, corpus::Outcome::Timeout | corpus::Outcome::Unreachable(_))) {
+                r.new_baseline_verdicts = Some(verdicts.clone());
+                return Some(verdicts);
+            }
+        }
         match canary.run(&b.dir, &work.join("baseline-canary"), self.corpus, false).await {
             Ok(run) => {
                 r.new_baseline_verdicts = Some(run.verdicts.clone());

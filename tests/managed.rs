@@ -33,6 +33,11 @@ async fn promotion_hands_the_socket_to_the_canary_with_one_engine_load() {
     let first_pid = env.pid_of(&first).unwrap();
     assert_eq!(env.release_of(&first), Some(set_id("daily-v1")));
     let loads_before = env.engine_loads();
+    // No cached baseline verdicts (as after an upgrade from RELOAD mode):
+    // they come from the production clamd, which runs the live release.
+    for e in fs::read_dir(env.state().join("cache")).unwrap().flatten() {
+        fs::remove_file(e.path()).unwrap();
+    }
 
     env.put("daily-v2");
     env.wait_event("promotion.done", Some(&set_id("daily-v2"))).await;
@@ -41,8 +46,10 @@ async fn promotion_hands_the_socket_to_the_canary_with_one_engine_load() {
     assert_eq!(env.release_of(&second), Some(set_id("daily-v2")));
     scans(&env, 2).await;
     // One engine load for the whole update: the canary's, which now serves.
-    // (No baseline canary either: release 1's verdicts came with its own canary.)
+    // (No baseline canary either: release 1's verdicts came from production.)
     assert_eq!(env.engine_loads() - loads_before, 1, "{:#?}", env.clamd_logs());
+    let cached = |id: String| fs::read_dir(env.state().join("cache")).unwrap().flatten().any(|e| e.file_name().to_string_lossy().starts_with(&id));
+    assert!(cached(set_id("daily-v1")) && cached(set_id("daily-v2")), "both releases' verdicts are cached");
     let log = env.clamd_logs().into_iter().find(|(n, _)| *n == second).unwrap().1;
     assert_eq!(engine_loads_in(&log), 1, "production never reloaded: {log}");
     assert!(!log.contains("Reading databases from") || log.matches("Reading databases from").count() == 1, "{log}");

@@ -261,6 +261,16 @@ impl Managed {
         (i.pid.is_some() && self.answers(&name).await).then_some(i)
     }
 
+    /// A client of the production clamd's own socket, if it runs `release`
+    /// (the gate's baseline verdicts, without a canary).
+    pub(crate) fn serving(&self, release: &str, timeout: Duration) -> Option<Client> {
+        let name = self.production()?;
+        let dir = self.dir(&name);
+        instance::running(&dir.join("clamd.pid"), &dir.join("clamd.conf"))?;
+        let loaded = std::fs::read_to_string(dir.join("release")).ok()?;
+        (loaded.trim() == release).then(|| Client::unix(self.socket(&name), timeout))
+    }
+
     /// Whether the clamd the production link names runs (no PING: this is
     /// the heartbeat's check; the prober scans).
     pub(crate) fn production_alive(&self) -> bool {
