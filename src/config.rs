@@ -148,6 +148,20 @@ impl ClamdConfig {
     }
 }
 
+impl ClamdConfig {
+    /// Where production clamd answers: in managed mode the `LocalSocket` of
+    /// `conf` (read now; if it cannot be used, `socket`, and the daemon
+    /// refuses to start on it, naming the problem), else `socket` or `tcp`.
+    pub(crate) fn production_endpoint(&self) -> Endpoint {
+        if self.managed
+            && let Ok(c) = crate::managed::ClamdConf::load(&self.conf)
+        {
+            return Endpoint::Unix(c.production_socket);
+        }
+        self.endpoint.clone()
+    }
+}
+
 impl HealthConfig {
     fn parse(s: &mut Fields) -> HealthConfig {
         HealthConfig {

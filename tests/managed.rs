@@ -83,6 +83,19 @@ async fn a_managed_config_with_tcp_socket_is_refused_by_file_and_line() {
     assert!(err.contains(&want), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
     assert!(!env.state().exists(), "nothing was started");
+
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_clamgate")).args(args).arg("--config").arg(&env.config).env_clear().output().unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let (code, out) = cli(&["config", "check"]);
+    assert_ne!(code, Some(0), "{out}");
+    assert!(out.contains(&want), "config check names it: {out}");
+    // Every command that opens the state gives the stable reason with --json.
+    let (code, out) = cli(&["rollback", "--json"]);
+    assert_eq!(code, Some(2), "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(v["error"]["reason"], "managed.tcp_socket", "{v}");
 }
 
 fn proc_state(pid: u32) -> Option<char> {

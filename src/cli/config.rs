@@ -90,6 +90,12 @@ async fn check(args: CheckArgs) -> Result<Exit, CliError> {
         let what = format!("{}: no executable clamd there (install clamav-daemon)", config.clamd.binary.display());
         found.push((Finding::Environment, at(&["clamd", "binary"], what)));
     }
+    // Managed mode: the operator's clamd.conf as the daemon would read it.
+    if config.clamd.managed
+        && let Err(e) = crate::managed::ClamdConf::load(&config.clamd.conf)
+    {
+        found.push((Finding::Config, e.to_string()));
+    }
     if let Some((finding, what)) = production(&config).await {
         let key: &[&str] = if matches!(config.clamd.endpoint, Endpoint::Unix(_)) { &["clamd", "socket"] } else { &["clamd", "tcp"] };
         found.push((finding, at(key, what)));
@@ -105,13 +111,14 @@ async fn check(args: CheckArgs) -> Result<Exit, CliError> {
 /// starts after clamgate's first promotion.
 async fn production(config: &Config) -> Option<(Finding, String)> {
     use std::os::unix::fs::FileTypeExt;
-    if let Endpoint::Unix(p) = &config.clamd.endpoint
+    let endpoint = config.clamd.production_endpoint();
+    if let Endpoint::Unix(p) = &endpoint
         && let Ok(m) = std::fs::metadata(p)
         && !m.file_type().is_socket()
     {
         return Some((Finding::Config, format!("{}: exists but is not a socket", p.display())));
     }
-    let client = crate::clamd::Client::new(config.clamd.endpoint.clone(), std::time::Duration::from_secs(5));
+    let client = crate::clamd::Client::new(endpoint, std::time::Duration::from_secs(5));
     match client.ping().await {
         Ok(()) => None,
         Err(e) => Some((Finding::Warning, format!("production clamd does not answer yet ({e}); clamgate reports it down until it does"))),
