@@ -26,7 +26,7 @@ source benches/lib.sh
 base=$work
 on_cleanup() { # managed clamds are not our children: stop them by their PID files
   local f
-  for f in "$base"/*/state/clamd/*/clamd.pid; do [[ -f $f ]] && stop_pid "$(cat "$f")"; done
+  for f in "$base"/*/state/clamd/*/clamd.pid "$base"/*/clamd.pid; do [[ -f $f ]] && stop_pid "$(cat "$f")"; done
   work=$base
 }
 
@@ -64,6 +64,8 @@ rss_loop() { # OUT: the peak of the summed VmRSS (KiB) of clamds under $work
   done
 }
 promotions() { grep -c '"promotion.done"' "$work/state/journal.jsonl" 2>/dev/null || echo 0; }
+version_is() { [[ $(db_version "$work/prod/clamd.sock") == "$1" ]]; } # until_ok re-runs it
+promoted() { (( $(promotions) >= $1 )); }
 put() { cp "$1" "$work/incoming/daily.cud.tmp" && mv "$work/incoming/daily.cud.tmp" "$work/incoming/daily.cud"; }
 loads_in_logs() { cat "$@" 2>/dev/null | grep -cE 'Database correctly reloaded|Loaded [0-9]+ signatures' || true; }
 p99() { sort -g | awk '{ v[NR] = $1 } END { if (NR == 0) { print "-"; exit } i = int(NR * 0.99); if (i < 1) i = 1; printf "%.0f", v[i] * 1000 }'; }
@@ -95,8 +97,8 @@ run() {
     until_ok 120 "production clamd PONG" ping_ok "$work/prod/clamd.sock"
   fi
   put "$base/big-$size/v2/daily.cud"
-  until_ok 900 "v2 live ($mode)" test "$(db_version "$work/prod/clamd.sock")" == 2 || { tail -20 "$work/daemon.log" >&2; return 1; }
-  until_ok 900 "v2 promotion.done" test "$(promotions)" -ge 2
+  until_ok 900 "v2 live ($mode)" version_is 2 || { tail -20 "$work/daemon.log" >&2; return 1; }
+  until_ok 900 "v2 promotion.done" promoted 2
   sleep 2 # the old clamd drained (managed), production idle
   rss_loop "$work/rss" & pids+=("$!")
   load_loop "$work/prod/clamd.sock" "$work/scans.a" & pids+=("$!")
@@ -107,9 +109,9 @@ run() {
   before_loads=$(loads_in_logs "$work"/state/clamd/*/clamd.log "$work"/state/clamd/retired/*.log)
   t0=$(now)
   put "$base/big-$size/v3/daily.cud"
-  until_ok 900 "v3 live ($mode)" test "$(db_version "$work/prod/clamd.sock")" == 3 || { tail -20 "$work/daemon.log" >&2; return 1; }
+  until_ok 900 "v3 live ($mode)" version_is 3 || { tail -20 "$work/daemon.log" >&2; return 1; }
   live=$(echo "$(now) - $t0" | bc)
-  until_ok 900 "v3 promotion.done" test "$(promotions)" -ge 3
+  until_ok 900 "v3 promotion.done" promoted 3
   sleep 3 # drain and stop of the old clamd, scans go on meanwhile
   touch "$work/stop"; sleep 0.5
   local t1; t1=$(now)

@@ -167,3 +167,20 @@ async fn an_operator_rollback_loads_the_release_once_and_hands_over() {
     eventually("the v2 clamd to stop", || async { env.clamds() == 1 && env.instances() == [now.clone()] }).await;
     assert!(env.state().join("quarantine").join(set_id("daily-v2")).is_dir(), "the release rolled back from is marked bad");
 }
+
+/// The daemon supervises production: a clamd that dies (OOM killer, crash)
+/// is started again on the live release and handed the socket.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_production_clamd_that_dies_is_started_again() {
+    let env = ManagedEnv::new("", &[]);
+    let _daemon = env.promoted("daily-v1").await;
+    wait_ready(&env, 200).await;
+    let dead = env.production().unwrap();
+    kill(env.pid_of(&dead).unwrap(), rustix::process::Signal::KILL);
+    eventually("a new production clamd", || async { env.production().is_some_and(|p| p != dead) }).await;
+    let now = env.production().unwrap();
+    assert_eq!(env.release_of(&now), Some(set_id("daily-v1")));
+    wait_ready(&env, 200).await;
+    scans(&env, 1).await;
+    eventually("the dead one's dir removed", || async { env.instances() == [now.clone()] && env.clamds() == 1 }).await;
+}

@@ -83,6 +83,9 @@ pub(crate) struct Daemon {
     /// How many files per-file isolation held after the last run: fewer
     /// later means `clamgate recheck FILE` cleared one.
     held: std::sync::atomic::AtomicUsize,
+    /// Managed mode: when production clamd was last started again, so a
+    /// release that will not load is retried every 30 s, not every beat.
+    restarted: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 const LOCK_WAIT: Duration = Duration::from_secs(30);
@@ -132,7 +135,15 @@ impl Daemon {
         metrics.follow(&cx.store);
         let health = Health::new(settings, Arc::new(metrics));
         let held = std::sync::atomic::AtomicUsize::new(cx.store.held().len());
-        Ok(Daemon { cx, policy, health, deciding: AtomicBool::new(false), last_quarantined: std::sync::Mutex::new(None), held })
+        Ok(Daemon {
+            cx,
+            policy,
+            health,
+            deciding: AtomicBool::new(false),
+            last_quarantined: std::sync::Mutex::new(None),
+            held,
+            restarted: std::sync::Mutex::new(None),
+        })
     }
 
     /// Runs until `shutdown` completes: the gate loop, the prober and the

@@ -6,8 +6,13 @@
 //! (pinned, failed) are stopped; on the heartbeat, a production clamd that
 //! died is started again.
 
+use std::time::Duration;
+
 use super::{Daemon, DaemonError};
 use crate::failpoint::Point;
+
+/// At most one attempt to start a dead production clamd in this long.
+const RESTART_EVERY: Duration = Duration::from_secs(30);
 
 impl Daemon {
     /// Before `resume`: the production socket is served, if anything is live.
@@ -60,6 +65,13 @@ impl Daemon {
             return;
         }
         let Ok(Some(live)) = self.cx.store.current() else { return };
+        {
+            let mut last = self.restarted.lock().expect("not poisoned");
+            if last.is_some_and(|t| t.elapsed() < RESTART_EVERY) {
+                return;
+            }
+            *last = Some(std::time::Instant::now());
+        }
         if let Err(e) = self.restart_production(&live).await {
             tracing::error!("managed: cannot start production clamd on {live}: {e}");
         }
