@@ -114,6 +114,9 @@ impl Managed {
         let db = dir.join("db");
         std::os::unix::fs::symlink(database, &db).map_err(io("linking", &db))?;
         let socket = self.socket(&name);
+        if let Some(parent) = socket.parent() {
+            std::fs::create_dir_all(parent).map_err(io("creating", parent))?;
+        }
         let paths = conf::Paths { socket: &socket, log: &dir.join("clamd.log"), pid: &dir.join("clamd.pid"), database: &db };
         let mut opts = Options::new(&db, &dir);
         opts.binary = self.binary.clone();
