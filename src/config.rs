@@ -51,6 +51,10 @@ pub struct Config {
     pub(crate) clamd: ClamdConfig,
     pub(crate) health: HealthConfig,
     pub(crate) milter: MilterConfig,
+    /// The gate publishes its releases to a fleet (`[publish]`).
+    pub(crate) publish: Option<crate::fleet::config::PublishConfig>,
+    /// A fleet host follows a gate's ring instead of `incoming_dir` (`[source]`).
+    pub(crate) source: Option<crate::fleet::config::SourceConfig>,
 }
 
 /// Which policy applies. A policy the config names must exist: a typo must
@@ -209,6 +213,8 @@ impl Config {
             clamd: f.section("clamd", ClamdConfig::parse),
             health: f.section("health", HealthConfig::parse),
             milter: f.section("milter", MilterConfig::parse),
+            publish: f.has("publish").then(|| f.section("publish", crate::fleet::config::PublishConfig::parse)),
+            source: f.has("source").then(|| f.section("source", crate::fleet::config::SourceConfig::parse)),
         };
         if let Some(smoke) = &config.smoke_samples
             && (!smoke.iter().any(|s| s.starts_with("infected/")) || !smoke.iter().any(|s| s.starts_with("clean/")))
@@ -245,6 +251,8 @@ impl Config {
             "clamd.socket/tcp" => clamd.endpoint;
             "health.listen" => health.listen;
             "health.probe_interval" => health.probe_interval;
+            "publish" => publish;
+            "source" => source;
         }
         changed
     }
