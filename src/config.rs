@@ -216,6 +216,11 @@ impl Config {
             publish: f.has("publish").then(|| f.section("publish", crate::fleet::config::PublishConfig::parse)),
             source: f.has("source").then(|| f.section("source", crate::fleet::config::SourceConfig::parse)),
         };
+        let mut config = config;
+        if config.source.is_some() {
+            // A fleet host's gate checks what its source fetched, not freshclam's dir.
+            config.incoming_dir = crate::fleet::source::incoming_dir(&config.state_dir);
+        }
         if let Some(smoke) = &config.smoke_samples
             && (!smoke.iter().any(|s| s.starts_with("infected/")) || !smoke.iter().any(|s| s.starts_with("clean/")))
         {

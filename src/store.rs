@@ -144,6 +144,11 @@ impl Store {
         Ok(Store { root: root.to_path_buf() })
     }
 
+    /// The state dir itself (for files other modules own there: `rollout.json`, `source/`).
+    pub(crate) fn root(&self) -> &Path {
+        &self.root
+    }
+
     pub(crate) fn journal(&self) -> Journal {
         Journal::new(self.root.join("journal.jsonl"))
     }

@@ -54,6 +54,8 @@ pub(crate) enum DaemonError {
     },
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Fleet(#[from] crate::fleet::FleetError),
     #[error("cannot handle SIGHUP: {0}")]
     Signal(std::io::Error),
     #[error("cannot watch {dir}: {source}")]
@@ -148,6 +150,7 @@ impl Daemon {
         tasks.spawn(crate::health::http::serve(listener, self.health.clone(), stop_rx.clone()));
         tasks.spawn(crate::health::run_prober(self.health.clone(), self.cx.production.clone(), store.clone(), stop_rx.clone(), first_tx));
         tasks.spawn(systemd_notify(self.health.clone(), store.clone(), first_rx, stop_rx.clone()));
+        crate::fleet::spawn(&self.cx, self.policy.max_file_size, &self.health, &mut tasks, &stop_rx).await?;
         self.health.beat();
         let result = self.gate_loop(shutdown, hangup).await;
         let _ = stop_tx.send(true);

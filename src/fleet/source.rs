@@ -1,0 +1,484 @@
+//! A fleet host following its ring: poll the ring's pointer (jittered,
+//! conditional), verify it (signature, ring, a generation that never goes
+//! back), fetch the release it names (signed manifest, files checked
+//! against it, temp names then rename), and hand it to the host's own
+//! promotion path: its gate, through the watched incoming dir, unless
+//! trusted; straight to the [`Activator`] for a release it already has (a
+//! fleet rollback) or one the gate vetted under `trust_gate_verdict`. The
+//! gate unreachable changes nothing live; `/readyz` warns after `warn_after`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+
+use super::config::SourceConfig;
+use super::fetch::{Client, FetchError};
+use super::sign::{Bad, Verifier};
+use super::tree::{self, MANIFEST, Published, RingPointer, SIG};
+use crate::candidate::{Manifest, NameClass, classify_name};
+use crate::health::Health;
+use crate::journal::Event;
+use crate::production::Production;
+use crate::promote::{Activation, Activator, Outcome};
+use crate::store::Store;
+
+macro_rules! refusals {
+    ($($variant:ident => $code:literal, $why:literal;)*) => {
+        /// Why a host refused what the tree served: stable codes (journal, logs, `--json`).
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+        pub(crate) enum Refusal {
+            $(#[serde(rename = $code)] #[doc = $why] $variant,)*
+        }
+        impl Refusal {
+            pub(crate) const ALL: &[Refusal] = &[$(Refusal::$variant,)*];
+            pub(crate) fn code(self) -> &'static str {
+                match self { $(Refusal::$variant => $code,)* }
+            }
+        }
+    };
+}
+
+refusals! {
+    Unsigned => "fleet.unsigned", "no .minisig beside the file";
+    BadSignature => "fleet.bad_signature", "the signature does not match the bytes";
+    WrongKey => "fleet.wrong_key", "signed by a key other than [source] public_key";
+    GenerationBackwards => "fleet.generation_backwards", "an older ring pointer than one already accepted (a replay)";
+    RingMismatch => "fleet.ring_mismatch", "a pointer for another ring";
+    ManifestMismatch => "fleet.manifest_mismatch", "the manifest's sha256 is not the one the pointer signed";
+    ReleaseMismatch => "fleet.release_mismatch", "the manifest is not the release the pointer names";
+    Sha256Mismatch => "fleet.sha256_mismatch", "a file's sha256 or size is not the one the manifest signed";
+    BadName => "fleet.bad_name", "a file name that is not a plain database name";
+    Malformed => "fleet.malformed", "not the JSON or signature format expected";
+}
+
+/// What the host is doing about its ring's release, as `/readyz` tells the gate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum State {
+    /// No pointer accepted yet.
+    Starting,
+    /// The ring's release is live here.
+    Live,
+    Fetching,
+    /// Handed to this host's gate.
+    Checking,
+    /// This host's gate or production refused it (quarantined here).
+    Rejected,
+    /// The tree served something that does not prove itself.
+    Refused,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SourceError {
+    #[error("{}: {} ({message})", file, reason.code())]
+    Refused { file: String, reason: Refusal, message: String },
+    #[error(transparent)]
+    Fetch(#[from] FetchError),
+    #[error("{what} {}: {source}", path.display())]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error(transparent)]
+    Promote(#[from] crate::promote::PromoteError),
+    #[error(transparent)]
+    Journal(#[from] crate::journal::JournalError),
+}
+
+fn refused(file: &str, reason: Refusal, message: impl Into<String>) -> SourceError {
+    SourceError::Refused { file: file.into(), reason, message: message.into() }
+}
+
+fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> SourceError {
+    let path = path.to_path_buf();
+    move |source| SourceError::Io { what, path, source }
+}
+
+/// Persisted in `source/state.json`: the highest generation accepted.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Saved {
+    generation: u64,
+    release: Option<String>,
+}
+
+const SMALL: u64 = 1 << 20;
+const LOCK_WAIT: Duration = Duration::from_secs(60);
+
+pub(crate) struct Follower {
+    cfg: SourceConfig,
+    verifier: Verifier,
+    client: Client,
+    store: Store,
+    prod: Production,
+    health: Arc<Health>,
+    /// Where fetched files wait, and the dir the daemon's gate watches.
+    dir: PathBuf,
+    incoming: PathBuf,
+    max_file_size: u64,
+    saved: Saved,
+    state: State,
+    /// The pointer's ETag once everything it asked for is done.
+    etag: Option<String>,
+    refusal: Option<Refusal>,
+    last_contact: Option<SystemTime>,
+    started: SystemTime,
+    error: Option<String>,
+}
+
+/// Where a host keeps what it fetched: `STATE/source/`.
+pub(crate) fn source_dir(state_dir: &Path) -> PathBuf {
+    state_dir.join("source")
+}
+
+/// The directory a fleet host's gate watches instead of `incoming_dir`.
+pub(crate) fn incoming_dir(state_dir: &Path) -> PathBuf {
+    source_dir(state_dir).join("incoming")
+}
+
+impl Follower {
+    pub(crate) fn new(cfg: SourceConfig, state_dir: &Path, store: Store, prod: Production, health: Arc<Health>, max_file_size: u64) -> Result<Follower, String> {
+        let verifier = Verifier::load(&cfg.public_key).map_err(|e| e.to_string())?;
+        let token = match &cfg.token {
+            Some(f) => Some(super::serve::read_token(f).map_err(|e| format!("cannot read [source] token {}: {e}", f.display()))?),
+            None => None,
+        };
+        let dir = source_dir(state_dir);
+        let incoming = incoming_dir(state_dir);
+        for d in [&dir, &incoming, &dir.join("download")] {
+            std::fs::create_dir_all(d).map_err(|e| format!("cannot create {}: {e}", d.display()))?;
+        }
+        let saved = std::fs::read(dir.join("state.json")).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
+        let timeout = cfg.poll_interval.clamp(Duration::from_secs(5), Duration::from_secs(60));
+        Ok(Follower {
+            cfg,
+            verifier,
+            client: Client::new(token, timeout),
+            store,
+            prod,
+            health,
+            dir,
+            incoming,
+            max_file_size,
+            saved,
+            state: State::Starting,
+            etag: None,
+            refusal: None,
+            last_contact: None,
+            started: SystemTime::now(),
+            error: None,
+        })
+    }
+
+    /// Polls until `stop` flips.
+    pub(crate) async fn run(mut self, mut stop: tokio::sync::watch::Receiver<bool>) {
+        self.report();
+        loop {
+            self.poll().await;
+            self.report();
+            let wait = jitter(self.cfg.poll_interval);
+            tokio::select! {
+                _ = stop.changed() => break,
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    async fn poll(&mut self) {
+        match self.poll_once().await {
+            Ok(()) => self.error = None,
+            Err(SourceError::Fetch(e)) => {
+                if self.error.as_deref() != Some(&e.to_string()) {
+                    tracing::warn!("gate: {e}; keeping the live release");
+                }
+                self.error = Some(e.to_string());
+            }
+            Err(e) => {
+                let text = e.to_string();
+                if let SourceError::Refused { file, reason, message } = &e {
+                    if self.error.as_deref() != Some(text.as_str()) {
+                        tracing::error!("refused {file}: {message} [{}]; keeping the live release", reason.code());
+                        let _ = self.store.journal().append(Event::SourceRefused { file: file.clone(), reason: *reason, message: message.clone() });
+                    }
+                    self.state = State::Refused;
+                    self.refusal = Some(*reason);
+                } else if self.error.as_deref() != Some(text.as_str()) {
+                    tracing::error!("following the ring: {text}; keeping the live release");
+                }
+                self.etag = None;
+                self.error = Some(text);
+            }
+        }
+    }
+
+    async fn poll_once(&mut self) -> Result<(), SourceError> {
+        let url = self.cfg.url.clone();
+        let got = self.client.get(&url, self.etag.as_deref(), SMALL).await?;
+        self.last_contact = Some(SystemTime::now());
+        if got.status == hyper::StatusCode::NOT_MODIFIED {
+            return self.settle();
+        }
+        let file = format!("rings/{}.json", self.cfg.ring());
+        let ptr: RingPointer = self.verified(&url, &file, &got.body).await?;
+        if ptr.ring != self.cfg.ring() {
+            return Err(refused(&file, Refusal::RingMismatch, format!("the pointer is for ring {:?}", ptr.ring)));
+        }
+        if ptr.generation < self.saved.generation {
+            return Err(refused(&file, Refusal::GenerationBackwards, format!("generation {} is older than {} already accepted", ptr.generation, self.saved.generation)));
+        }
+        if ptr.generation > self.saved.generation {
+            self.saved = Saved { generation: ptr.generation, release: Some(ptr.release.clone()) };
+            let bytes = serde_json::to_vec(&self.saved).expect("state serializes");
+            tree::replace(&self.dir.join("state.json"), &bytes).map_err(|e| SourceError::Io { what: "cannot save", path: self.dir.join("state.json"), source: std::io::Error::other(e.to_string()) })?;
+            self.store.journal().append(Event::SourceFollowed { id: ptr.release.clone(), ring: ptr.ring.clone(), generation: ptr.generation })?;
+            tracing::info!(release = %ptr.release, generation = ptr.generation, "ring {} points at {}", ptr.ring, ptr.release);
+        }
+        self.refusal = None;
+        self.follow(&ptr).await?;
+        self.etag = got.etag;
+        Ok(())
+    }
+
+    /// A signed JSON document: fetched `.minisig`, verified, parsed.
+    async fn verified<T: serde::de::DeserializeOwned>(&self, url: &str, file: &str, bytes: &[u8]) -> Result<T, SourceError> {
+        let sig_url = format!("{url}{SIG}");
+        let sig = match self.client.get(&sig_url, None, SMALL).await {
+            Ok(s) => s,
+            Err(FetchError::Status { status: hyper::StatusCode::NOT_FOUND, .. }) => return Err(refused(file, Refusal::Unsigned, "no signature beside it")),
+            Err(e) => return Err(e.into()),
+        };
+        let sig = String::from_utf8_lossy(&sig.body).into_owned();
+        self.verifier.verify(bytes, &sig).map_err(|b| match b {
+            Bad::Malformed(m) => refused(file, Refusal::Malformed, format!("signature: {m}")),
+            Bad::WrongKey(m) => refused(file, Refusal::WrongKey, m),
+            Bad::Invalid(m) => refused(file, Refusal::BadSignature, m),
+        })?;
+        serde_json::from_slice(bytes).map_err(|e| refused(file, Refusal::Malformed, e.to_string()))
+    }
+
+    /// Makes the ring's release live here by whichever path fits.
+    async fn follow(&mut self, ptr: &RingPointer) -> Result<(), SourceError> {
+        let id = ptr.release.as_str();
+        if self.store.current()?.as_deref() == Some(id) {
+            self.state = State::Live;
+            return self.sync_incoming(&self.store.release_dir(id), id);
+        }
+        if self.store.quarantined(id).is_some() {
+            self.state = State::Rejected;
+            return Ok(());
+        }
+        if self.store.release_dir(id).join(MANIFEST).exists() {
+            // Ran it before: the ring went back (or forward) to it; no canary needed.
+            return self.activate(id).await;
+        }
+        if self.state == State::Checking && self.saved.release.as_deref() == Some(id) && self.incoming_holds(id) {
+            return Ok(());
+        }
+        self.state = State::Fetching;
+        let published = self.fetch(ptr).await?;
+        if self.cfg.trust_gate_verdict && published.vetted {
+            let lock = self.lock().await?;
+            self.store.add_release(&lock, &self.dir.join("download"), &published.release)?;
+            drop(lock);
+            return self.activate(id).await;
+        }
+        self.sync_incoming(&self.dir.join("download"), id)?;
+        self.state = State::Checking;
+        Ok(())
+    }
+
+    /// Manifest (signed, its digest the pointer's), then each file into
+    /// `download/` under a temporary name, checked, renamed.
+    async fn fetch(&self, ptr: &RingPointer) -> Result<Published, SourceError> {
+        let base = format!("{}/releases/{}", self.cfg.base(), ptr.release);
+        let file = format!("releases/{}/{MANIFEST}", ptr.release);
+        let got = self.client.get(&format!("{base}/{MANIFEST}"), None, SMALL * 16).await?;
+        let digest = tree::sha256_hex(&got.body);
+        let published: Published = self.verified(&format!("{base}/{MANIFEST}"), &file, &got.body).await?;
+        if digest != ptr.manifest_sha256 {
+            return Err(refused(&file, Refusal::ManifestMismatch, format!("sha256 {digest}, the pointer signed {}", ptr.manifest_sha256)));
+        }
+        let m = &published.release;
+        if m.id != ptr.release || Manifest::new(m.files.clone()).id != m.id {
+            return Err(refused(&file, Refusal::ReleaseMismatch, format!("manifest of {} does not add up to release {}", m.id, ptr.release)));
+        }
+        let download = self.dir.join("download");
+        for e in std::fs::read_dir(&download).map_err(io("cannot read", &download))?.flatten() {
+            if !m.files.iter().any(|f| f.name == e.file_name().to_string_lossy()) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+        for f in &m.files {
+            let name = format!("releases/{}/{}", ptr.release, f.name);
+            if classify_name(f.name.as_ref()) != NameClass::Database {
+                return Err(refused(&name, Refusal::BadName, format!("{:?} is not a plain database file name", f.name)));
+            }
+            let dest = download.join(&f.name);
+            if file_matches(&dest, f.size, &f.sha256) {
+                continue;
+            }
+            let part = download.join(format!("{}.part", f.name));
+            let fetched = self.client.download(&format!("{base}/{}", f.name), &part, self.max_file_size.min(f.size)).await;
+            let (size, sha) = match fetched {
+                Ok(v) => v,
+                Err(FetchError::TooLarge { .. }) => (u64::MAX, String::new()),
+                Err(e) => {
+                    let _ = std::fs::remove_file(&part);
+                    return Err(e.into());
+                }
+            };
+            if size != f.size || sha != f.sha256 {
+                let _ = std::fs::remove_file(&part);
+                let got = if size == u64::MAX { "more bytes".to_string() } else { format!("{size} bytes, sha256 {sha}") };
+                return Err(refused(&name, Refusal::Sha256Mismatch, format!("got {got}; the manifest signed {} bytes, sha256 {}", f.size, f.sha256)));
+            }
+            std::fs::rename(&part, &dest).map_err(io("cannot rename", &dest))?;
+        }
+        Ok(published)
+    }
+
+    async fn activate(&mut self, id: &str) -> Result<(), SourceError> {
+        let lock = self.lock().await?;
+        let outcome = Activator { store: &self.store, lock: &lock, prod: &self.prod }.activate(Activation::Promotion, id, None).await?;
+        drop(lock);
+        match outcome {
+            Outcome::Live(_) => {
+                tracing::info!(release = id, "the ring's release is live");
+                self.state = State::Live;
+                self.sync_incoming(&self.store.release_dir(id), id)
+            }
+            Outcome::RolledBack { reason, .. } | Outcome::Broken { reason } => {
+                tracing::error!(release = id, "the ring's release failed in production: {reason}");
+                self.state = State::Rejected;
+                Ok(())
+            }
+        }
+    }
+
+    /// After a 304: what became of a release handed to the gate.
+    fn settle(&mut self) -> Result<(), SourceError> {
+        let Some(id) = self.saved.release.clone() else { return Ok(()) };
+        if self.store.current()?.as_deref() == Some(id.as_str()) {
+            self.state = State::Live;
+        } else if self.store.quarantined(&id).is_some() {
+            self.state = State::Rejected;
+        }
+        Ok(())
+    }
+
+    fn incoming_holds(&self, id: &str) -> bool {
+        self.saved.release.as_deref() == Some(id) && std::fs::read_dir(&self.incoming).is_ok_and(|mut d| d.next().is_some())
+    }
+
+    /// Makes the watched dir hold exactly `from`'s database files, each
+    /// copied beside it and renamed in, so the gate sees whole files only.
+    /// The live release's own files there make the gate's next look a no-op
+    /// ("identical to the live release").
+    fn sync_incoming(&self, from: &Path, id: &str) -> Result<(), SourceError> {
+        let manifest = if from.join(MANIFEST).exists() { self.store.manifest(id)? } else { return self.copy_dir(from) };
+        let names: Vec<&str> = manifest.files.iter().map(|f| f.name.as_str()).collect();
+        self.replace_incoming(from, &names)
+    }
+
+    fn copy_dir(&self, from: &Path) -> Result<(), SourceError> {
+        let mut names = Vec::new();
+        for e in std::fs::read_dir(from).map_err(io("cannot read", from))?.flatten() {
+            let n = e.file_name().to_string_lossy().into_owned();
+            if !n.ends_with(".part") {
+                names.push(n);
+            }
+        }
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        self.replace_incoming(from, &names)
+    }
+
+    fn replace_incoming(&self, from: &Path, names: &[&str]) -> Result<(), SourceError> {
+        let same = |n: &str| std::fs::read(self.incoming.join(n)).ok() == std::fs::read(from.join(n)).ok();
+        let present: Vec<String> = std::fs::read_dir(&self.incoming).map_err(io("cannot read", &self.incoming))?.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+        if present.len() == names.len() && names.iter().all(|n| same(n)) {
+            return Ok(());
+        }
+        for n in present.iter().filter(|p| !names.contains(&p.as_str())) {
+            let _ = std::fs::remove_file(self.incoming.join(n));
+        }
+        for n in names {
+            let stage = self.dir.join(format!("stage-{n}"));
+            std::fs::copy(from.join(n), &stage).map_err(io("cannot copy", &from.join(n)))?;
+            std::fs::rename(&stage, self.incoming.join(n)).map_err(io("cannot rename", &self.incoming.join(n)))?;
+        }
+        Ok(())
+    }
+
+    async fn lock(&self) -> Result<crate::store::StateLock, SourceError> {
+        let store = self.store.clone();
+        Ok(tokio::task::spawn_blocking(move || store.lock(LOCK_WAIT)).await.expect("lock task does not panic")?)
+    }
+
+    /// What `/readyz` says about the ring (field `fleet`), and a warning
+    /// once the gate has not answered for `warn_after`.
+    fn report(&self) {
+        let since = self.last_contact.unwrap_or(self.started);
+        let quiet = SystemTime::now().duration_since(since).unwrap_or_default();
+        let warn = (quiet > self.cfg.warn_after).then(|| format!("gate unreachable for {} s: {}", quiet.as_secs(), self.error.as_deref().unwrap_or("no answer")));
+        let value = serde_json::json!({
+            "ring": self.cfg.ring(),
+            "generation": self.saved.generation,
+            "release": self.saved.release,
+            "state": self.state,
+            "reason": self.refusal.map(Refusal::code),
+            "error": self.error,
+            "lastContact": self.last_contact.map(|t| humantime::format_rfc3339_seconds(t).to_string()),
+        });
+        self.health.set_fleet(value, warn);
+    }
+}
+
+fn file_matches(path: &Path, size: u64, sha256: &str) -> bool {
+    std::fs::read(path).is_ok_and(|b| b.len() as u64 == size && tree::sha256_hex(&b) == sha256)
+}
+
+/// `every` ± 10 %, so a fleet started together does not poll in step.
+fn jitter(every: Duration) -> Duration {
+    let nanos = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().subsec_nanos() ^ std::process::id().wrapping_mul(2_654_435_761);
+    let frac = (nanos % 2001) as f64 / 10_000.0 - 0.1;
+    every.mul_f64(1.0 + frac)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusal_codes_are_stable() {
+        let codes: Vec<&str> = Refusal::ALL.iter().map(|r| r.code()).collect();
+        assert_eq!(
+            codes,
+            [
+                "fleet.unsigned",
+                "fleet.bad_signature",
+                "fleet.wrong_key",
+                "fleet.generation_backwards",
+                "fleet.ring_mismatch",
+                "fleet.manifest_mismatch",
+                "fleet.release_mismatch",
+                "fleet.sha256_mismatch",
+                "fleet.bad_name",
+                "fleet.malformed",
+            ]
+        );
+        for r in Refusal::ALL {
+            assert_eq!(serde_json::to_value(r).unwrap(), r.code());
+        }
+    }
+
+    #[test]
+    fn jitter_stays_within_ten_percent() {
+        let d = jitter(Duration::from_secs(60));
+        assert!(d >= Duration::from_secs(54) && d <= Duration::from_secs(66), "{d:?}");
+    }
+}
