@@ -142,7 +142,7 @@ impl Changed {
     }
 }
 
-fn lock(store: &Store) -> Result<StateLock, CliError> {
+pub(crate) fn lock(store: &Store) -> Result<StateLock, CliError> {
     let wait = lock_wait();
     store.lock(wait).map_err(|e| match e {
         StoreError::Locked(_) => CliError::refused("state.locked", format!("{e} (waited {wait:?})")),
@@ -154,7 +154,7 @@ fn store_err(e: impl std::fmt::Display) -> CliError {
     CliError::environment("state.unreadable", e)
 }
 
-fn operator() -> String {
+pub(crate) fn operator() -> String {
     std::env::var("SUDO_USER").or_else(|_| std::env::var("USER")).unwrap_or_else(|_| format!("uid {}", rustix::process::getuid().as_raw()))
 }
 

@@ -82,10 +82,6 @@ impl PublishConfig {
             rings,
         }
     }
-
-    pub(crate) fn ring(&self, name: &str) -> Option<&RingConfig> {
-        self.rings.iter().find(|r| r.name == name)
-    }
 }
 
 impl SourceConfig {

@@ -32,6 +32,7 @@ macro_rules! refusals {
             $(#[serde(rename = $code)] #[doc = $why] $variant,)*
         }
         impl Refusal {
+            #[cfg(test)]
             pub(crate) const ALL: &[Refusal] = &[$(Refusal::$variant,)*];
             pub(crate) fn code(self) -> &'static str {
                 match self { $(Refusal::$variant => $code,)* }
