@@ -138,7 +138,7 @@ fn status(state: &Rollout, tree: &Tree, json_out: bool) -> Result<Exit, CliError
             json!({
                 "name": r.name,
                 "release": r.release,
-                "before": r.before,
+                "history": r.history,
                 "generation": r.generation,
                 "phase": r.phase,
                 "paused": r.paused,

@@ -34,8 +34,10 @@ pub(crate) struct Ring {
     pub(crate) name: String,
     /// What its pointer names.
     pub(crate) release: Option<String>,
-    /// What it ran before `release`: where a halt or a revert takes it.
-    pub(crate) before: Option<String>,
+    /// Releases it ran before `release`, the latest last: a halt or a
+    /// revert takes it to the last one.
+    #[serde(default)]
+    pub(crate) history: Vec<String>,
     pub(crate) generation: u64,
     pub(crate) phase: Phase,
     /// When it was given `release`.
@@ -133,7 +135,7 @@ impl Rollout {
             let mut ring = old.remove(&c.name).unwrap_or_else(|| Ring {
                 name: c.name.clone(),
                 release: None,
-                before: None,
+                history: Vec::new(),
                 generation: 0,
                 phase: Phase::Waiting,
                 since: 0,
@@ -162,7 +164,9 @@ impl Rollout {
             for i in 0..self.rings.len() {
                 if self.rings[i].release.as_deref() != Some(live) {
                     let ring = &mut self.rings[i];
-                    ring.before = ring.release.take();
+                    if let Some(pos) = ring.history.iter().rposition(|h| h == live) {
+                        ring.history.truncate(pos);
+                    }
                     give(ring, live, Phase::Reverted, now, &mut fx);
                     fx.push(Effect::Journal(Event::RolloutReverted { ring: ring.name.clone(), to: Some(live.to_string()), by: "gate".into() }));
                 }
@@ -210,7 +214,7 @@ impl Rollout {
             match judge(&mut self.rings[i], &target, reports, soak, take_timeout, now) {
                 Verdict::Halt(host, reason, detail) => {
                     let ring = &mut self.rings[i];
-                    let to = ring.before.clone();
+                    let to = ring.history.pop();
                     if let Some(to) = &to {
                         give(ring, to, Phase::Halted, now, &mut fx);
                     }
@@ -249,8 +253,10 @@ impl Rollout {
             }
             Some(i) if self.rings[i].phase == Phase::Waiting && !self.rings[..=i].iter().any(|r| r.paused) => {
                 let ring = &mut self.rings[i];
-                if ring.release.as_deref() != Some(target.as_str()) {
-                    ring.before = ring.release.clone();
+                if let Some(r) = ring.release.clone().filter(|r| *r != target) {
+                    ring.history.push(r);
+                    let drop = ring.history.len().saturating_sub(20);
+                    ring.history.drain(..drop);
                 }
                 give(ring, &target, Phase::Taking, now, fx);
                 fx.push(Effect::Journal(Event::RolloutAdvanced { release: target, ring: ring.name.clone() }));
@@ -276,10 +282,7 @@ impl Rollout {
         let i = self.rings.iter().position(|r| r.name == ring).ok_or_else(|| CommandError::NoRing(ring.into()))?;
         let mut fx = Vec::new();
         for r in &mut self.rings[i..] {
-            let Some(to) = r.before.take() else { continue };
-            if r.release.as_deref() == Some(to.as_str()) {
-                continue;
-            }
+            let Some(to) = r.history.pop() else { continue };
             give(r, &to, Phase::Reverted, now, &mut fx);
             fx.push(Effect::Journal(Event::RolloutReverted { ring: r.name.clone(), to: Some(to), by: by.into() }));
         }
@@ -467,6 +470,24 @@ mod tests {
         r.on_live("B", 10_000);
         assert_eq!(points(&r.on_live("A", 11_000)), [("canary".into(), "A".into(), 3)]);
         assert_eq!(r.rings[1].generation, 1, "the later ring already runs A");
+    }
+
+    /// After a halt the ring runs what it ran before; a revert then takes
+    /// every ring one release further back (the fleet rollback after a bad update).
+    #[test]
+    fn a_revert_after_a_halt_goes_back_past_the_halted_release() {
+        let mut r = with_a_out();
+        r.on_live("B", 10_000);
+        let b = reports(&[("h1", ok("B", Status::Pass)), ("h2", ok("B", Status::Pass)), ("h3", ok("B", Status::Pass))]);
+        r.observe(&b, &rings(), TAKE, 11_000);
+        r.observe(&b, &rings(), TAKE, 13_000);
+        r.observe(&b, &rings(), TAKE, 13_500);
+        r.on_live("C", 20_000);
+        let rejected = Ok(Report { status: Status::Pass, live: Some("B".into()), wanted: Some("C".into()), state: Some("rejected".into()) });
+        let fx = r.observe(&reports(&[("h1", rejected)]), &rings(), TAKE, 21_000);
+        assert_eq!(points(&fx), [("canary".into(), "B".into(), 4)]);
+        let fx = r.revert("canary", "ops", 30_000).unwrap();
+        assert_eq!(points(&fx), [("canary".into(), "A".into(), 5), ("all".into(), "A".into(), 3)]);
     }
 
     #[test]
