@@ -70,7 +70,7 @@ pub(crate) struct Host {
     pub(crate) status: Option<Status>,
     /// The host's own word on the ring's release (`rejected`, `fetching`, …).
     pub(crate) state: Option<String>,
-    /// It ran the ring's current release at some point.
+    /// It passed on the ring's current release at some point.
     pub(crate) took: bool,
     pub(crate) healthy_since: Option<u64>,
     pub(crate) seen_at: Option<u64>,
@@ -319,11 +319,14 @@ fn judge(ring: &mut Ring, target: &str, reports: &BTreeMap<String, Result<Report
         let halt = |reason, detail: String| Verdict::Halt(Some(name.clone()), reason, detail);
         match reports.get(name) {
             Some(Ok(r)) if r.live.as_deref() == Some(target) => {
-                host.took = true;
-                if r.status == Status::Fail {
+                // Taken once it passed on it: until then a failing probe is
+                // a host still starting (or production not yet up), which
+                // `take_timeout` bounds.
+                if r.status == Status::Fail && host.took {
                     return halt(HaltReason::Failed, format!("{name} /readyz fails on {target}"));
                 }
                 if r.status == Status::Pass {
+                    host.took = true;
                     host.healthy_since.get_or_insert(now);
                 } else {
                     host.healthy_since = None;
@@ -427,7 +430,7 @@ mod tests {
     fn each_failure_halts_and_reverts_only_that_ring() {
         let rejected = Ok(Report { status: Status::Pass, live: Some("A".into()), wanted: Some("B".into()), state: Some("rejected".into()) });
         let cases: Vec<(&str, Vec<(&str, Result<Report, String>)>, u64, HaltReason)> = vec![
-            ("fails", vec![("h1", ok("B", Status::Fail))], 11_000, HaltReason::Failed),
+            ("fails on it for longer than take_timeout", vec![("h1", ok("B", Status::Fail))], 10_000 + TAKE + 1, HaltReason::Timeout),
             ("rejects", vec![("h1", rejected)], 11_000, HaltReason::Rejected),
             ("never takes it", vec![("h1", ok("A", Status::Pass))], 10_000 + TAKE + 1, HaltReason::Timeout),
             ("does not answer", vec![("h1", Err("connection refused".into()))], 10_000 + TAKE + 1, HaltReason::Timeout),
@@ -443,6 +446,14 @@ mod tests {
             assert_eq!(r.rings[1].release.as_deref(), Some("A"), "{what}: the later ring never sees B");
             assert!(points(&r.observe(&rep, &rings(), TAKE, at + 100_000)).is_empty(), "{what}: halted stays halted");
         }
+        // Passed on it, then failed: failed.
+        let mut r = with_a_out();
+        r.on_live("B", 10_000);
+        r.observe(&reports(&[("h1", ok("B", Status::Fail))]), &rings(), TAKE, 10_500);
+        assert_eq!(r.halted, None, "not taken yet: production may still be starting");
+        r.observe(&reports(&[("h1", ok("B", Status::Pass))]), &rings(), TAKE, 11_000);
+        r.observe(&reports(&[("h1", ok("B", Status::Fail))]), &rings(), TAKE, 11_500);
+        assert_eq!(r.halted.map(|h| h.reason), Some(HaltReason::Failed));
         // Ran it, then went back: rolled back.
         let mut r = with_a_out();
         r.on_live("B", 10_000);
