@@ -19,7 +19,7 @@ use support::prometheus::{RuleFile, RuleGroup, dashboard_path, exported_names, p
 use support::promql::{Selector, selectors};
 
 /// The alert names: a contract with operators' Alertmanager routes and silences.
-const ALERTS: [&str; 8] = [
+const ALERTS: [&str; 9] = [
     "ClamgateScanningUnhealthy",
     "ClamgateDown",
     "ClamgateSignaturesStale",
@@ -28,6 +28,7 @@ const ALERTS: [&str; 8] = [
     "ClamgateMilterTempfailing",
     "ClamgateScanSlow",
     "ClamgateCanaryNearMemoryLimit",
+    "ClamgateRolloutHalted",
 ];
 
 /// Labels Prometheus adds to every scraped series, not clamgate.

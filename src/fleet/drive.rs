@@ -53,19 +53,15 @@ pub(crate) fn now_ms() -> u64 {
     SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_millis() as u64
 }
 
-/// Journals the effects, saves the state, then brings every ring pointer
-/// in line with it. The state is saved before any pointer moves, and each
-/// pointer is compared with the state every time, so a crash between the
-/// two is finished at the next tick.
+/// Saves the state, brings every ring pointer in line with it, then
+/// journals the effects. The state is saved before any pointer moves, and
+/// each pointer is compared with the state every time, so a crash between
+/// the two is finished at the next tick (a crash before the journal loses
+/// only the lines, not the step).
 pub(crate) fn commit(_lock: &StateLock, store: &Store, tree: &Tree, signer: &Signer, state: &Rollout, fx: &[Effect]) -> Result<(), DriveError> {
     let path = state_file(store.root());
     let bytes = serde_json::to_vec_pretty(state).expect("rollout serializes");
     super::tree::replace(&path, &bytes)?;
-    for e in fx {
-        if let Effect::Journal(ev) = e {
-            store.journal().append(ev.clone())?;
-        }
-    }
     for ring in &state.rings {
         let Some(release) = &ring.release else { continue };
         let on_disk = tree.ring(&ring.name)?;
@@ -81,6 +77,12 @@ pub(crate) fn commit(_lock: &StateLock, store: &Store, tree: &Tree, signer: &Sig
         };
         tree.write_ring(signer, &ptr)?;
         tracing::info!(ring = %ring.name, release = %release, generation = ptr.generation, "ring {} now points at {release}", ring.name);
+    }
+    // Last, so a journaled step is one the tree already shows.
+    for e in fx {
+        if let Effect::Journal(ev) = e {
+            store.journal().append(ev.clone())?;
+        }
     }
     Ok(())
 }

@@ -130,6 +130,12 @@ pub(crate) struct Follower {
     last_contact: Option<SystemTime>,
     started: SystemTime,
     error: Option<String>,
+    /// Where the journal was when a release was handed to the gate: its
+    /// verdict is read from there.
+    journal_offset: u64,
+    /// Releases this host's gate turned down (quarantined, or, under
+    /// per-file isolation, promoted only in part or not at all).
+    turned_down: std::collections::BTreeSet<String>,
 }
 
 /// Where a host keeps what it fetched: `STATE/source/`.
@@ -173,6 +179,8 @@ impl Follower {
             last_contact: None,
             started: SystemTime::now(),
             error: None,
+            journal_offset: 0,
+            turned_down: Default::default(),
         })
     }
 
@@ -269,7 +277,8 @@ impl Follower {
             self.state = State::Live;
             return self.sync_incoming(&self.store.release_dir(id), id);
         }
-        if self.store.quarantined(id).is_some() {
+        self.read_verdicts()?;
+        if self.store.quarantined(id).is_some() || self.turned_down.contains(id) {
             self.state = State::Rejected;
             return Ok(());
         }
@@ -288,8 +297,29 @@ impl Follower {
             drop(lock);
             return self.activate(id).await;
         }
+        self.read_verdicts()?;
         self.sync_incoming(&self.dir.join("download"), id)?;
         self.state = State::Checking;
+        Ok(())
+    }
+
+    /// The gate's verdicts journaled since the last look: a candidate
+    /// quarantined, known bad, or reduced (some of its files held back) is
+    /// a release this host turned down.
+    fn read_verdicts(&mut self) -> Result<(), SourceError> {
+        let (entries, next) = self.store.journal().read_from(self.journal_offset)?;
+        self.journal_offset = next;
+        for e in entries {
+            match e.event {
+                Event::CandidateQuarantined { id } | Event::CandidateKnownBad { id, .. } => {
+                    self.turned_down.insert(id);
+                }
+                Event::CandidateReduced { from, .. } => {
+                    self.turned_down.insert(from);
+                }
+                _ => {}
+            }
+        }
         Ok(())
     }
 
@@ -364,9 +394,10 @@ impl Follower {
     /// After a 304: what became of a release handed to the gate.
     fn settle(&mut self) -> Result<(), SourceError> {
         let Some(id) = self.saved.release.clone() else { return Ok(()) };
+        self.read_verdicts()?;
         if self.store.current()?.as_deref() == Some(id.as_str()) {
             self.state = State::Live;
-        } else if self.store.quarantined(&id).is_some() {
+        } else if self.store.quarantined(&id).is_some() || self.turned_down.contains(&id) {
             self.state = State::Rejected;
         }
         Ok(())
