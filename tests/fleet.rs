@@ -118,7 +118,8 @@ async fn a_fleet_rolls_out_in_rings_halts_on_a_rejection_and_rolls_back() {
     fs::create_dir_all(&publish_dir).unwrap();
     // h3 fetches through a server that corrupts every file's first download.
     let mirror = StaticServer::start(&publish_dir, true);
-    let (h1, h2) = (host(&keys.public, &format!("http://{publish_addr}/rings/canary.json")), host(&keys.public, &format!("http://{publish_addr}/rings/canary.json")));
+    let (h1, h2) =
+        (host(&keys.public, &format!("http://{publish_addr}/rings/canary.json")), host(&keys.public, &format!("http://{publish_addr}/rings/canary.json")));
     let h3 = host(&keys.public, &format!("http://{}/rings/all.json", mirror.addr));
     let gate = Env::new(&gate_config(&keys, &publish_dir, &publish_addr.to_string(), &[&h1, &h2], &[&h3]), "");
     // The gate and h2 do not have the sample the bad update detects; h1 and h3 do.
@@ -234,7 +235,14 @@ async fn a_fleet_rolls_out_in_rings_halts_on_a_rejection_and_rolls_back() {
 }
 
 fn minisign_verifies(public: &Path, file: &Path) -> (bool, String) {
-    let out = std::process::Command::new("minisign").arg("-V").arg("-p").arg(public).arg("-m").arg(file).output().expect("minisign is installed (scripts/install-deps)");
+    let out = std::process::Command::new("minisign")
+        .arg("-V")
+        .arg("-p")
+        .arg(public)
+        .arg("-m")
+        .arg(file)
+        .output()
+        .expect("minisign is installed (scripts/install-deps)");
     (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
 }
 
@@ -308,7 +316,10 @@ async fn the_tree_proves_itself_or_is_refused() {
     bytes[100] ^= 1;
     fs::write(served.join(&file), &bytes).unwrap();
     refused(&h, &file, "fleet.sha256_mismatch").await;
-    assert!(!lines(&h).iter().any(|v| v["event"] != "source.followed" && v["id"] == b.as_str()), "a file that does not match its manifest never reaches the gate");
+    assert!(
+        !lines(&h).iter().any(|v| v["event"] != "source.followed" && v["id"] == b.as_str()),
+        "a file that does not match its manifest never reaches the gate"
+    );
     assert!(fs::read_dir(h.state().join("source/incoming")).unwrap().next().is_none(), "nothing handed to the gate");
     fs::copy(publish.join(&file), served.join(&file)).unwrap();
     h.wait_event("promotion.done", Some(&b)).await;

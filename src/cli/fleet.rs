@@ -130,11 +130,8 @@ fn status(state: &Rollout, tree: &Tree, json_out: bool) -> Result<Exit, CliError
         .iter()
         .map(|r| {
             let pointer = tree.ring(&r.name).ok().flatten();
-            let hosts: Vec<serde_json::Value> = r
-                .hosts
-                .iter()
-                .map(|(name, h)| json!({ "host": name, "live": h.live, "status": h.status, "state": h.state, "error": h.error }))
-                .collect();
+            let hosts: Vec<serde_json::Value> =
+                r.hosts.iter().map(|(name, h)| json!({ "host": name, "live": h.live, "status": h.status, "state": h.state, "error": h.error })).collect();
             json!({
                 "name": r.name,
                 "release": r.release,
@@ -151,11 +148,15 @@ fn status(state: &Rollout, tree: &Tree, json_out: bool) -> Result<Exit, CliError
         println!("{}", json!({ "target": state.target, "completed": state.completed, "halted": state.halted, "rings": rings }));
         return Ok(Exit::Ok);
     }
-    println!("rollout of {}: {}", state.target.as_deref().unwrap_or("nothing yet"), match (&state.halted, state.completed) {
-        (Some(h), _) => format!("halted on ring {} ({:?}): {}", h.ring, h.reason, h.detail),
-        (None, true) => "complete".into(),
-        (None, false) => "in progress".into(),
-    });
+    println!(
+        "rollout of {}: {}",
+        state.target.as_deref().unwrap_or("nothing yet"),
+        match (&state.halted, state.completed) {
+            (Some(h), _) => format!("halted on ring {} ({:?}): {}", h.ring, h.reason, h.detail),
+            (None, true) => "complete".into(),
+            (None, false) => "in progress".into(),
+        }
+    );
     for r in &rings {
         let s = |k: &str| r[k].as_str().unwrap_or("-").to_string();
         let paused = if r["paused"] == true { ", paused" } else { "" };

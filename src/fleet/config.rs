@@ -56,11 +56,8 @@ pub(crate) struct SourceConfig {
 
 impl PublishConfig {
     pub(crate) fn parse(s: &mut Fields) -> PublishConfig {
-        let rings = s.tables("ring", |r| RingConfig {
-            name: r.string("name", ""),
-            hosts: r.opt_strings("hosts").unwrap_or_default(),
-            soak: r.span("soak", "30m"),
-        });
+        let rings =
+            s.tables("ring", |r| RingConfig { name: r.string("name", ""), hosts: r.opt_strings("hosts").unwrap_or_default(), soak: r.span("soak", "30m") });
         let mut names = std::collections::BTreeSet::new();
         for ring in &rings {
             if !valid_name(&ring.name) {

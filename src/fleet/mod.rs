@@ -6,14 +6,14 @@
 //! promotes through its own gate and [`crate::promote::Activator`].
 
 pub(crate) mod config;
-pub(crate) mod sign;
-pub(crate) mod serve;
-pub(crate) mod tree;
 pub(crate) mod drive;
 pub(crate) mod fetch;
 pub(crate) mod metrics;
 pub(crate) mod rollout;
+pub(crate) mod serve;
+pub(crate) mod sign;
 pub(crate) mod source;
+pub(crate) mod tree;
 
 use std::sync::Arc;
 

@@ -429,7 +429,8 @@ mod tests {
     #[test]
     fn each_failure_halts_and_reverts_only_that_ring() {
         let rejected = Ok(Report { status: Status::Pass, live: Some("A".into()), wanted: Some("B".into()), state: Some("rejected".into()) });
-        let cases: Vec<(&str, Vec<(&str, Result<Report, String>)>, u64, HaltReason)> = vec![
+        type Case<'a> = (&'a str, Vec<(&'a str, Result<Report, String>)>, u64, HaltReason);
+        let cases: Vec<Case> = vec![
             ("fails on it for longer than take_timeout", vec![("h1", ok("B", Status::Fail))], 10_000 + TAKE + 1, HaltReason::Timeout),
             ("rejects", vec![("h1", rejected)], 11_000, HaltReason::Rejected),
             ("never takes it", vec![("h1", ok("A", Status::Pass))], 10_000 + TAKE + 1, HaltReason::Timeout),

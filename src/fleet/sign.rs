@@ -54,9 +54,7 @@ impl Signer {
     /// The `.minisig` text for `bytes`; `what` goes into the trusted comment.
     pub(crate) fn sign(&self, bytes: &[u8], what: &str) -> Result<String, SignError> {
         let comment = format!("clamgate {what}");
-        minisign::sign(None, &self.sk, std::io::Cursor::new(bytes), Some(&comment), None)
-            .map(|b| b.into_string())
-            .map_err(|e| SignError::Sign(e.to_string()))
+        minisign::sign(None, &self.sk, std::io::Cursor::new(bytes), Some(&comment), None).map(|b| b.into_string()).map_err(|e| SignError::Sign(e.to_string()))
     }
 }
 

@@ -149,7 +149,14 @@ pub(crate) fn incoming_dir(state_dir: &Path) -> PathBuf {
 }
 
 impl Follower {
-    pub(crate) fn new(cfg: SourceConfig, state_dir: &Path, store: Store, prod: Production, health: Arc<Health>, max_file_size: u64) -> Result<Follower, String> {
+    pub(crate) fn new(
+        cfg: SourceConfig,
+        state_dir: &Path,
+        store: Store,
+        prod: Production,
+        health: Arc<Health>,
+        max_file_size: u64,
+    ) -> Result<Follower, String> {
         let verifier = Verifier::load(&cfg.public_key).map_err(|e| e.to_string())?;
         let token = match &cfg.token {
             Some(f) => Some(super::serve::read_token(f).map_err(|e| format!("cannot read [source] token {}: {e}", f.display()))?),
@@ -238,12 +245,20 @@ impl Follower {
             return Err(refused(&file, Refusal::RingMismatch, format!("the pointer is for ring {:?}", ptr.ring)));
         }
         if ptr.generation < self.saved.generation {
-            return Err(refused(&file, Refusal::GenerationBackwards, format!("generation {} is older than {} already accepted", ptr.generation, self.saved.generation)));
+            return Err(refused(
+                &file,
+                Refusal::GenerationBackwards,
+                format!("generation {} is older than {} already accepted", ptr.generation, self.saved.generation),
+            ));
         }
         if ptr.generation > self.saved.generation {
             self.saved = Saved { generation: ptr.generation, release: Some(ptr.release.clone()) };
             let bytes = serde_json::to_vec(&self.saved).expect("state serializes");
-            tree::replace(&self.dir.join("state.json"), &bytes).map_err(|e| SourceError::Io { what: "cannot save", path: self.dir.join("state.json"), source: std::io::Error::other(e.to_string()) })?;
+            tree::replace(&self.dir.join("state.json"), &bytes).map_err(|e| SourceError::Io {
+                what: "cannot save",
+                path: self.dir.join("state.json"),
+                source: std::io::Error::other(e.to_string()),
+            })?;
             self.store.journal().append(Event::SourceFollowed { id: ptr.release.clone(), ring: ptr.ring.clone(), generation: ptr.generation })?;
             tracing::info!(release = %ptr.release, generation = ptr.generation, "ring {} points at {}", ptr.ring, ptr.release);
         }
@@ -431,7 +446,11 @@ impl Follower {
 
     fn replace_incoming(&self, from: &Path, names: &[&str]) -> Result<(), SourceError> {
         let same = |n: &str| std::fs::read(self.incoming.join(n)).ok() == std::fs::read(from.join(n)).ok();
-        let present: Vec<String> = std::fs::read_dir(&self.incoming).map_err(io("cannot read", &self.incoming))?.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+        let present: Vec<String> = std::fs::read_dir(&self.incoming)
+            .map_err(io("cannot read", &self.incoming))?
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
         if present.len() == names.len() && names.iter().all(|n| same(n)) {
             return Ok(());
         }
@@ -456,7 +475,8 @@ impl Follower {
     fn report(&self) {
         let since = self.last_contact.unwrap_or(self.started);
         let quiet = SystemTime::now().duration_since(since).unwrap_or_default();
-        let warn = (quiet > self.cfg.warn_after).then(|| format!("gate unreachable for {} s: {}", quiet.as_secs(), self.error.as_deref().unwrap_or("no answer")));
+        let warn =
+            (quiet > self.cfg.warn_after).then(|| format!("gate unreachable for {} s: {}", quiet.as_secs(), self.error.as_deref().unwrap_or("no answer")));
         let value = serde_json::json!({
             "ring": self.cfg.ring(),
             "generation": self.saved.generation,

@@ -214,7 +214,8 @@ mod tests {
         tree.write_ring(&signer, &ptr).unwrap();
         assert_eq!(tree.ring("canary").unwrap(), Some(ptr));
         assert_eq!(tree.ring("all").unwrap(), None);
-        let leftovers: Vec<_> = fs::read_dir(pubdir.path().join("rings")).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().contains(".tmp")).collect();
+        let leftovers: Vec<_> =
+            fs::read_dir(pubdir.path().join("rings")).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().contains(".tmp")).collect();
         assert!(leftovers.is_empty());
     }
 }
