@@ -202,6 +202,40 @@ pub(crate) fn show(c: &Config) -> String {
             ("metrics_listen", s(m.metrics_listen.as_deref().unwrap_or(""))),
         ],
     );
+    let opt = |v: &Option<std::path::PathBuf>| v.as_deref().map_or_else(|| s(""), p);
+    if let Some(pb) = &c.publish {
+        section(
+            &mut out,
+            Some("publish"),
+            vec![
+                ("dir", p(&pb.dir)),
+                ("listen", s(pb.listen.as_deref().unwrap_or(""))),
+                ("key", p(&pb.key)),
+                ("token", opt(&pb.token)),
+                ("host_poll_interval", d(pb.host_poll_interval)),
+                ("take_timeout", d(pb.take_timeout)),
+            ],
+        );
+        for r in &pb.rings {
+            let hosts = Value::Array(r.hosts.iter().map(|h| s(h)).collect());
+            out.push_str("\n[[publish.ring]]\n");
+            section(&mut out, None, vec![("name", s(&r.name)), ("hosts", hosts), ("soak", d(r.soak))]);
+        }
+    }
+    if let Some(src) = &c.source {
+        section(
+            &mut out,
+            Some("source"),
+            vec![
+                ("url", s(&src.url)),
+                ("poll_interval", d(src.poll_interval)),
+                ("trust_gate_verdict", Value::Boolean(src.trust_gate_verdict)),
+                ("public_key", p(&src.public_key)),
+                ("token", opt(&src.token)),
+                ("warn_after", d(src.warn_after)),
+            ],
+        );
+    }
     out
 }
 
@@ -219,5 +253,16 @@ mod tests {
         assert_eq!(show(&back), shown);
         assert!(shown.contains("policy = \"/p.toml\""), "{shown}");
         assert!(shown.contains("tcp = \"127.0.0.1:3310\"") && shown.contains("settle = \"7s\"") && shown.contains("mode = \"scan\""), "{shown}");
+    }
+
+    #[test]
+    fn fleet_sections_are_shown_and_read_back() {
+        let text = "[publish]\nkey = \"/k\"\n[[publish.ring]]\nname = \"canary\"\nhosts = [\"http://a:3311\"]\nsoak = \"0s\"\n\
+                    [source]\nurl = \"http://g:3312/rings/canary.json\"\n";
+        let c = Config::parse(Path::new("c.toml"), text).unwrap();
+        let shown = show(&c);
+        let back = Config::parse(Path::new("c.toml"), &shown).unwrap_or_else(|e| panic!("{e}\n{shown}"));
+        assert_eq!((back.publish, back.source), (c.publish, c.source));
+        assert!(shown.contains("[[publish.ring]]\nname = \"canary\""), "{shown}");
     }
 }
