@@ -79,17 +79,19 @@ fn put(env: &Env, files: &[(String, String)]) {
     env.put_files(&v);
 }
 
-fn host(public: &Path, url: &str) -> Env {
-    Env::new(&format!("[source]\nurl = \"{url}\"\npublic_key = \"{}\"\npoll_interval = \"300ms\"\nwarn_after = \"2s\"\n", public.display()), "")
+/// A fleet host; `extra` goes into its `[source]`.
+fn host(public: &Path, url: &str, extra: &str) -> Env {
+    Env::new(&format!("[source]\nurl = \"{url}\"\npublic_key = \"{}\"\npoll_interval = \"300ms\"\nwarn_after = \"2s\"\n{extra}", public.display()), "")
 }
 
-fn gate_config(keys: &support::fleet::Keys, dir: &Path, listen: &str, canary: &[&Env], all: &[&Env]) -> String {
+fn gate_config(keys: &support::fleet::Keys, dir: &Path, listen: &str, token: &Path, canary: &[&Env], all: &[&Env]) -> String {
     let hosts = |hs: &[&Env]| hs.iter().map(|h| format!("\"http://{}\"", h.health)).collect::<Vec<_>>().join(", ");
     format!(
-        "[publish]\ndir = \"{}\"\nlisten = \"{listen}\"\nkey = \"{}\"\nhost_poll_interval = \"200ms\"\ntake_timeout = \"300s\"\n\
+        "[publish]\ndir = \"{}\"\nlisten = \"{listen}\"\nkey = \"{}\"\ntoken = \"{}\"\nhost_poll_interval = \"200ms\"\ntake_timeout = \"300s\"\n\
          [[publish.ring]]\nname = \"canary\"\nhosts = [{}]\nsoak = \"2s\"\n[[publish.ring]]\nname = \"all\"\nhosts = [{}]\nsoak = \"0s\"\n",
         dir.display(),
         keys.key.display(),
+        token.display(),
         hosts(canary),
         hosts(all),
     )
@@ -118,10 +120,16 @@ async fn a_fleet_rolls_out_in_rings_halts_on_a_rejection_and_rolls_back() {
     fs::create_dir_all(&publish_dir).unwrap();
     // h3 fetches through a server that corrupts every file's first download.
     let mirror = StaticServer::start(&publish_dir, true);
-    let (h1, h2) =
-        (host(&keys.public, &format!("http://{publish_addr}/rings/canary.json")), host(&keys.public, &format!("http://{publish_addr}/rings/canary.json")));
-    let h3 = host(&keys.public, &format!("http://{}/rings/all.json", mirror.addr));
-    let gate = Env::new(&gate_config(&keys, &publish_dir, &publish_addr.to_string(), &[&h1, &h2], &[&h3]), "");
+    // The gate's server wants a bearer token; h2 trusts the gate's verdict
+    // (no canary of its own for a vetted release).
+    let token = keys_dir.path().join("token");
+    fs::write(&token, "s3cret-fleet\n").unwrap();
+    let with_token = format!("token = \"{}\"\n", token.display());
+    let canary_url = format!("http://{publish_addr}/rings/canary.json");
+    let h1 = host(&keys.public, &canary_url, &with_token);
+    let h2 = host(&keys.public, &canary_url, &format!("{with_token}trust_gate_verdict = true\n"));
+    let h3 = host(&keys.public, &format!("http://{}/rings/all.json", mirror.addr), "");
+    let gate = Env::new(&gate_config(&keys, &publish_dir, &publish_addr.to_string(), &token, &[&h1, &h2], &[&h3]), "");
     // The gate and h2 do not have the sample the bad update detects; h1 and h3 do.
     let reduced = corpus_without_letter(keys_dir.path());
     use_corpus(&gate, &reduced);
@@ -163,6 +171,18 @@ async fn a_fleet_rolls_out_in_rings_halts_on_a_rejection_and_rolls_back() {
     assert!(soaked >= 2000, "ring all got B {soaked} ms after ring canary ran it, before the 2 s soak");
     wait_live(&h3, &b, "h3").await;
     wait_line(&gate, "rollout of B completed", |v| is(v, "rollout.completed", "release", &b)).await;
+    // h2 trusted the gate: no canary of its own; h1 ran its own gate.
+    assert!(!lines(&h2).iter().any(|v| is(v, "candidate.checked", "id", &b)), "h2 checked B itself: {:#?}", lines(&h2));
+    assert!(lines(&h1).iter().any(|v| is(v, "candidate.checked", "id", &b)));
+    // Without the token the gate's server answers nothing.
+    let client = std::net::TcpStream::connect(publish_addr).and_then(|mut s| {
+        use std::io::{Read, Write};
+        s.write_all(b"GET /rings/canary.json HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        Ok(out)
+    });
+    assert!(client.unwrap().starts_with("HTTP/1.1 401"), "the tree was served without the token");
     let (code, out, err) = rollout(&gate, &["status", "--json"]);
     assert_eq!(code, 0, "{err}");
     let st: Value = serde_json::from_str(&out).unwrap();
@@ -299,7 +319,7 @@ async fn the_tree_proves_itself_or_is_refused() {
     let server = StaticServer::start(&served, false);
     let url = format!("http://{}/rings/canary.json", server.addr);
 
-    let wrong = host(&other.public, &url);
+    let wrong = host(&other.public, &url, "");
     let w = wrong.spawn();
     refused(&wrong, "rings/canary.json", "fleet.wrong_key").await;
     drop(w);
@@ -307,7 +327,7 @@ async fn the_tree_proves_itself_or_is_refused() {
     let manifest = format!("releases/{b}/manifest.json");
     let text = fs::read_to_string(served.join(&manifest)).unwrap();
     fs::write(served.join(&manifest), text.replace("\"vetted\": true", "\"vetted\": false")).unwrap();
-    let h = host(&keys.public, &url);
+    let h = host(&keys.public, &url, "");
     let _h = h.spawn();
     refused(&h, &manifest, "fleet.bad_signature").await;
     fs::copy(publish.join(&manifest), served.join(&manifest)).unwrap();
