@@ -8,7 +8,9 @@
 pub(crate) mod config;
 pub(crate) mod drive;
 pub(crate) mod fetch;
+pub(crate) mod handoff;
 pub(crate) mod metrics;
+pub(crate) mod refusal;
 pub(crate) mod rollout;
 pub(crate) mod serve;
 pub(crate) mod sign;

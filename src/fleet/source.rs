@@ -24,52 +24,7 @@ use crate::production::Production;
 use crate::promote::{Activation, Activator, Outcome};
 use crate::store::Store;
 
-macro_rules! refusals {
-    ($($variant:ident => $code:literal, $why:literal;)*) => {
-        /// Why a host refused what the tree served: stable codes (journal, logs, `--json`).
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-        pub(crate) enum Refusal {
-            $(#[serde(rename = $code)] #[doc = $why] $variant,)*
-        }
-        impl Refusal {
-            #[cfg(test)]
-            pub(crate) const ALL: &[Refusal] = &[$(Refusal::$variant,)*];
-            pub(crate) fn code(self) -> &'static str {
-                match self { $(Refusal::$variant => $code,)* }
-            }
-        }
-    };
-}
-
-refusals! {
-    Unsigned => "fleet.unsigned", "no .minisig beside the file";
-    BadSignature => "fleet.bad_signature", "the signature does not match the bytes";
-    WrongKey => "fleet.wrong_key", "signed by a key other than [source] public_key";
-    GenerationBackwards => "fleet.generation_backwards", "an older ring pointer than one already accepted (a replay)";
-    RingMismatch => "fleet.ring_mismatch", "a pointer for another ring";
-    ManifestMismatch => "fleet.manifest_mismatch", "the manifest's sha256 is not the one the pointer signed";
-    ReleaseMismatch => "fleet.release_mismatch", "the manifest is not the release the pointer names";
-    Sha256Mismatch => "fleet.sha256_mismatch", "a file's sha256 or size is not the one the manifest signed";
-    BadName => "fleet.bad_name", "a file name that is not a plain database name";
-    Malformed => "fleet.malformed", "not the JSON or signature format expected";
-}
-
-/// What the host is doing about its ring's release, as `/readyz` tells the gate.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub(crate) enum State {
-    /// No pointer accepted yet.
-    Starting,
-    /// The ring's release is live here.
-    Live,
-    Fetching,
-    /// Handed to this host's gate.
-    Checking,
-    /// This host's gate or production refused it (quarantined here).
-    Rejected,
-    /// The tree served something that does not prove itself.
-    Refused,
-}
+pub(crate) use super::refusal::{Refusal, State};
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum SourceError {
@@ -290,7 +245,7 @@ impl Follower {
         let id = ptr.release.as_str();
         if self.store.current()?.as_deref() == Some(id) {
             self.state = State::Live;
-            return self.sync_incoming(&self.store.release_dir(id), id);
+            return self.sync_live(id);
         }
         self.read_verdicts()?;
         if self.store.quarantined(id).is_some() || self.turned_down.contains(id) {
@@ -313,7 +268,8 @@ impl Follower {
             return self.activate(id).await;
         }
         self.read_verdicts()?;
-        self.sync_incoming(&self.dir.join("download"), id)?;
+        let names: Vec<&str> = published.release.files.iter().map(|f| f.name.as_str()).collect();
+        super::handoff::fill(&self.dir.join("download"), &names, &self.incoming, &self.dir)?;
         self.state = State::Checking;
         Ok(())
     }
@@ -396,7 +352,7 @@ impl Follower {
             Outcome::Live(_) => {
                 tracing::info!(release = id, "the ring's release is live");
                 self.state = State::Live;
-                self.sync_incoming(&self.store.release_dir(id), id)
+                self.sync_live(id)
             }
             Outcome::RolledBack { reason, .. } | Outcome::Broken { reason } => {
                 tracing::error!(release = id, "the ring's release failed in production: {reason}");
@@ -422,47 +378,11 @@ impl Follower {
         self.saved.release.as_deref() == Some(id) && std::fs::read_dir(&self.incoming).is_ok_and(|mut d| d.next().is_some())
     }
 
-    /// Makes the watched dir hold exactly `from`'s database files, each
-    /// copied beside it and renamed in, so the gate sees whole files only.
-    /// The live release's own files there make the gate's next look a no-op
-    /// ("identical to the live release").
-    fn sync_incoming(&self, from: &Path, id: &str) -> Result<(), SourceError> {
-        let manifest = if from.join(MANIFEST).exists() { self.store.manifest(id)? } else { return self.copy_dir(from) };
+    /// The live release's files in the watched dir: the gate's next look is a no-op.
+    fn sync_live(&self, id: &str) -> Result<(), SourceError> {
+        let manifest = self.store.manifest(id)?;
         let names: Vec<&str> = manifest.files.iter().map(|f| f.name.as_str()).collect();
-        self.replace_incoming(from, &names)
-    }
-
-    fn copy_dir(&self, from: &Path) -> Result<(), SourceError> {
-        let mut names = Vec::new();
-        for e in std::fs::read_dir(from).map_err(io("cannot read", from))?.flatten() {
-            let n = e.file_name().to_string_lossy().into_owned();
-            if !n.ends_with(".part") {
-                names.push(n);
-            }
-        }
-        let names: Vec<&str> = names.iter().map(String::as_str).collect();
-        self.replace_incoming(from, &names)
-    }
-
-    fn replace_incoming(&self, from: &Path, names: &[&str]) -> Result<(), SourceError> {
-        let same = |n: &str| std::fs::read(self.incoming.join(n)).ok() == std::fs::read(from.join(n)).ok();
-        let present: Vec<String> = std::fs::read_dir(&self.incoming)
-            .map_err(io("cannot read", &self.incoming))?
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .collect();
-        if present.len() == names.len() && names.iter().all(|n| same(n)) {
-            return Ok(());
-        }
-        for n in present.iter().filter(|p| !names.contains(&p.as_str())) {
-            let _ = std::fs::remove_file(self.incoming.join(n));
-        }
-        for n in names {
-            let stage = self.dir.join(format!("stage-{n}"));
-            std::fs::copy(from.join(n), &stage).map_err(io("cannot copy", &from.join(n)))?;
-            std::fs::rename(&stage, self.incoming.join(n)).map_err(io("cannot rename", &self.incoming.join(n)))?;
-        }
-        Ok(())
+        super::handoff::fill(&self.store.release_dir(id), &names, &self.incoming, &self.dir)
     }
 
     async fn lock(&self) -> Result<crate::store::StateLock, SourceError> {
@@ -504,29 +424,6 @@ fn jitter(every: Duration) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn refusal_codes_are_stable() {
-        let codes: Vec<&str> = Refusal::ALL.iter().map(|r| r.code()).collect();
-        assert_eq!(
-            codes,
-            [
-                "fleet.unsigned",
-                "fleet.bad_signature",
-                "fleet.wrong_key",
-                "fleet.generation_backwards",
-                "fleet.ring_mismatch",
-                "fleet.manifest_mismatch",
-                "fleet.release_mismatch",
-                "fleet.sha256_mismatch",
-                "fleet.bad_name",
-                "fleet.malformed",
-            ]
-        );
-        for r in Refusal::ALL {
-            assert_eq!(serde_json::to_value(r).unwrap(), r.code());
-        }
-    }
 
     #[test]
     fn jitter_stays_within_ten_percent() {
