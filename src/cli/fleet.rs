@@ -105,7 +105,7 @@ pub(crate) async fn rollout(cmd: RolloutCommand) -> Result<Exit, CliError> {
         CommandError::NoRing(_) => CliError::usage("rollout.no_ring", e),
         CommandError::NothingToRevert(_) => CliError::refused("rollout.nothing_to_revert", e),
     })?;
-    drive::commit(&lock, &store, &tree, &signer, &state, &fx).map_err(|e| CliError::environment("publish.write", e))?;
+    drive::commit(&lock, &store, &tree, &signer, &mut state, &fx).map_err(|e| CliError::environment("publish.write", e))?;
     let moved: Vec<_> = fx
         .iter()
         .filter_map(|e| match e {

@@ -58,25 +58,31 @@ pub(crate) fn now_ms() -> u64 {
 /// each pointer is compared with the state every time, so a crash between
 /// the two is finished at the next tick (a crash before the journal loses
 /// only the lines, not the step).
-pub(crate) fn commit(_lock: &StateLock, store: &Store, tree: &Tree, signer: &Signer, state: &Rollout, fx: &[Effect]) -> Result<(), DriveError> {
-    let path = state_file(store.root());
-    let bytes = serde_json::to_vec_pretty(state).expect("rollout serializes");
-    super::tree::replace(&path, &bytes)?;
-    for ring in &state.rings {
+pub(crate) fn commit(_lock: &StateLock, store: &Store, tree: &Tree, signer: &Signer, state: &mut Rollout, fx: &[Effect]) -> Result<(), DriveError> {
+    // A pointer already at or past the state's generation (a state file
+    // lost or restored) is passed, never repeated: hosts refuse a lower one.
+    let mut stale = Vec::new();
+    for ring in &mut state.rings {
         let Some(release) = &ring.release else { continue };
         let on_disk = tree.ring(&ring.name)?;
         if on_disk.as_ref().is_some_and(|p| p.generation == ring.generation && &p.release == release) {
             continue;
         }
-        let ptr = RingPointer {
-            ring: ring.name.clone(),
-            release: release.clone(),
-            manifest_sha256: tree.manifest_sha256(release)?,
-            generation: ring.generation.max(on_disk.map_or(0, |p| p.generation + 1)),
-            at: now_rfc3339(),
-        };
+        if let Some(p) = &on_disk
+            && p.generation >= ring.generation
+        {
+            ring.generation = p.generation + 1;
+        }
+        stale.push((ring.name.clone(), release.clone(), ring.generation));
+    }
+    let path = state_file(store.root());
+    let bytes = serde_json::to_vec_pretty(&*state).expect("rollout serializes");
+    super::tree::replace(&path, &bytes)?;
+    for (ring, release, generation) in stale {
+        let ptr = RingPointer { manifest_sha256: tree.manifest_sha256(&release)?, ring, release, generation, at: now_rfc3339() };
+        let release = &ptr.release;
         tree.write_ring(signer, &ptr)?;
-        tracing::info!(ring = %ring.name, release = %release, generation = ptr.generation, "ring {} now points at {release}", ring.name);
+        tracing::info!(ring = %ptr.ring, release = %release, generation = ptr.generation, "ring {} now points at {release}", ptr.ring);
     }
     // Last, so a journaled step is one the tree already shows.
     for e in fx {
@@ -152,7 +158,7 @@ impl Driver {
         let now = now_ms();
         let mut fx = live.as_deref().map(|l| state.on_live(l, now)).unwrap_or_default();
         fx.extend(state.observe(&reports, &self.cfg.rings, self.cfg.take_timeout.as_millis() as u64, now));
-        commit(&lock, &self.store, &self.tree, &self.signer, &state, &fx)?;
+        commit(&lock, &self.store, &self.tree, &self.signer, &mut state, &fx)?;
         drop(lock);
         for e in &fx {
             if let Effect::Journal(Event::RolloutHalted { release, ring, detail, .. }) = e {
@@ -200,6 +206,43 @@ pub(crate) fn parse_readyz(body: &[u8]) -> Option<Report> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A state file restored from a backup must not re-issue generations
+    /// hosts have passed (they would refuse them as replays), nor bump the
+    /// pointer at every tick.
+    #[test]
+    fn commit_passes_a_pointer_ahead_of_the_state_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let state_dir = dir.path().join("state");
+        std::fs::create_dir(&state_dir).unwrap();
+        let store = Store::open(&state_dir).unwrap();
+        let lock = store.lock(Duration::from_secs(1)).unwrap();
+        let (key, _) = super::super::sign::keygen(&dir.path().join("keys")).unwrap();
+        let signer = Signer::load(&key).unwrap();
+        let tree = Tree::open(&dir.path().join("publish")).unwrap();
+        for id in ["aaa", "bbb"] {
+            std::fs::create_dir_all(tree.release_dir(id)).unwrap();
+            std::fs::write(tree.release_dir(id).join("manifest.json"), id).unwrap();
+        }
+        let ahead = RingPointer { ring: "canary".into(), release: "bbb".into(), manifest_sha256: "x".into(), generation: 5, at: now_rfc3339() };
+        tree.write_ring(&signer, &ahead).unwrap();
+        let cfg = [super::super::config::RingConfig { name: "canary".into(), hosts: vec![], soak: Duration::ZERO }];
+        let mut state = Rollout::default();
+        state.sync(&cfg);
+        state.rings[0].release = Some("aaa".into());
+        state.rings[0].generation = 1;
+        commit(&lock, &store, &tree, &signer, &mut state, &[]).unwrap();
+        let ptr = tree.ring("canary").unwrap().unwrap();
+        assert_eq!((ptr.release.as_str(), ptr.generation, state.rings[0].generation), ("aaa", 6, 6));
+        let mut again = load(&state_dir, &PublishConfig { rings: cfg.to_vec(), ..publish(dir.path()) }).unwrap();
+        commit(&lock, &store, &tree, &signer, &mut again, &[]).unwrap();
+        assert_eq!(tree.ring("canary").unwrap().unwrap().generation, 6, "written once");
+    }
+
+    fn publish(dir: &Path) -> PublishConfig {
+        let c = crate::config::Config::parse(Path::new("c.toml"), &format!("[publish]\ndir = \"{}\"\n", dir.join("publish").display())).unwrap();
+        c.publish.unwrap()
+    }
 
     #[test]
     fn reads_a_hosts_readyz() {

@@ -196,6 +196,9 @@ impl Follower {
         }
         let file = format!("rings/{}.json", self.cfg.ring());
         let ptr: RingPointer = self.verified(&url, &file, &got.body).await?;
+        if !ptr.release.bytes().all(|b| b.is_ascii_hexdigit()) || ptr.release.is_empty() || ptr.release.len() > 64 {
+            return Err(refused(&file, Refusal::Malformed, format!("release {:?} is not a release id", ptr.release)));
+        }
         if ptr.ring != self.cfg.ring() {
             return Err(refused(&file, Refusal::RingMismatch, format!("the pointer is for ring {:?}", ptr.ring)));
         }
