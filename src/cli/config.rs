@@ -94,7 +94,18 @@ async fn check(args: CheckArgs) -> Result<Exit, CliError> {
         let key: &[&str] = if matches!(config.clamd.endpoint, Endpoint::Unix(_)) { &["clamd", "socket"] } else { &["clamd", "tcp"] };
         found.push((finding, at(key, what)));
     }
-    if !config.incoming_dir.is_dir() {
+    // The fleet's keys: a daemon would refuse to start without them.
+    if let Some(p) = &config.publish
+        && let Err(e) = crate::fleet::sign::Signer::load(&p.key)
+    {
+        found.push((Finding::Config, at(&["publish", "key"], format!("{e} (clamgate keygen --out DIR writes one)"))));
+    }
+    if let Some(src) = &config.source
+        && let Err(e) = crate::fleet::sign::Verifier::load(&src.public_key)
+    {
+        found.push((Finding::Config, at(&["source", "public_key"], e.to_string())));
+    }
+    if config.source.is_none() && !config.incoming_dir.is_dir() {
         found.push((Finding::Warning, at(&["incoming_dir"], format!("{}: not a directory yet (freshclam creates it)", config.incoming_dir.display()))));
     }
     Ok(report(&found, &config.display_file().display().to_string(), args.quiet))

@@ -42,6 +42,13 @@ pub(crate) enum FleetError {
     Source(String),
 }
 
+impl FleetError {
+    /// A key or token file the config names is missing or wrong.
+    pub(crate) fn is_config(&self) -> bool {
+        matches!(self, FleetError::Source(_) | FleetError::Token { .. } | FleetError::Publish(drive::DriveError::Sign(_)))
+    }
+}
+
 /// Starts what `[publish]` and `[source]` ask for beside the daemon's own
 /// tasks, all stopped by the same `stop`.
 pub(crate) async fn spawn(
