@@ -150,9 +150,15 @@ impl Daemon {
         tasks.spawn(crate::health::http::serve(listener, self.health.clone(), stop_rx.clone()));
         tasks.spawn(crate::health::run_prober(self.health.clone(), self.cx.production.clone(), store.clone(), stop_rx.clone(), first_tx));
         tasks.spawn(systemd_notify(self.health.clone(), store.clone(), first_rx, stop_rx.clone()));
-        crate::fleet::spawn(&self.cx, self.policy.max_file_size, &self.health, &mut tasks, &stop_rx).await?;
         self.health.beat();
-        let result = self.gate_loop(shutdown, hangup).await;
+        // The fleet's tasks start once an interrupted activation is finished:
+        // a host's follower activates releases itself.
+        let result = async {
+            self.start_up().await?;
+            crate::fleet::spawn(&self.cx, self.policy.max_file_size, &self.health, &mut tasks, &stop_rx).await?;
+            self.gate_loop(shutdown, hangup).await
+        }
+        .await;
         let _ = stop_tx.send(true);
         let drained = tokio::time::timeout(Duration::from_secs(10), async { while tasks.join_next().await.is_some() {} }).await;
         if drained.is_err() {
@@ -163,7 +169,6 @@ impl Daemon {
     }
 
     async fn gate_loop(&mut self, shutdown: impl Future<Output = ()>, mut hangup: tokio::signal::unix::Signal) -> Result<(), DaemonError> {
-        self.start_up().await?;
         let mut lp = self.watch_incoming()?;
         let mut schedule = Schedule::new(self.cx.config.settle, self.cx.config.rescan_interval, lp.fingerprint(), Instant::now());
         let mut shutdown = std::pin::pin!(shutdown);

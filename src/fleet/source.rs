@@ -150,7 +150,12 @@ impl Follower {
     pub(crate) async fn run(mut self, mut stop: tokio::sync::watch::Receiver<bool>) {
         self.report();
         loop {
-            self.poll().await;
+            // A shutdown does not wait for a download or an activation: an
+            // activation cut short is finished by `Activator::resume` at the next start.
+            tokio::select! {
+                _ = stop.changed() => break,
+                _ = self.poll() => {}
+            }
             self.report();
             let wait = jitter(self.cfg.poll_interval);
             tokio::select! {
