@@ -267,8 +267,8 @@ fn minisign_verifies(public: &Path, file: &Path) -> (bool, String) {
 }
 
 async fn refused(env: &Env, file: &str, code: &str) {
-    let v = wait_line(env, code, |v| v["event"] == "source.refused" && v["reason"] == code).await;
-    assert_eq!(v["file"], file, "{v}");
+    let v = wait_line(env, &format!("{code} on {file}"), |v| v["event"] == "source.refused" && v["reason"] == code && v["file"] == file).await;
+    assert!(v["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
     let log = env.log();
     assert!(log.lines().any(|l| l.contains(&format!("refused {file}:")) && l.contains(&format!("[{code}]"))), "one line naming {file} and {code}:\n{log}");
 }
@@ -348,6 +348,10 @@ async fn the_tree_proves_itself_or_is_refused() {
     fs::copy(old.join("canary.json"), served.join("rings/canary.json")).unwrap();
     fs::copy(old.join("canary.json.minisig"), served.join("rings/canary.json.minisig")).unwrap();
     refused(&h, "rings/canary.json", "fleet.generation_backwards").await;
+    // A pointer edited to name the older release, beside the real signature.
+    fs::copy(&tampered, served.join("rings/canary.json")).unwrap();
+    fs::copy(publish.join("rings/canary.json.minisig"), served.join("rings/canary.json.minisig")).unwrap();
+    refused(&h, "rings/canary.json", "fleet.bad_signature").await;
     fs::remove_file(served.join("rings/canary.json.minisig")).unwrap();
     refused(&h, "rings/canary.json", "fleet.unsigned").await;
     assert_eq!(h.live().as_deref(), Some(b.as_str()), "nothing refused changed the live release");

@@ -152,7 +152,7 @@ fn status(state: &Rollout, tree: &Tree, json_out: bool) -> Result<Exit, CliError
         "rollout of {}: {}",
         state.target.as_deref().unwrap_or("nothing yet"),
         match (&state.halted, state.completed) {
-            (Some(h), _) => format!("halted on ring {} ({:?}): {}", h.ring, h.reason, h.detail),
+            (Some(h), _) => format!("halted on ring {} ({}): {}", h.ring, json!(h.reason).as_str().unwrap_or("?"), h.detail),
             (None, true) => "complete".into(),
             (None, false) => "in progress".into(),
         }
