@@ -208,6 +208,8 @@ async fn a_fleet_rolls_out_in_rings_halts_on_a_rejection_and_rolls_back() {
     wait_line(&h1, "h1 turned C down", |v| is(v, "candidate.quarantined", "id", &c) || is(v, "candidate.reduced", "from", &c)).await;
     wait_live(&h1, &b, "h1").await;
     wait_live(&h2, &b, "h2").await;
+    let (_, text, _) = rollout(&gate, &["status"]);
+    assert!(text.contains("halted on ring canary (rejected)"), "{text}");
     let m = support::metrics::scrape(gate.health).unwrap();
     assert_eq!(m.value("clamgate_rollout_halted", &[("ring", "canary")]), Some(1.0));
     assert_eq!(m.value("clamgate_rollout_halted", &[("ring", "all")]), Some(0.0));
@@ -219,6 +221,11 @@ async fn a_fleet_rolls_out_in_rings_halts_on_a_rejection_and_rolls_back() {
     assert_eq!(rev["pointers"].as_array().unwrap().len(), 2, "{rev}");
     for (h, name) in [(&h1, "h1"), (&h2, "h2"), (&h3, "h3")] {
         wait_live(h, &a, name).await;
+    }
+    // Production itself runs daily version 1 again on every host, verified
+    // (A's first promotion on each host found production not yet started).
+    for h in [&h1, &h2, &h3] {
+        wait_line(h, "A verified in production again", |v| is(v, "promotion.done", "id", &a) && v["production"] == "scanning").await;
     }
     wait_line(&gate, "the revert journaled", |v| v["event"] == "rollout.reverted" && v["by"] == "ops" && v["ring"] == "all").await;
     // Ring 2 never ran C.
