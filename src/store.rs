@@ -485,14 +485,23 @@ impl Store {
         fs::read_to_string(self.root.join("held.json")).ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default()
     }
 
-    /// Replaces the held list; written like a cache entry, before the
-    /// reduced set is checked, so a restart does not attribute again.
-    pub(crate) fn record_held(&self, held: &[HeldFile]) -> Result<(), StoreError> {
+    /// Replaces the held list with `held`, under the state lock, so the
+    /// daemon and `clamgate recheck FILE` never overwrite each other. An
+    /// entry of `read_before` (the list as the caller read it before it
+    /// started) that is gone now was cleared in between by a recheck: that
+    /// stands, and it is left out. Returns what was written. Written before
+    /// the reduced set is checked, so a restart does not attribute again.
+    pub(crate) fn record_held(&self, _lock: &StateLock, held: &[HeldFile], read_before: &[HeldFile]) -> Result<Vec<HeldFile>, StoreError> {
+        let now = self.held();
+        let same = |a: &HeldFile, b: &HeldFile| a.name == b.name && a.sha256 == b.sha256;
+        let cleared = |h: &HeldFile| read_before.iter().any(|b| same(b, h)) && !now.iter().any(|n| same(n, h));
+        let keep: Vec<HeldFile> = held.iter().filter(|h| !cleared(h)).cloned().collect();
         let path = self.root.join("held.json");
-        // Per process: the daemon and a `recheck` never rename each other's half-written file.
-        let tmp = path.with_extension(format!("{}.tmp", std::process::id()));
-        write_synced(&tmp, &serde_json::to_vec_pretty(held).expect("serializes"))?;
-        fs::rename(&tmp, &path).map_err(io("cannot write", &path))
+        let tmp = path.with_extension("json.tmp");
+        write_synced(&tmp, &serde_json::to_vec_pretty(&keep).expect("serializes"))?;
+        fs::rename(&tmp, &path).map_err(io("cannot write", &path))?;
+        sync_dir(&self.root)?;
+        Ok(keep)
     }
 
     /// Cached verdicts of a release on a corpus (by digest): a baseline is
