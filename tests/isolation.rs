@@ -27,10 +27,10 @@ async fn reduced(env: &Env, from: usize) -> serde_json::Value {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_false_positive_feed_file_is_held_the_new_daily_goes_live_and_its_fix_later() {
+async fn a_false_positive_feed_ndb_is_held_the_new_daily_goes_live_and_its_fix_later() {
     let (env, _d, prod) = live_v1().await;
     let before = env.journal().len();
-    env.put_files(&[("daily-v2", "daily.cud"), ("fp", "fp.hdb"), ("good-ndb", "clamgate.ndb")]);
+    env.put_files(&[("daily-v2", "daily.cud"), ("fp-ndb", "fp.ndb"), ("good-ndb", "clamgate.ndb")]);
     let r = reduced(&env, before).await;
     assert_eq!(r["outcome"], "reduced", "{r}");
     let id = r["id"].as_str().unwrap().to_string();
@@ -40,9 +40,10 @@ async fn a_false_positive_feed_file_is_held_the_new_daily_goes_live_and_its_fix_
 
     let m = env.live_manifest();
     assert_eq!(names(&m, "files"), ["clamgate.ndb", "daily.cud"]);
-    assert_eq!(names(&m, "held"), ["fp.hdb"]);
+    assert_eq!(names(&m, "held"), ["fp.ndb"]);
     assert_eq!(m["held"][0]["reason"], "corpus.false_positive");
-    assert!(m["held"][0]["detail"].as_str().unwrap().contains("Clamgate.Test.FalsePositive"), "{m}");
+    let detail = m["held"][0]["detail"].as_str().unwrap();
+    assert!(detail.contains("Clamgate.Test.FalsePositive.Ndb") && detail.contains("clean/letter.txt"), "the signature and the sample: {m}");
     assert_eq!(prod.client().version().await.unwrap().database, Some(2), "production runs the new daily");
     assert!(!prod.client().scan_file(&sample("clean/letter.txt")).await.unwrap().is_infected());
 
@@ -50,9 +51,9 @@ async fn a_false_positive_feed_file_is_held_the_new_daily_goes_live_and_its_fix_
     let status = Cmd::new();
     let cfg = env.config.to_str().unwrap();
     let (_, text, _) = status.run(&["status", "--config", cfg]);
-    assert!(text.contains("fp.hdb") && text.contains("Clamgate.Test.FalsePositive"), "{text}");
+    assert!(text.contains("fp.ndb") && text.contains("Clamgate.Test.FalsePositive.Ndb"), "{text}");
     let (_, json) = status.json(&["status", "--config", cfg]);
-    assert_eq!(names(&json, "held"), ["fp.hdb"], "{json}");
+    assert_eq!(names(&json, "held"), ["fp.ndb"], "{json}");
     let m = support::metrics::scrape_until(env.health, "the held file counted", |m| {
         m.value("clamgate_held_files", &[("reason", "corpus.false_positive")]) == Some(1.0)
     })
@@ -62,13 +63,13 @@ async fn a_false_positive_feed_file_is_held_the_new_daily_goes_live_and_its_fix_
     assert_eq!(m.value("clamgate_candidates_total", &[("outcome", "reject")]), Some(0.0), "{}", m.text);
     assert_eq!(m.value("clamgate_candidates_total", &[("outcome", "pass")]), Some(2.0), "daily-v1, then the reduced set:\n{}", m.text);
 
-    // The feed publishes a fixed fp.hdb: it is checked again and goes live.
+    // The feed publishes a fixed fp.ndb: it is checked again and goes live.
     let before = env.journal().len();
-    env.put_files(&[("daily-v2", "daily.cud"), ("fp-fixed", "fp.hdb"), ("good-ndb", "clamgate.ndb")]);
+    env.put_files(&[("daily-v2", "daily.cud"), ("fp-ndb-fixed", "fp.ndb"), ("good-ndb", "clamgate.ndb")]);
     let done = env.wait_after(before, "promotion of the fixed feed", |e| e.name() == "promotion.done").await;
     let m = env.live_manifest();
     assert_eq!(done.id(), m["id"].as_str());
-    assert_eq!(names(&m, "files"), ["clamgate.ndb", "daily.cud", "fp.hdb"]);
+    assert_eq!(names(&m, "files"), ["clamgate.ndb", "daily.cud", "fp.ndb"]);
     assert!(names(&m, "held").is_empty(), "{m}");
     support::metrics::scrape_until(env.health, "no held file once the fix is live", |m| m.value("clamgate_held_files", &[]).unwrap_or(0.0) == 0.0).await;
 }
@@ -91,11 +92,65 @@ async fn a_feed_file_clamd_refuses_is_held_and_the_rest_goes_live() {
     // Unchanged, the held file is not checked again after a restart.
     let before = env.journal().len();
     drop(_d);
+    let log_from = env.log().len();
     let _d = env.spawn();
     let again = reduced(&env, before).await;
     assert_eq!(again["outcome"], "nothing_left", "{again}");
     let canaried = env.journal()[before..].iter().any(|e| e.name() == "candidate.checked");
     assert!(!canaried, "a held file was checked again");
+    // Regression: the restart logged a WARN that it was "checking the rest as
+    // a reduced set" when nothing was checked; now one accurate info line.
+    let log = env.log()[log_from..].to_string();
+    assert!(log.contains("still holding back offset.ndb: unchanged since held"), "{log}");
+    let warned = log.lines().any(|l| l.contains("WARN clamgate::daemon::decide"));
+    assert!(!log.contains("checking the rest") && !warned, "{log}");
+}
+
+/// Waits for a journal entry after the first `from`, with a bound for runs
+/// that include canary scans stalled until the policy's scan_timeout.
+async fn wait_long(env: &Env, from: usize, what: &str, pred: impl Fn(&clamgate::journal::Entry) -> bool) -> serde_json::Value {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(600);
+    loop {
+        if let Some(e) = env.journal().into_iter().skip(from).find(|e| pred(e)) {
+            return e.json();
+        }
+        assert!(tokio::time::Instant::now() < deadline, "gave up waiting for {what}\nlog:\n{}", env.log());
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// A feed file whose patterns make clamd spin on one clean sample (testdata
+/// README, `slow-pcre`): the whole candidate's scan of that sample outlasts
+/// scan_timeout, a content failure no message ties to a file, so bisection
+/// by canary runs finds it; it is held and the rest goes live.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_feed_file_that_stalls_the_scan_is_found_by_bisection_and_held() {
+    let env = Env::new("", "");
+    env.policy("scan_timeout = \"2s\"\n");
+    let _d = env.promoted("daily-v1").await;
+    let prod = env.start_production(&[]).await;
+    let before = env.journal().len();
+    env.put_files(&[("daily-v2", "daily.cud"), ("slow-pcre", "slow.ldb"), ("good-ndb", "clamgate.ndb")]);
+    let r = wait_long(&env, before, "candidate.reduced", |e| e.name() == "candidate.reduced").await;
+    assert_eq!(r["outcome"], "reduced", "{r}");
+    assert_eq!(names(&r, "held"), ["slow.ldb"], "{r}");
+    assert_eq!(r["held"][0]["reason"], "canary.scan_timeout", "{r}");
+    assert!(r["held"][0]["detail"].as_str().unwrap().contains("clean/letter.txt"), "the stalled sample: {r}");
+
+    let journal = env.journal();
+    let whole = journal[before..].iter().find(|e| e.name() == "candidate.checked").unwrap().json();
+    assert_eq!(whole["verdict"], "reject", "{whole}");
+    assert!(whole["reasons"].as_array().unwrap().iter().any(|x| x["reason"] == "canary.scan_timeout" && x["file"] == "clean/letter.txt"), "{whole}");
+    let isolated = journal[before..].iter().find(|e| e.name() == "candidate.isolated").unwrap().json();
+    assert!(isolated["bisect_runs"].as_u64().unwrap() > 0, "no message names the file: {isolated}");
+
+    let id = r["id"].as_str().unwrap().to_string();
+    wait_long(&env, before, "promotion of the reduced set", |e| e.name() == "promotion.done" && e.id() == Some(id.as_str())).await;
+    let m = env.live_manifest();
+    assert_eq!(names(&m, "files"), ["clamgate.ndb", "daily.cud"]);
+    assert_eq!(names(&m, "held"), ["slow.ldb"]);
+    assert_eq!(prod.client().version().await.unwrap().database, Some(2), "production runs the new daily");
+    assert!(!prod.client().scan_file(&sample("clean/letter.txt")).await.unwrap().is_infected());
 }
 
 /// `clamgate check` against a baseline directory, with a policy.
