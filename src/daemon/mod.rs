@@ -131,7 +131,15 @@ impl Daemon {
         metrics.follow(&cx.store);
         let health = Health::new(settings, Arc::new(metrics));
         let held = std::sync::atomic::AtomicUsize::new(cx.store.held().len());
-        Ok(Daemon { cx, policy, health, deciding: AtomicBool::new(false), last_quarantined: std::sync::Mutex::new(None), held, held_cleared: AtomicBool::new(false) })
+        Ok(Daemon {
+            cx,
+            policy,
+            health,
+            deciding: AtomicBool::new(false),
+            last_quarantined: std::sync::Mutex::new(None),
+            held,
+            held_cleared: AtomicBool::new(false),
+        })
     }
 
     /// Runs until `shutdown` completes: the gate loop, the prober and the
