@@ -563,6 +563,25 @@ mod tests {
     }
 
     #[test]
+    fn record_held_keeps_a_hold_cleared_since_the_caller_read_the_list() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let lock = store.lock(Duration::ZERO).unwrap();
+        let h = |name: &str| HeldFile { name: name.into(), sha256: "s".into(), reason: crate::reason::Code::CorpusFalsePositive, detail: "d".into() };
+        store.record_held(&lock, &[h("a.hdb"), h("b.hdb")], &[]).unwrap();
+        let read_before = store.held();
+        // A recheck clears a.hdb while the daemon works on the list it read.
+        store.record_held(&lock, &[h("b.hdb")], &[]).unwrap();
+        let kept = store.record_held(&lock, &[h("a.hdb"), h("b.hdb"), h("c.ndb")], &read_before).unwrap();
+        let names: Vec<String> = store.held().into_iter().map(|x| x.name).collect();
+        assert_eq!(names, ["b.hdb", "c.ndb"], "the clear stands, a new hold is added");
+        assert_eq!(kept.len(), 2);
+        // Held again by a later run that read the list without it: kept.
+        store.record_held(&lock, &[h("a.hdb"), h("b.hdb")], &store.held()).unwrap();
+        assert_eq!(store.held().len(), 2);
+    }
+
+    #[test]
     fn release_swap_prune_and_recover() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();

@@ -247,3 +247,79 @@ async fn recheck_of_a_held_file_has_it_checked_again() {
     let (code, _, err) = cmd.run(&["recheck", "fp.hdb", "--config", env.config.to_str().unwrap()]);
     assert_eq!(code, 1, "nothing held any more: {err}");
 }
+
+#[cfg(debug_assertions)]
+fn is_stopped(pid: u32) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('T'))
+}
+
+/// Regression: `held.json` was written without the state lock from what the
+/// run started with, so a `clamgate recheck FILE` made while the daemon
+/// bisected was overwritten and the file never checked again. The daemon
+/// stops itself at a bisection probe (failpoint `isolate-bisect:stop`), the
+/// operator clears the hold on fp.hdb then, and the daemon, once it goes
+/// on, keeps that clear and checks fp.hdb again after the run.
+#[cfg(debug_assertions)]
+#[tokio::test(flavor = "multi_thread")]
+async fn a_recheck_during_a_run_is_not_overwritten() {
+    let env = Env::new("", "");
+    env.policy("scan_timeout = \"2s\"\n");
+    let d = env.promoted("daily-v1").await;
+    let before = env.journal().len();
+    env.put_files(&[("daily-v2", "daily.cud"), ("fp", "fp.hdb"), ("good-ndb", "clamgate.ndb")]);
+    let r = wait_long(&env, before, "fp.hdb held", |e| e.name() == "candidate.reduced").await;
+    assert_eq!(names(&r, "held"), ["fp.hdb"], "{r}");
+    let id = r["id"].as_str().unwrap().to_string();
+    wait_long(&env, before, "the reduced set live", |e| e.name() == "promotion.done" && e.id() == Some(id.as_str())).await;
+    drop(d);
+
+    // fp.hdb is held before the run; slow.ldb and a new clamgate.hdb need
+    // bisection, whose first probe stops the daemon.
+    env.put_files(&[("daily-v2", "daily.cud"), ("fp", "fp.hdb"), ("good-ndb", "clamgate.ndb"), ("slow-pcre", "slow.ldb"), ("good", "clamgate.hdb")]);
+    let from = env.journal().len();
+    let d = env.spawn_with(&[("CLAMGATE_FAILPOINT", "isolate-bisect:stop")]);
+    let mut stopped = false;
+    for _ in 0..60_000 {
+        if is_stopped(d.pid()) {
+            stopped = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert!(stopped, "the daemon never reached a bisection probe\n{}", env.log());
+    let cmd = Cmd::new();
+    let (code, out) = cmd.json(&["recheck", "fp.hdb", "--config", env.config.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
+
+    // Let it go on through every probe; it holds slow.ldb, promotes the rest,
+    // then checks fp.hdb again and holds it again (it still fails).
+    let pid = d.pid();
+    let cont = tokio::spawn(async move {
+        loop {
+            if is_stopped(pid) {
+                let _ = rustix::process::kill_process(rustix::process::Pid::from_raw(pid as i32).unwrap(), rustix::process::Signal::CONT);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    });
+    let reduced = wait_long(&env, from, "the run that was stopped", |e| e.name() == "candidate.reduced").await;
+    assert_eq!(reduced["outcome"], "reduced", "{reduced}");
+    assert_eq!(names(&reduced, "held"), ["fp.hdb", "slow.ldb"], "this run held both: {reduced}");
+    // The next run starts from the held.json this run wrote: without fp.hdb.
+    let journal = env.journal();
+    let at = from + journal[from..].iter().position(|e| e.name() == "candidate.reduced").unwrap();
+    assert!(journal[from..at].iter().any(|e| e.name() == "held.cleared"));
+    let again = wait_long(&env, at + 1, "fp.hdb checked again", |e| e.name() == "candidate.reduced").await;
+    let isolated: Vec<serde_json::Value> = env.journal()[at + 1..].iter().filter(|e| e.name() == "candidate.isolated").map(|e| e.json()).collect();
+    assert_eq!(names(&isolated[0], "held"), ["slow.ldb"], "the recheck stood: {isolated:?}");
+    let checked = isolated.iter().any(|i| i["held"].as_array().unwrap().iter().any(|h| h["name"] == "fp.hdb" && h["reason"] == "corpus.false_positive"));
+    assert!(checked, "fp.hdb checked again and held again: {isolated:?}");
+    assert_eq!(again["outcome"], "nothing_left", "fp.hdb still fails, the rest is live: {again}");
+    cont.abort();
+    let held: Vec<serde_json::Value> = serde_json::from_str(&std::fs::read_to_string(env.state().join("held.json")).unwrap()).unwrap();
+    let mut held: Vec<&str> = held.iter().map(|h| h["name"].as_str().unwrap()).collect();
+    held.sort();
+    assert_eq!(held, ["fp.hdb", "slow.ldb"]);
+    drop(d);
+}
