@@ -323,3 +323,38 @@ async fn a_recheck_during_a_run_is_not_overwritten() {
     assert_eq!(held, ["fp.hdb", "slow.ldb"]);
     drop(d);
 }
+
+/// Regression: a candidate rejected after its whole check was skipped (its
+/// file held before, its reduced set refused) was quarantined without its
+/// files, so `promote --force` failed with promote.files_unusable. Here the
+/// reduced set is refused as known bad: the operator rolled it back.
+#[tokio::test(flavor = "multi_thread")]
+async fn promote_force_works_on_a_candidate_whose_whole_check_was_skipped() {
+    let (env, d, _prod) = live_v1().await;
+    let before = env.journal().len();
+    env.put_files(&[("daily-v2", "daily.cud"), ("fp", "fp.hdb"), ("good-ndb", "clamgate.ndb")]);
+    let r = reduced(&env, before).await;
+    let (candidate, id) = (r["from"].as_str().unwrap().to_string(), r["id"].as_str().unwrap().to_string());
+    env.wait_after(before, "the reduced set live", |e| e.name() == "promotion.done" && e.id() == Some(id.as_str())).await;
+    let cmd = Cmd::new();
+    let cfg = env.config.to_str().unwrap();
+    let (code, out) = cmd.json(&["rollback", "--config", cfg]);
+    assert_eq!(code, 0, "{out}");
+    drop(d);
+
+    // At restart fp.hdb is held unchecked and the reduced set is known bad.
+    let from = env.journal().len();
+    let _d = env.spawn();
+    let q = env.wait_after(from, "the candidate quarantined", |e| e.name() == "candidate.quarantined").await;
+    assert_eq!(q.id(), Some(candidate.as_str()));
+    assert!(!env.journal()[from..].iter().any(|e| e.name() == "candidate.checked" && e.id() == Some(candidate.as_str())), "the whole check was skipped");
+
+    let (code, out) = cmd.json(&["promote", &candidate, "--force", "--config", cfg]);
+    assert_eq!(code, 0, "{out}");
+    let m = env.live_manifest();
+    assert_eq!(m["id"], candidate.as_str(), "{out}");
+    assert_eq!(names(&m, "files"), ["clamgate.ndb", "daily.cud", "fp.hdb"]);
+    let daily = m["files"].as_array().unwrap().iter().find(|f| f["name"] == "daily.cud").unwrap();
+    assert_eq!(daily["signatures"], 120, "the manifest was inspected: {m}");
+    assert_eq!(daily["header"]["version"], 2, "{m}");
+}
