@@ -117,6 +117,9 @@ pub(crate) struct MilterConfig {
     pub(crate) max_connections: usize,
     /// `HOST:PORT` of the milter's `/metrics`; `None` when set to "".
     pub(crate) metrics_listen: Option<String>,
+    /// `unix:PATH` or `inet:HOST:PORT` of the gate as a Postfix policy
+    /// service; `None` (the default, or "") for none.
+    pub(crate) policy_listen: Option<String>,
 }
 
 impl ClamdConfig {
@@ -163,6 +166,7 @@ impl MilterConfig {
             add_header: s.bool("add_header", true),
             max_connections: s.int("max_connections", 200, 1..=10_000) as usize,
             metrics_listen: Some(s.string("metrics_listen", defaults::MILTER_METRICS_LISTEN)).filter(|l| !l.is_empty()),
+            policy_listen: s.opt_string("policy_listen").filter(|l| !l.is_empty()),
         }
     }
 }

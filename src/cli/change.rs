@@ -315,7 +315,7 @@ pub(crate) async fn recheck(args: RecheckArgs) -> Result<Exit, CliError> {
     let mut held = store.held();
     if let Some(at) = held.iter().position(|h| h.name == args.id) {
         let file = held.remove(at);
-        store.record_held(&held).map_err(store_err)?;
+        store.record_held(&lock, &held, &[]).map_err(store_err)?;
         store.journal().append(Event::HeldCleared { name: file.name.clone(), sha256: file.sha256.clone(), by: operator() }).map_err(store_err)?;
         let mut out = Changed::new(Action::Recheck, None);
         out.message = format!(

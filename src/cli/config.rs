@@ -211,6 +211,7 @@ pub(crate) fn show(c: &Config) -> String {
             ("add_header", Value::Boolean(m.add_header)),
             ("max_connections", Value::Integer(m.max_connections as i64)),
             ("metrics_listen", s(m.metrics_listen.as_deref().unwrap_or(""))),
+            ("policy_listen", s(m.policy_listen.as_deref().unwrap_or(""))),
         ],
     );
     let opt = |v: &Option<std::path::PathBuf>| v.as_deref().map_or_else(|| s(""), p);

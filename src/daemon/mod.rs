@@ -82,6 +82,8 @@ pub(crate) struct Daemon {
     /// How many files per-file isolation held after the last run: fewer
     /// later means `clamgate recheck FILE` cleared one.
     held: std::sync::atomic::AtomicUsize,
+    /// Set when a `recheck FILE` cleared a hold while a run held it.
+    held_cleared: AtomicBool,
 }
 
 const LOCK_WAIT: Duration = Duration::from_secs(30);
@@ -131,7 +133,15 @@ impl Daemon {
         metrics.follow(&cx.store);
         let health = Health::new(settings, Arc::new(metrics));
         let held = std::sync::atomic::AtomicUsize::new(cx.store.held().len());
-        Ok(Daemon { cx, policy, health, deciding: AtomicBool::new(false), last_quarantined: std::sync::Mutex::new(None), held })
+        Ok(Daemon {
+            cx,
+            policy,
+            health,
+            deciding: AtomicBool::new(false),
+            last_quarantined: std::sync::Mutex::new(None),
+            held,
+            held_cleared: AtomicBool::new(false),
+        })
     }
 
     /// Runs until `shutdown` completes: the gate loop, the prober and the
@@ -324,7 +334,7 @@ impl Daemon {
     /// is no longer held (`clamgate recheck FILE`).
     fn mark_cleared(&self) -> bool {
         let held = self.cx.store.held().len();
-        if held < self.held.swap(held, Ordering::Relaxed) {
+        if (held < self.held.swap(held, Ordering::Relaxed)) | self.held_cleared.swap(false, Ordering::Relaxed) {
             tracing::info!("a held file was cleared; checking incoming again");
             return true;
         }
@@ -407,7 +417,7 @@ impl Daemon {
         let cfg = &self.cx.config;
         let gate = Gate { policy: &self.policy, clamd_binary: &cfg.clamd.binary, corpus: &self.cx.corpus, known: Some(&known) };
         let held_before = self.cx.store.held();
-        let on_held = |id: &str, held: &[HeldFile], bisect_runs: u32| self.attributed(id, held, bisect_runs);
+        let on_held = |id: &str, held: &[HeldFile], bisect_runs: u32| self.attributed(id, held, bisect_runs, &held_before);
         // Our failure, not the candidate's (no clamd binary, disk full):
         // production is untouched, and the run is retried later.
         let iso = isolate::run(&gate, &cfg.incoming_dir, &work, baseline.as_ref(), &held_before, &on_held).await?;
