@@ -214,7 +214,11 @@ async fn a_fleet_rolls_out_in_rings_halts_on_a_rejection_and_rolls_back() {
     assert_eq!(m.value("clamgate_rollout_halted", &[("ring", "canary")]), Some(1.0));
     assert_eq!(m.value("clamgate_rollout_halted", &[("ring", "all")]), Some(0.0));
 
-    // (3) Fleet rollback: every host back to A (daily 2 -> 1, which freshclam never does).
+    // (3) Fleet rollback: every host back to A (daily 2 -> 1, which freshclam
+    // never does), h3 even after pruning A: fetched again, and made live
+    // without its gate (whose downgrade check would refuse it).
+    fs::remove_dir_all(h3.state().join("releases").join(&a)).unwrap();
+    let h3_before = lines(&h3).len();
     let (code, out, err) = rollout(&gate, &["revert", "canary", "--json"]);
     assert_eq!(code, 0, "{out}{err}");
     let rev: Value = serde_json::from_str(&out).unwrap();
@@ -222,6 +226,8 @@ async fn a_fleet_rolls_out_in_rings_halts_on_a_rejection_and_rolls_back() {
     for (h, name) in [(&h1, "h1"), (&h2, "h2"), (&h3, "h3")] {
         wait_live(h, &a, name).await;
     }
+    assert!(!lines(&h3).iter().skip(h3_before).any(|v| v["event"] == "candidate.checked"), "h3 ran A through its gate again");
+    assert!(lines(&h3).iter().skip(h3_before).any(|v| is(v, "release.created", "id", &a) || is(v, "promotion.begin", "id", &a)));
     // Production itself runs daily version 1 again on every host, verified
     // (A's first promotion on each host found production not yet started).
     for h in [&h1, &h2, &h3] {

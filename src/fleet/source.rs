@@ -91,6 +91,10 @@ pub(crate) struct Follower {
     /// Releases this host's gate turned down (quarantined, or, under
     /// per-file isolation, promoted only in part or not at all).
     turned_down: std::collections::BTreeSet<String>,
+    /// Releases this host ran (`promotion.done`): one the ring points back
+    /// at, pruned here meanwhile, is fetched and made live again without
+    /// its gate, whose downgrade check would refuse a fleet rollback.
+    ran_before: std::collections::BTreeSet<String>,
 }
 
 /// Where a host keeps what it fetched: `STATE/source/`.
@@ -143,6 +147,7 @@ impl Follower {
             error: None,
             journal_offset: 0,
             turned_down: Default::default(),
+            ran_before: Default::default(),
         })
     }
 
@@ -279,7 +284,8 @@ impl Follower {
         }
         self.state = State::Fetching;
         let published = self.fetch(ptr).await?;
-        if self.cfg.trust_gate_verdict && published.vetted {
+        self.read_verdicts()?;
+        if (self.cfg.trust_gate_verdict && published.vetted) || self.ran_before.contains(id) {
             let lock = self.lock().await?;
             self.store.add_release(&lock, &self.dir.join("download"), &published.release)?;
             drop(lock);
@@ -305,6 +311,9 @@ impl Follower {
                 }
                 Event::CandidateReduced { from, .. } => {
                     self.turned_down.insert(from);
+                }
+                Event::PromotionDone(d) => {
+                    self.ran_before.insert(d.id);
                 }
                 _ => {}
             }
