@@ -239,7 +239,11 @@ async fn a_fleet_rolls_out_in_rings_halts_on_a_rejection_and_rolls_back() {
     assert!(!lines(&gate).iter().any(|v| is(v, "rollout.advanced", "release", &c) && v["ring"] == "all"));
 
     // (4) The gate killed mid-rollout: the hosts keep scanning (h1 warns
-    // once the gate is quiet too long), and the restarted gate resumes.
+    // once the gate is quiet too long), and the restarted gate resumes,
+    // ring 2 held by an operator's pause that survives the restart too.
+    let (code, out, err) = rollout(&gate, &["pause", "all", "--json"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["action"], "paused");
     put(&gate, &d_files);
     wait_line(&gate, "D to canary", |v| is(v, "rollout.advanced", "release", &d) && v["ring"] == "canary").await;
     g.signal(rustix::process::Signal::KILL);
@@ -260,6 +264,21 @@ async fn a_fleet_rolls_out_in_rings_halts_on_a_rejection_and_rolls_back() {
     assert_eq!(h3.live().as_deref(), Some(a.as_str()), "ring 2 waits for ring 1");
     let before = lines(&gate).len();
     let _g2 = gate.spawn();
+    // Ring 1 soaks on D after the restart; the paused ring 2 stays on A until resumed.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    let st = loop {
+        let (_, out, _) = rollout(&gate, &["status", "--json"]);
+        let st: Value = serde_json::from_str(&out).unwrap_or(Value::Null);
+        if st["rings"][0]["phase"] == "soaked" && st["rings"][0]["release"] == d.as_str() {
+            break st;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "ring canary never soaked on D: {st:#}\n{}", gate.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!((st["rings"][1]["release"].as_str(), st["rings"][1]["paused"].as_bool()), (Some(a.as_str()), Some(true)), "{st:#}");
+    assert_eq!(h3.live().as_deref(), Some(a.as_str()));
+    let (code, out, err) = rollout(&gate, &["resume", "all"]);
+    assert_eq!(code, 0, "{out}{err}");
     wait_line(&gate, "D to all after the restart", |v| is(v, "rollout.advanced", "release", &d) && v["ring"] == "all").await;
     assert!(lines(&gate).iter().skip(before).any(|v| is(v, "rollout.advanced", "release", &d) && v["ring"] == "all"));
     wait_live(&h3, &d, "h3").await;
