@@ -68,7 +68,9 @@ struct Shared {
 
 /// Whether mail may pass the gate now.
 enum Gate {
-    Open { release: Option<String> },
+    Open {
+        release: Option<String>,
+    },
     /// Scanning is unhealthy: tempfail (counted and logged by `decide`).
     Closed,
 }
