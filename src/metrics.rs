@@ -150,6 +150,8 @@ pub struct Metrics {
     memory_budget: Gauge,
     /// Where [`Metrics::follow`] left off in the journal; `None` before the first read.
     journal_offset: Mutex<Option<u64>>,
+    /// Per ring, on a gate with `[publish]`.
+    pub(crate) rollout: crate::fleet::metrics::RolloutMetrics,
 }
 
 impl Default for Metrics {
@@ -183,6 +185,7 @@ impl Metrics {
             max_database_age: Gauge::default(),
             memory_budget: Gauge::default(),
             journal_offset: Mutex::new(None),
+            rollout: Default::default(),
         };
         // Counters exist from the start, at 0, so `rate()` and `increase()` see the first event.
         for result in [Status::Pass, Status::Warn, Status::Fail] {
@@ -213,6 +216,7 @@ impl Metrics {
         r.register("canary_load_seconds", "Load time of the last canary clamd", m.canary_load.clone());
         r.register("canary_peak_bytes", "Peak resident memory of the last canary clamd", m.canary_peak.clone());
         r.register("canary_memory_budget_bytes", "The policy's memory_budget for a canary", m.memory_budget.clone());
+        m.rollout.register(&mut r);
         r.register("build", "clamgate build information", Info::new(vec![("version".to_string(), env!("CARGO_PKG_VERSION").to_string())]));
         Metrics { registry: r, ..m }
     }

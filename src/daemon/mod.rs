@@ -55,6 +55,8 @@ pub(crate) enum DaemonError {
     },
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Fleet(#[from] crate::fleet::FleetError),
     #[error("cannot handle SIGHUP: {0}")]
     Signal(std::io::Error),
     #[error(transparent)]
@@ -83,6 +85,8 @@ pub(crate) struct Daemon {
     /// How many files per-file isolation held after the last run: fewer
     /// later means `clamgate recheck FILE` cleared one.
     held: std::sync::atomic::AtomicUsize,
+    /// Set when a `recheck FILE` cleared a hold while a run held it.
+    held_cleared: AtomicBool,
     /// Managed mode: when production clamd was last started again, so a
     /// release that will not load is retried every 30 s, not every beat.
     restarted: std::sync::Mutex<Option<std::time::Instant>>,
@@ -142,6 +146,7 @@ impl Daemon {
             deciding: AtomicBool::new(false),
             last_quarantined: std::sync::Mutex::new(None),
             held,
+            held_cleared: AtomicBool::new(false),
             restarted: std::sync::Mutex::new(None),
         })
     }
@@ -163,7 +168,14 @@ impl Daemon {
         tasks.spawn(crate::health::run_prober(self.health.clone(), self.cx.production.clone(), store.clone(), stop_rx.clone(), first_tx));
         tasks.spawn(systemd_notify(self.health.clone(), store.clone(), first_rx, stop_rx.clone()));
         self.health.beat();
-        let result = self.gate_loop(shutdown, hangup).await;
+        // The fleet's tasks start once an interrupted activation is finished:
+        // a host's follower activates releases itself.
+        let result = async {
+            self.start_up().await?;
+            crate::fleet::spawn(&self.cx, self.policy.max_file_size, &self.health, &mut tasks, &stop_rx).await?;
+            self.gate_loop(shutdown, hangup).await
+        }
+        .await;
         let _ = stop_tx.send(true);
         let drained = tokio::time::timeout(Duration::from_secs(10), async { while tasks.join_next().await.is_some() {} }).await;
         if drained.is_err() {
@@ -174,7 +186,6 @@ impl Daemon {
     }
 
     async fn gate_loop(&mut self, shutdown: impl Future<Output = ()>, mut hangup: tokio::signal::unix::Signal) -> Result<(), DaemonError> {
-        self.start_up().await?;
         let mut lp = self.watch_incoming()?;
         let mut schedule = Schedule::new(self.cx.config.settle, self.cx.config.rescan_interval, lp.fingerprint(), Instant::now());
         let mut shutdown = std::pin::pin!(shutdown);
@@ -340,7 +351,7 @@ impl Daemon {
     /// is no longer held (`clamgate recheck FILE`).
     fn mark_cleared(&self) -> bool {
         let held = self.cx.store.held().len();
-        if held < self.held.swap(held, Ordering::Relaxed) {
+        if (held < self.held.swap(held, Ordering::Relaxed)) | self.held_cleared.swap(false, Ordering::Relaxed) {
             tracing::info!("a held file was cleared; checking incoming again");
             return true;
         }
@@ -424,7 +435,7 @@ impl Daemon {
         let managed = self.cx.managed.as_ref();
         let gate = Gate { policy: &self.policy, clamd_binary: &cfg.clamd.binary, corpus: &self.cx.corpus, known: Some(&known), managed, keep: managed.is_some() };
         let held_before = self.cx.store.held();
-        let on_held = |id: &str, held: &[HeldFile], bisect_runs: u32| self.attributed(id, held, bisect_runs);
+        let on_held = |id: &str, held: &[HeldFile], bisect_runs: u32| self.attributed(id, held, bisect_runs, &held_before);
         // Our failure, not the candidate's (no clamd binary, disk full):
         // production is untouched, and the run is retried later.
         let iso = isolate::run(&gate, &cfg.incoming_dir, &work, baseline.as_ref(), &held_before, &on_held).await?;
