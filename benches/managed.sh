@@ -30,8 +30,9 @@ LIVE_TIMEOUT=${LIVE_TIMEOUT:-300}
 BENCH=managed
 source benches/lib.sh
 base=$work
-on_cleanup() { # managed clamds are not our children: stop them by their PID files
+on_cleanup() { # managed clamds are not our children: stop them by their PID files, after the daemons
   local f
+  for f in "${pids[@]}"; do stop_pid "$f"; done
   for f in "$base"/*/state/clamd/*/clamd.pid "$base"/*/clamd.pid; do [[ -f $f ]] && stop_pid "$(cat "$f")"; done
   work=$base
 }
