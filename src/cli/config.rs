@@ -198,7 +198,14 @@ pub(crate) fn show(c: &Config) -> String {
     section(
         &mut out,
         Some("clamd"),
-        vec![endpoint, ("binary", p(&c.clamd.binary)), ("timeout", d(c.clamd.timeout)), ("reload_timeout", d(c.clamd.reload_timeout))],
+        vec![
+            endpoint,
+            ("binary", p(&c.clamd.binary)),
+            ("timeout", d(c.clamd.timeout)),
+            ("reload_timeout", d(c.clamd.reload_timeout)),
+            ("managed", Value::Boolean(c.clamd.managed)),
+            ("conf", p(&c.clamd.conf)),
+        ],
     );
     let h = &c.health;
     section(&mut out, Some("health"), vec![("listen", s(&h.listen)), ("probe_interval", d(h.probe_interval)), ("latency_budget", d(h.latency_budget))]);
