@@ -184,3 +184,43 @@ async fn a_production_clamd_that_dies_is_started_again() {
     scans(&env, 1).await;
     eventually("the dead one's dir removed", || async { env.instances() == [now.clone()] && env.clamds() == 1 }).await;
 }
+
+/// A scan in flight on the old clamd when the socket is handed over
+/// finishes there: the old clamd drains before it stops.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_scan_in_flight_during_the_handover_finishes_on_the_old_clamd() {
+    use std::io::{Read, Write};
+    let env = ManagedEnv::new("", &[]);
+    let _daemon = env.promoted("daily-v1").await;
+    wait_ready(&env, 200).await;
+    let old = env.production().unwrap();
+    let old_pid = env.pid_of(&old).unwrap();
+
+    // INSTREAM started through the production path, half sent.
+    let mut s = std::os::unix::net::UnixStream::connect(env.prod_socket()).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(60))).unwrap();
+    let body = fs::read(sample("infected/clam.exe")).unwrap();
+    let (first, rest) = body.split_at(body.len() / 2);
+    s.write_all(b"zINSTREAM\0").unwrap();
+    s.write_all(&(first.len() as u32).to_be_bytes()).unwrap();
+    s.write_all(first).unwrap();
+
+    env.put("daily-v2");
+    env.wait_event("promotion.done", Some(&set_id("daily-v2"))).await;
+    assert_ne!(env.production(), Some(old.clone()));
+    scans(&env, 2).await;
+    // Draining: the old clamd waits for our connection.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(proc_state(old_pid).map(|c| c != 'Z'), Some(true), "the old clamd is still running while a scan is in flight");
+
+    s.write_all(&(rest.len() as u32).to_be_bytes()).unwrap();
+    s.write_all(rest).unwrap();
+    s.write_all(&0u32.to_be_bytes()).unwrap();
+    let mut reply = Vec::new();
+    s.read_to_end(&mut reply).unwrap();
+    let reply = String::from_utf8_lossy(&reply);
+    assert!(reply.contains("FOUND"), "the old clamd finished the scan: {reply:?}");
+    drop(s);
+    eventually("the old clamd to stop once drained", || async { proc_state(old_pid).is_none_or(|c| c == 'Z') }).await;
+    eventually("only production left", || async { env.clamds() == 1 }).await;
+}
