@@ -19,6 +19,10 @@ pub(crate) struct CanaryStats {
     pub(crate) load_ms: Option<u64>,
     pub(crate) peak_rss_bytes: Option<u64>,
     pub(crate) scan_ms: Option<u64>,
+    /// The signatures loaded (the gate's count): with the peak, what the
+    /// memory guard scales its next estimate from, also after a restart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) signatures: Option<u64>,
 }
 
 #[derive(Debug)]

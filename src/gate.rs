@@ -11,6 +11,7 @@ use crate::canary::{Canary, CanaryError, CanaryRun, CanaryStats};
 use crate::candidate::{self, Manifest, Snapshot, SnapshotError};
 use crate::clamd::process::StartError;
 use crate::corpus::{self, Corpus, SampleResult, Verdicts};
+use crate::memguard::{Deferral, Room, Sample};
 use crate::policy::Policy;
 use crate::reason::{Code, Reason};
 use crate::status::Status;
@@ -115,6 +116,9 @@ pub(crate) enum GateError {
     Snapshot(#[from] SnapshotError),
     #[error("cannot start a canary clamd: {0}")]
     Canary(StartError),
+    /// Not enough memory for the canary now: checked again later.
+    #[error("{0}")]
+    Deferred(Deferral),
     #[error("cannot assemble a reduced set in {dir}: {source}")]
     Assemble {
         dir: PathBuf,
@@ -134,6 +138,8 @@ pub(crate) struct Gate<'a> {
     /// Stops the run before any canary when it returns a reason: the daemon
     /// uses it so a quarantined digest (or the live one) is not canaried again.
     pub(crate) known: Option<KnownCheck<'a>>,
+    /// Asked before each canary (the daemon's memory guard); `None` runs unguarded.
+    pub(crate) room: Option<&'a dyn Room>,
 }
 
 impl Report {
@@ -203,7 +209,7 @@ impl Gate<'_> {
         }
         let canary = Canary { binary: self.clamd_binary, policy: self.policy };
         let Some(run) = self.canary(&mut r, &canary, snap, work).await? else { return Ok(r) };
-        let baseline_verdicts = self.baseline_verdicts(&mut r, &canary, baseline, work).await;
+        let baseline_verdicts = self.baseline_verdicts(&mut r, &canary, baseline, work).await?;
         self.corpus(&mut r, &run, baseline_verdicts.as_ref());
         if r.reasons.is_empty() {
             r.verdict = Verdict::Pass;
@@ -258,8 +264,14 @@ impl Gate<'_> {
     /// Loads the candidate in a canary clamd and scans the corpus; `None`
     /// when the candidate failed there (the report says why).
     async fn canary(&self, r: &mut Report, canary: &Canary<'_>, snap: &Snapshot, work: &Path) -> Result<Option<CanaryRun>, GateError> {
+        let signatures = r.manifest.as_ref().map_or(0, Manifest::total_signatures);
+        self.room_for(signatures)?;
         let run = match canary.run(&snap.dir, &work.join("canary"), self.corpus).await {
-            Ok(run) => run,
+            Ok(mut run) => {
+                run.stats.signatures = Some(signatures);
+                self.ran(&run.stats);
+                run
+            }
             Err(CanaryError::Environment(e)) => return Err(GateError::Canary(e)),
             Err(CanaryError::Rejected { reason, stats, log }) => {
                 r.check(Step::Canary, Status::Fail, reason.message.clone());
@@ -279,13 +291,17 @@ impl Gate<'_> {
 
     /// The live release's verdicts on this corpus: cached, or scanned once
     /// now in a canary of their own.
-    async fn baseline_verdicts(&self, r: &mut Report, canary: &Canary<'_>, baseline: Option<&Baseline>, work: &Path) -> Option<Verdicts> {
-        let b = baseline?;
+    async fn baseline_verdicts(&self, r: &mut Report, canary: &Canary<'_>, baseline: Option<&Baseline>, work: &Path) -> Result<Option<Verdicts>, GateError> {
+        let Some(b) = baseline else { return Ok(None) };
         if let Some(v) = &b.verdicts {
-            return Some(v.clone());
+            return Ok(Some(v.clone()));
         }
-        match canary.run(&b.dir, &work.join("baseline-canary"), self.corpus).await {
-            Ok(run) => {
+        let signatures = b.manifest.total_signatures();
+        self.room_for(signatures)?;
+        Ok(match canary.run(&b.dir, &work.join("baseline-canary"), self.corpus).await {
+            Ok(mut run) => {
+                run.stats.signatures = Some(signatures);
+                self.ran(&run.stats);
                 r.new_baseline_verdicts = Some(run.verdicts.clone());
                 Some(run.verdicts)
             }
@@ -294,6 +310,18 @@ impl Gate<'_> {
                 r.warnings.push(Reason::new(Code::CanaryLoadFailed, None, message));
                 None
             }
+        })
+    }
+
+    /// The memory guard's word before a canary on `signatures`.
+    fn room_for(&self, signatures: u64) -> Result<(), GateError> {
+        self.room.map_or(Ok(()), |room| room.before_canary(signatures)).map_err(GateError::Deferred)
+    }
+
+    /// A canary's size, for the memory guard's next estimate.
+    fn ran(&self, stats: &CanaryStats) {
+        if let (Some(room), Some(signatures), Some(peak_bytes)) = (self.room, stats.signatures, stats.peak_rss_bytes) {
+            room.after_canary(Sample { signatures, peak_bytes });
         }
     }
 

@@ -8,6 +8,8 @@
 //! - [`validate`]: static checks: container headers and MD5, text database
 //!   lines, sanity against the live release.
 //! - [`canary`]: a throw-away clamd on the candidate, within budgets.
+//! - [`memguard`]: the memory guard: a canary waits while its engine would
+//!   not fit (host MemAvailable, clamgate's cgroup limit).
 //! - [`corpus`]: samples that must be detected or stay clean, scanned and judged.
 //! - [`gate`]: the pipeline tying the steps together into a [`gate::Report`].
 //! - [`isolate`]: per-file isolation: the files behind a failure held back,
@@ -45,6 +47,7 @@ pub(crate) mod gate;
 pub mod health;
 pub(crate) mod isolate;
 pub mod journal;
+pub(crate) mod memguard;
 pub mod logging;
 pub mod metrics;
 pub(crate) mod milter;

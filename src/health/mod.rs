@@ -56,6 +56,9 @@ pub struct Health {
     started: Instant,
     /// Milliseconds since `started` of the main loop's last heartbeat.
     heartbeat: AtomicU64,
+    /// A daemon-side warning beside the probe's (a deferred canary):
+    /// readiness reads at worst `warn` while it is set.
+    notice: RwLock<Option<String>>,
 }
 
 impl Health {
@@ -67,6 +70,7 @@ impl Health {
             metrics,
             started: Instant::now(),
             heartbeat: AtomicU64::new(0),
+            notice: RwLock::new(None),
         })
     }
 
@@ -79,6 +83,15 @@ impl Health {
         let mut s = self.settings.write().expect("settings lock");
         s.latency_budget = latency_budget;
         s.max_database_age = max_database_age;
+    }
+
+    /// Sets or clears the daemon's warning; the cached `/readyz` body goes.
+    pub(crate) fn set_notice(&self, notice: Option<String>) {
+        let mut n = self.notice.write().expect("notice lock");
+        if *n != notice {
+            *n = notice;
+            *self.rendered.write().expect("render lock") = None;
+        }
     }
 
     pub(crate) fn last(&self) -> Option<Probe> {
@@ -128,6 +141,12 @@ impl Health {
         } else {
             (p.status, p.output.clone())
         };
+        let notice = self.notice.read().expect("notice lock").clone();
+        let (status, output) = match (&notice, status) {
+            (Some(n), Status::Pass) => (Status::Warn, Some(n.clone())),
+            (Some(n), Status::Warn) => (Status::Warn, Some(output.map_or_else(|| n.clone(), |o| format!("{o}; {n}")))),
+            _ => (status, output),
+        };
         let time = humantime::format_rfc3339_millis(p.at).to_string();
         let body = json!({
             "status": status,
@@ -155,6 +174,10 @@ impl Health {
                     "observedUnit": "s",
                     "status": if p.database_age.is_some_and(|a| a > self.settings().max_database_age) { "warn" } else { "pass" },
                     "time": time,
+                }],
+                "clamgate:memory-guard": [{
+                    "status": if notice.is_some() { "warn" } else { "pass" },
+                    "output": notice,
                 }],
             },
         });
