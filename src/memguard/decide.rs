@@ -209,10 +209,12 @@ mod tests {
         Some(CgroupRoom { dir: "/sys/fs/cgroup/clamgate".into(), limit, used })
     }
 
+    /// The limit that defers, with needed and available bytes.
+    type Deferred = Option<(Limit, u64, u64)>;
+
     #[test]
     fn decisions() {
-        // (need, readings, expected limit that defers, needed, available)
-        let table: &[(Need, Readings, Option<(Limit, u64, u64)>)] = &[
+        let table: &[(Need, Readings, Deferred)] = &[
             (need(100, 0, 10), Readings::default(), None),
             (need(100, 0, 10), Readings { mem_available: Some(110), cgroup: None }, None),
             (need(100, 0, 10), Readings { mem_available: Some(109), cgroup: None }, Some((Limit::Host, 110, 109))),
