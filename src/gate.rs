@@ -191,24 +191,55 @@ impl Gate<'_> {
         self.check_snapshot(r, set, work, baseline).await
     }
 
-    /// Every step after the file rules, on the files in `snap`.
+    /// Every step after the file rules, on the files in `snap`. The format
+    /// checks (container MD5s, every text line) run while the canary loads,
+    /// off the critical path; the report reads as if they ran first, and a
+    /// candidate they reject has its canary killed, never judged.
     pub(crate) async fn check_snapshot(&self, mut r: Report, snap: &Snapshot, work: &Path, baseline: Option<&Baseline>) -> Result<Report, GateError> {
-        let (manifest, format_ok) = self.format(&mut r, snap);
-        if let Some(reason) = self.known.and_then(|known| known(&manifest)) {
+        // Names, sizes and hashes are the id: known or not is settled before any canary.
+        if let Some(reason) = self.known.and_then(|known| known(&Manifest::new(snap.files.clone()))) {
+            let (manifest, _) = self.format(&mut r, snap);
             r.check(Step::Known, Status::Fail, reason.message.clone());
             r.reasons.push(reason);
             r.manifest = Some(manifest);
             return Ok(r);
         }
+        let canary = Canary { binary: self.clamd_binary, policy: self.policy };
+        let room = if self.room.is_some() { self.room_for(validate::signature_hint(&snap.dir, &snap.files)) } else { Ok(()) };
+        let may_load = room.is_ok() && r.reasons.is_empty();
+        let (dir, files) = (snap.dir.clone(), snap.files.clone());
+        let mut inspecting = tokio::task::spawn_blocking(move || validate::inspect_all(&dir, files));
+        let mut loading = std::pin::pin!(async {
+            match may_load {
+                true => Some(canary.run(&snap.dir, &work.join("canary"), self.corpus).await),
+                false => None,
+            }
+        });
+        let mut loaded = None;
+        let inspected = tokio::select! {
+            i = &mut inspecting => i,
+            l = &mut loading => {
+                loaded = Some(l);
+                (&mut inspecting).await
+            }
+        }
+        .expect("inspecting files does not panic");
+        let (manifest, format_ok) = self.record_format(&mut r, inspected);
         self.sanity(&mut r, &manifest, format_ok, baseline);
         r.manifest = Some(manifest);
         if !r.reasons.is_empty() {
+            // Returning drops `loading`, and with it kills its clamd.
             r.check(Step::Canary, Status::Skipped, "static checks failed");
             r.check(Step::Corpus, Status::Skipped, "static checks failed");
             return Ok(r);
         }
-        let canary = Canary { binary: self.clamd_binary, policy: self.policy };
-        let Some(run) = self.canary(&mut r, &canary, snap, work).await? else { return Ok(r) };
+        room?;
+        let result = match loaded {
+            Some(l) => l,
+            None => loading.await,
+        };
+        let result = result.expect("a canary runs when there is room and no reason");
+        let Some(run) = self.canary(&mut r, result)? else { return Ok(r) };
         let baseline_verdicts = self.baseline_verdicts(&mut r, &canary, baseline, work).await?;
         self.corpus(&mut r, &run, baseline_verdicts.as_ref());
         if r.reasons.is_empty() {
@@ -231,13 +262,13 @@ impl Gate<'_> {
 
     /// Container headers and text database lines; the manifest follows.
     fn format(&self, r: &mut Report, snap: &Snapshot) -> (Manifest, bool) {
-        let mut files = snap.files.clone();
+        self.record_format(r, validate::inspect_all(&snap.dir, snap.files.clone()))
+    }
+
+    /// The format step's line and the manifest, from the inspected files.
+    fn record_format(&self, r: &mut Report, (files, reasons): (Vec<crate::candidate::DbFile>, Vec<Reason>)) -> (Manifest, bool) {
         let before = r.reasons.len();
-        for f in &mut files {
-            if let Err(reason) = validate::inspect(&snap.dir, f) {
-                r.reasons.push(reason);
-            }
-        }
+        r.reasons.extend(reasons);
         let manifest = Manifest::new(files);
         r.candidate = (!manifest.files.is_empty()).then(|| manifest.id.clone());
         let ok = r.reasons.len() == before;
@@ -261,12 +292,11 @@ impl Gate<'_> {
         }
     }
 
-    /// Loads the candidate in a canary clamd and scans the corpus; `None`
+    /// What the candidate's canary (load, corpus scan) came to; `None`
     /// when the candidate failed there (the report says why).
-    async fn canary(&self, r: &mut Report, canary: &Canary<'_>, snap: &Snapshot, work: &Path) -> Result<Option<CanaryRun>, GateError> {
+    fn canary(&self, r: &mut Report, result: Result<CanaryRun, CanaryError>) -> Result<Option<CanaryRun>, GateError> {
         let signatures = r.manifest.as_ref().map_or(0, Manifest::total_signatures);
-        self.room_for(signatures)?;
-        let run = match canary.run(&snap.dir, &work.join("canary"), self.corpus).await {
+        let run = match result {
             Ok(mut run) => {
                 run.stats.signatures = Some(signatures);
                 self.ran(&run.stats);
