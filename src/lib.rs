@@ -30,7 +30,7 @@
 //! [`settings`]), [`context`] (what a command builds from the config),
 //! [`reason`] (rejection codes), [`status`] (pass/warn/fail), [`clamd`]
 //! (client and our own clamd processes), [`failpoint`] (crash points for
-//! tests), [`demo`] and [`cli`].
+//! tests), [`runtime`] (tokio's and malloc's bounds), [`demo`] and [`cli`].
 
 pub(crate) mod canary;
 pub mod candidate;
@@ -55,6 +55,7 @@ pub mod policy;
 pub(crate) mod production;
 pub(crate) mod promote;
 pub mod reason;
+pub mod runtime;
 pub mod settings;
 pub(crate) mod status;
 pub mod store;
