@@ -65,11 +65,7 @@ async fn a_canary_waits_for_memory_under_a_cgroup_limit_and_runs_once_there_is_r
     let (needed, available) = (deferred["needed"].as_u64().unwrap(), deferred["available"].as_u64().unwrap());
     assert!(available < needed && needed >= peak, "{deferred}");
     assert_eq!(deferred["cgroup"].as_str().map(std::path::PathBuf::from).as_deref(), Some(cg.dir()), "{deferred}");
-    assert!(
-        !env.journal().iter().skip(before).any(|e| e.name() == "candidate.checked"),
-        "no candidate is checked while deferred: {:#?}",
-        env.journal()
-    );
+    assert!(!env.journal().iter().skip(before).any(|e| e.name() == "candidate.checked"), "no candidate is checked while deferred: {:#?}", env.journal());
     assert_eq!(clamds_under(&env.state()), 0, "no canary started");
 
     // Production keeps scanning the live release; readiness warns with the numbers.
