@@ -5,12 +5,13 @@
 # clamd (daily-v1 promoted by a real `clamgate run`). smtp-source sends;
 # the clock stops when Postfix has logged status=sent for every message,
 # i.e. when smtp-sink (the next hop) has answered 250 to each of them.
-# Targets: gate / no milter >= 0.95; clamgate scan / clamav-milter >= 1.0.
+# Targets: gate (milter or policy service) / no milter >= 0.95; clamgate
+# scan / clamav-milter >= 1.0.
 # Usage: benches/milter-smtp.sh
 #   env SESSIONS=20 MESSAGES=2000 SIZE=4096 WARMUP=100 ROUNDS=1
 #       MILTER_SOCKET=unix (as systemd/postfix/main.cf ships) or inet
 #       MILTER_STAGE=rcpt (the default) or connect: where gate mode gates
-#       VARIANTS="none gate scan clamav" (a subset runs only those; the
+#       VARIANTS="none gate policy scan clamav" (a subset runs only those; the
 #       ratios need none, and clamav for the scan ratio)
 #   (ROUNDS > 1 repeats the four variants in turn and reports the medians;
 #    the release binary is looked up under $CARGO_TARGET_DIR, else target/)
@@ -24,7 +25,7 @@ WARMUP=${WARMUP:-100}
 ROUNDS=${ROUNDS:-1}
 MILTER_SOCKET=${MILTER_SOCKET:-unix}
 MILTER_STAGE=${MILTER_STAGE:-rcpt}
-read -r -a names <<< "${VARIANTS:-none gate scan clamav}"
+read -r -a names <<< "${VARIANTS:-none gate policy scan clamav}"
 target=${CARGO_TARGET_DIR:-$PWD/target}
 
 BENCH=smtp
@@ -44,6 +45,11 @@ until_ok 60 "/readyz 200" ready
 # --- the three milters -------------------------------------------------------
 gate_addr=$(milter_addr milter-gate "$MILTER_SOCKET"); start_milter milter-gate gate "$gate_addr" "stage = \"$MILTER_STAGE\""; gate_pid=$pid
 scan_addr=$(milter_addr milter-scan "$MILTER_SOCKET"); start_milter milter-scan scan "$scan_addr"
+# The gate as a Postfix policy service: a gate-mode milter process that
+# also serves policy_listen; Postfix uses check_policy_service, no milter.
+pol_addr=$(milter_addr policy "$MILTER_SOCKET")
+start_milter milter-policy gate "$(milter_addr milter-policy "$MILTER_SOCKET")" "policy_listen = \"$pol_addr\""; policy_pid=$pid
+wait_milter "policy service" "$pol_addr"
 cm_addr=$(milter_addr clamav-milter "$MILTER_SOCKET")
 if [[ $cm_addr == inet:* ]]; then cm_socket="inet:${cm_addr##*:}@127.0.0.1"; else cm_socket=$cm_addr; fi
 cat > "$work/clamav-milter.conf" <<EOT
@@ -85,8 +91,8 @@ measure() {
 
 median() { printf '%s\n' "$@" | sort -g | awk '{ a[NR] = $1 } END { print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
 
-declare -A milter=([none]="" [gate]="$gate_addr" [scan]="$scan_addr" [clamav]="$cm_addr")
-declare -A label=([none]="Postfix, no milter" [gate]="clamgate milter, gate mode" [scan]="clamgate milter, scan mode" [clamav]="clamav-milter (scan)")
+declare -A milter=([none]="" [gate]="$gate_addr" [policy]="policy=$pol_addr" [scan]="$scan_addr" [clamav]="$cm_addr")
+declare -A label=([none]="Postfix, no milter" [gate]="clamgate milter, gate mode" [policy]="clamgate gate, policy service" [scan]="clamgate milter, scan mode" [clamav]="clamav-milter (scan)")
 declare -A rates=()
 for (( r = 1; r <= ROUNDS; r++ )); do
   for n in "${names[@]}"; do
@@ -113,10 +119,19 @@ if [[ " ${names[*]} " == *" gate "* ]]; then
   sessions=$(( ROUNDS * (MESSAGES + WARMUP) ))
   printf '%-46s %8.1f us CPU per SMTP session (%d sessions)\n' "gate milter" "$(echo "scale=1; (${st[13]} + ${st[14]}) * 1000000 / $(getconf CLK_TCK) / $sessions" | bc)" "$sessions"
 fi
+if [[ " ${names[*]} " == *" policy "* ]]; then
+  read -r -a st < "/proc/$policy_pid/stat"
+  sessions=$(( ROUNDS * (MESSAGES + WARMUP) ))
+  printf '%-46s %8.1f us CPU per SMTP session (%d sessions)\n' "policy service" "$(echo "scale=1; (${st[13]} + ${st[14]}) * 1000000 / $(getconf CLK_TCK) / $sessions" | bc)" "$sessions"
+fi
 verdict() { if (( $(echo "$1 >= $2" | bc) )); then echo PASS; else echo MISS; fi; }
 if [[ -n ${rate[gate]:-} && -n ${rate[none]:-} ]]; then
   gate_ratio=$(echo "scale=3; ${rate[gate]} / ${rate[none]}" | bc)
   printf '%-46s %8.3f  target >= 0.95: %s\n' "gate ($MILTER_STAGE stage) / no milter" "$gate_ratio" "$(verdict "$gate_ratio" 0.95)"
+fi
+if [[ -n ${rate[policy]:-} && -n ${rate[none]:-} ]]; then
+  policy_ratio=$(echo "scale=3; ${rate[policy]} / ${rate[none]}" | bc)
+  printf '%-46s %8.3f  target >= 0.95: %s\n' "gate as policy service / no milter" "$policy_ratio" "$(verdict "$policy_ratio" 0.95)"
 fi
 if [[ -n ${rate[scan]:-} && -n ${rate[clamav]:-} ]]; then
   scan_ratio=$(echo "scale=3; ${rate[scan]} / ${rate[clamav]}" | bc)

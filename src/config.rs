@@ -53,6 +53,10 @@ pub struct Config {
     pub(crate) milter: MilterConfig,
     /// `[memory_guard]`: when a canary must wait for memory.
     pub(crate) memory_guard: crate::memguard::GuardConfig,
+    /// The gate publishes its releases to a fleet (`[publish]`).
+    pub(crate) publish: Option<crate::fleet::config::PublishConfig>,
+    /// A fleet host follows a gate's ring instead of `incoming_dir` (`[source]`).
+    pub(crate) source: Option<crate::fleet::config::SourceConfig>,
 }
 
 /// Which policy applies. A policy the config names must exist: a typo must
@@ -115,6 +119,9 @@ pub(crate) struct MilterConfig {
     pub(crate) max_connections: usize,
     /// `HOST:PORT` of the milter's `/metrics`; `None` when set to "".
     pub(crate) metrics_listen: Option<String>,
+    /// `unix:PATH` or `inet:HOST:PORT` of the gate as a Postfix policy
+    /// service; `None` (the default, or "") for none.
+    pub(crate) policy_listen: Option<String>,
 }
 
 impl ClamdConfig {
@@ -161,6 +168,7 @@ impl MilterConfig {
             add_header: s.bool("add_header", true),
             max_connections: s.int("max_connections", 200, 1..=10_000) as usize,
             metrics_listen: Some(s.string("metrics_listen", defaults::MILTER_METRICS_LISTEN)).filter(|l| !l.is_empty()),
+            policy_listen: s.opt_string("policy_listen").filter(|l| !l.is_empty()),
         }
     }
 }
@@ -212,7 +220,14 @@ impl Config {
             health: f.section("health", HealthConfig::parse),
             milter: f.section("milter", MilterConfig::parse),
             memory_guard: f.section("memory_guard", crate::memguard::GuardConfig::parse),
+            publish: f.has("publish").then(|| f.section("publish", crate::fleet::config::PublishConfig::parse)),
+            source: f.has("source").then(|| f.section("source", crate::fleet::config::SourceConfig::parse)),
         };
+        let mut config = config;
+        if config.source.is_some() {
+            // A fleet host's gate checks what its source fetched, not freshclam's dir.
+            config.incoming_dir = crate::fleet::source::incoming_dir(&config.state_dir);
+        }
         if let Some(smoke) = &config.smoke_samples
             && (!smoke.iter().any(|s| s.starts_with("infected/")) || !smoke.iter().any(|s| s.starts_with("clean/")))
         {
@@ -249,6 +264,8 @@ impl Config {
             "health.listen" => health.listen;
             "health.probe_interval" => health.probe_interval;
             "memory_guard" => memory_guard;
+            "publish" => publish;
+            "source" => source;
         }
         changed
     }

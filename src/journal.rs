@@ -174,6 +174,34 @@ pub(crate) enum Event {
     RollbackFailed(Failed),
     #[serde(rename = "rollback.interrupted")]
     RollbackInterrupted(Interrupted),
+    /// The gate has a new live release: the rollout starts with the first ring.
+    #[serde(rename = "rollout.started")]
+    RolloutStarted { release: String },
+    /// A ring's pointer now names the rollout's release.
+    #[serde(rename = "rollout.advanced")]
+    RolloutAdvanced { release: String, ring: String },
+    #[serde(rename = "rollout.completed")]
+    RolloutCompleted { release: String },
+    /// A host failed, rejected, rolled back or did not take the release:
+    /// its ring went back to `to`; later rings never got it.
+    #[serde(rename = "rollout.halted")]
+    RolloutHalted { release: String, ring: String, host: Option<String>, reason: crate::fleet::rollout::HaltReason, detail: String, to: Option<String> },
+    #[serde(rename = "rollout.paused")]
+    RolloutPaused { ring: String, by: String },
+    #[serde(rename = "rollout.resumed")]
+    RolloutResumed { ring: String, by: String },
+    /// An operator's `rollout revert`, or the gate going back (`by` = "gate").
+    #[serde(rename = "rollout.reverted")]
+    RolloutReverted { ring: String, to: Option<String>, by: String },
+    /// A release copied into the publish tree and signed.
+    #[serde(rename = "release.published")]
+    ReleasePublished { id: String, manifest_sha256: String },
+    /// A fleet host accepted a ring pointer naming `id`.
+    #[serde(rename = "source.followed")]
+    SourceFollowed { id: String, ring: String, generation: u64 },
+    /// A fleet host refused something the gate's tree served.
+    #[serde(rename = "source.refused")]
+    SourceRefused { file: String, reason: crate::fleet::source::Refusal, message: String },
     /// A line written by a newer clamgate: kept readable, never acted on.
     #[serde(other)]
     Unknown,
@@ -346,6 +374,16 @@ impl Event {
             Event::RollbackDone(_) => "rollback.done",
             Event::RollbackFailed(_) => "rollback.failed",
             Event::RollbackInterrupted(_) => "rollback.interrupted",
+            Event::RolloutStarted { .. } => "rollout.started",
+            Event::RolloutAdvanced { .. } => "rollout.advanced",
+            Event::RolloutCompleted { .. } => "rollout.completed",
+            Event::RolloutHalted { .. } => "rollout.halted",
+            Event::RolloutPaused { .. } => "rollout.paused",
+            Event::RolloutResumed { .. } => "rollout.resumed",
+            Event::RolloutReverted { .. } => "rollout.reverted",
+            Event::ReleasePublished { .. } => "release.published",
+            Event::SourceFollowed { .. } => "source.followed",
+            Event::SourceRefused { .. } => "source.refused",
             Event::Unknown => "unknown",
         }
     }
@@ -361,7 +399,13 @@ impl Event {
             | Event::ReleaseMarkedBad { id, .. }
             | Event::ReleaseUnmarkedBad { id, .. }
             | Event::ReleaseForced { id, .. }
-            | Event::QuarantineCleared { id, .. } => Some(id),
+            | Event::QuarantineCleared { id, .. }
+            | Event::ReleasePublished { id, .. }
+            | Event::SourceFollowed { id, .. } => Some(id),
+            Event::RolloutStarted { release }
+            | Event::RolloutAdvanced { release, .. }
+            | Event::RolloutCompleted { release }
+            | Event::RolloutHalted { release, .. } => Some(release),
             Event::Pin { id, .. } | Event::CandidateReduced { id, .. } => id.as_deref(),
             Event::PromotionBegin(b) | Event::RollbackBegin(b) => Some(&b.id),
             Event::PromotionDone(d) | Event::RollbackDone(d) => Some(&d.id),
@@ -558,6 +602,23 @@ mod tests {
             Event::done(Activation::Rollback, Done { id: "r".into(), from: None, production: None, reason: Some("x".into()), automatic: Some(true) }),
             Event::failed(Activation::Rollback, f),
             Event::interrupted(Activation::Rollback, i),
+            Event::RolloutStarted { release: "r".into() },
+            Event::RolloutAdvanced { release: "r".into(), ring: "all".into() },
+            Event::RolloutCompleted { release: "r".into() },
+            Event::RolloutHalted {
+                release: "r".into(),
+                ring: "canary".into(),
+                host: Some("http://mx1:3311".into()),
+                reason: crate::fleet::rollout::HaltReason::Rejected,
+                detail: "x".into(),
+                to: Some("q".into()),
+            },
+            Event::RolloutPaused { ring: "all".into(), by: "ops".into() },
+            Event::RolloutResumed { ring: "all".into(), by: "ops".into() },
+            Event::RolloutReverted { ring: "all".into(), to: Some("q".into()), by: "gate".into() },
+            Event::ReleasePublished { id: "r".into(), manifest_sha256: "ab".into() },
+            Event::SourceFollowed { id: "r".into(), ring: "canary".into(), generation: 3 },
+            Event::SourceRefused { file: "rings/canary.json".into(), reason: crate::fleet::source::Refusal::BadSignature, message: "x".into() },
         ];
         for e in events {
             let v = serde_json::to_value(&e).unwrap();

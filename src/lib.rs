@@ -25,6 +25,8 @@
 //! - [`logging`]: journald or stderr, the level, and spells (a run of
 //!   failures logged at its start, once a minute and at its end).
 //! - [`milter`]: the Postfix side, asking `/readyz` (and in scan mode, clamd).
+//! - [`fleet`]: many hosts: the gate publishes a signed tree and rolls each
+//!   release out ring by ring on the hosts' health; a host follows its ring.
 //!
 //! Around them: [`config`] and [`policy`] (the operator's files, read by
 //! [`settings`]), [`context`] (what a command builds from the config),
@@ -43,6 +45,7 @@ pub(crate) mod daemon;
 pub(crate) mod demo;
 pub(crate) mod diff;
 pub mod failpoint;
+pub mod fleet;
 pub(crate) mod gate;
 pub mod health;
 pub(crate) mod isolate;

@@ -159,6 +159,8 @@ pub struct Metrics {
     guard_available: Optional<Gauge>,
     /// Where [`Metrics::follow`] left off in the journal; `None` before the first read.
     journal_offset: Mutex<Option<u64>>,
+    /// Per ring, on a gate with `[publish]`.
+    pub(crate) rollout: crate::fleet::metrics::RolloutMetrics,
 }
 
 impl Default for Metrics {
@@ -196,6 +198,7 @@ impl Metrics {
             guard_needed: Optional::default(),
             guard_available: Optional::default(),
             journal_offset: Mutex::new(None),
+            rollout: Default::default(),
         };
         // Counters exist from the start, at 0, so `rate()` and `increase()` see the first event.
         for result in [Status::Pass, Status::Warn, Status::Fail] {
@@ -233,6 +236,7 @@ impl Metrics {
         r.register("canary_deferred", "1 while the last memory guard check deferred the canary", m.deferred.clone());
         r.register("canary_memory_needed_bytes", "Memory the last guarded canary needed under its tightest limit", m.guard_needed.clone());
         r.register("canary_memory_available_bytes", "Memory free under that limit at the last check", m.guard_available.clone());
+        m.rollout.register(&mut r);
         r.register("build", "clamgate build information", Info::new(vec![("version".to_string(), env!("CARGO_PKG_VERSION").to_string())]));
         Metrics { registry: r, ..m }
     }

@@ -89,7 +89,7 @@ impl Policy {
             max_files: f.int("max_files", 200, 1..=100_000) as usize,
             max_database_age: f.duration("max_database_age", "3d"),
             isolation: f.choice("isolation", Isolation::File),
-            max_bisect_runs: f.int("max_bisect_runs", 8, 0..=1000) as u32,
+            max_bisect_runs: f.int("max_bisect_runs", 16, 0..=1000) as u32,
         };
         f.finish(file)?;
         Ok(policy)

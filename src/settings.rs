@@ -156,6 +156,46 @@ impl Fields {
         out
     }
 
+    /// Whether the table sets `key` (an optional `[section]`).
+    pub(crate) fn has(&self, key: &str) -> bool {
+        self.table.contains_key(key)
+    }
+
+    /// An array of tables (`[[key]]`), each checked by `f` with `key[i].` in messages.
+    pub(crate) fn tables<T>(&mut self, key: &str, mut f: impl FnMut(&mut Fields) -> T) -> Vec<T> {
+        let items = match self.take(key) {
+            None => return Vec::new(),
+            Some(toml::Value::Array(a)) => a,
+            Some(_) => {
+                self.problem(key, "must be a list of tables ([[...]])");
+                return Vec::new();
+            }
+        };
+        let mut out = Vec::new();
+        for (i, item) in items.into_iter().enumerate() {
+            let toml::Value::Table(table) = item else {
+                self.problem(key, "must be a list of tables ([[...]])");
+                continue;
+            };
+            let mut path = self.path.clone();
+            path.push(key.to_string());
+            let mut sub = Fields { prefix: format!("{}{key}[{i}].", self.prefix), path, spans: self.spans.clone(), table, problems: Vec::new() };
+            out.push(f(&mut sub));
+            sub.finish_into(&mut self.problems);
+        }
+        out
+    }
+
+    /// A duration that may be zero (`soak = "0s"`).
+    pub(crate) fn span(&mut self, key: &str, default: &str) -> Duration {
+        let fallback = parse_duration(default).expect("default durations are valid");
+        let Some(text) = self.opt_string(key) else { return fallback };
+        parse_duration(&text).unwrap_or_else(|e| {
+            self.problem(key, e);
+            fallback
+        })
+    }
+
     pub(crate) fn string(&mut self, key: &str, default: &str) -> String {
         self.opt_string(key).unwrap_or_else(|| default.to_string())
     }

@@ -144,6 +144,11 @@ impl Store {
         Ok(Store { root: root.to_path_buf() })
     }
 
+    /// The state dir itself (for files other modules own there: `rollout.json`, `source/`).
+    pub(crate) fn root(&self) -> &Path {
+        &self.root
+    }
+
     pub(crate) fn journal(&self) -> Journal {
         Journal::new(self.root.join("journal.jsonl"))
     }
@@ -485,14 +490,23 @@ impl Store {
         fs::read_to_string(self.root.join("held.json")).ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default()
     }
 
-    /// Replaces the held list; written like a cache entry, before the
-    /// reduced set is checked, so a restart does not attribute again.
-    pub(crate) fn record_held(&self, held: &[HeldFile]) -> Result<(), StoreError> {
+    /// Replaces the held list with `held`, under the state lock, so the
+    /// daemon and `clamgate recheck FILE` never overwrite each other. An
+    /// entry of `read_before` (the list as the caller read it before it
+    /// started) that is gone now was cleared in between by a recheck: that
+    /// stands, and it is left out. Returns what was written. Written before
+    /// the reduced set is checked, so a restart does not attribute again.
+    pub(crate) fn record_held(&self, _lock: &StateLock, held: &[HeldFile], read_before: &[HeldFile]) -> Result<Vec<HeldFile>, StoreError> {
+        let now = self.held();
+        let same = |a: &HeldFile, b: &HeldFile| a.name == b.name && a.sha256 == b.sha256;
+        let cleared = |h: &HeldFile| read_before.iter().any(|b| same(b, h)) && !now.iter().any(|n| same(n, h));
+        let keep: Vec<HeldFile> = held.iter().filter(|h| !cleared(h)).cloned().collect();
         let path = self.root.join("held.json");
-        // Per process: the daemon and a `recheck` never rename each other's half-written file.
-        let tmp = path.with_extension(format!("{}.tmp", std::process::id()));
-        write_synced(&tmp, &serde_json::to_vec_pretty(held).expect("serializes"))?;
-        fs::rename(&tmp, &path).map_err(io("cannot write", &path))
+        let tmp = path.with_extension("json.tmp");
+        write_synced(&tmp, &serde_json::to_vec_pretty(&keep).expect("serializes"))?;
+        fs::rename(&tmp, &path).map_err(io("cannot write", &path))?;
+        sync_dir(&self.root)?;
+        Ok(keep)
     }
 
     /// Cached verdicts of a release on a corpus (by digest): a baseline is
@@ -551,6 +565,25 @@ mod tests {
 
     fn manifest(tag: &str) -> Manifest {
         Manifest::new(vec![DbFile { name: "x.hdb".into(), size: 3, sha256: tag.into(), signatures: 1, header: None }])
+    }
+
+    #[test]
+    fn record_held_keeps_a_hold_cleared_since_the_caller_read_the_list() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let lock = store.lock(Duration::ZERO).unwrap();
+        let h = |name: &str| HeldFile { name: name.into(), sha256: "s".into(), reason: crate::reason::Code::CorpusFalsePositive, detail: "d".into() };
+        store.record_held(&lock, &[h("a.hdb"), h("b.hdb")], &[]).unwrap();
+        let read_before = store.held();
+        // A recheck clears a.hdb while the daemon works on the list it read.
+        store.record_held(&lock, &[h("b.hdb")], &[]).unwrap();
+        let kept = store.record_held(&lock, &[h("a.hdb"), h("b.hdb"), h("c.ndb")], &read_before).unwrap();
+        let names: Vec<String> = store.held().into_iter().map(|x| x.name).collect();
+        assert_eq!(names, ["b.hdb", "c.ndb"], "the clear stands, a new hold is added");
+        assert_eq!(kept.len(), 2);
+        // Held again by a later run that read the list without it: kept.
+        store.record_held(&lock, &[h("a.hdb"), h("b.hdb")], &store.held()).unwrap();
+        assert_eq!(store.held().len(), 2);
     }
 
     #[test]

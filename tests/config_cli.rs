@@ -64,6 +64,21 @@ fn a_missing_policy_file_is_an_error_everywhere() {
     assert!(!cmd.path().join("state").exists(), "a bad config must not create a state dir");
 }
 
+/// A fleet host whose gate key is missing: config check names the key,
+/// and the daemon refuses to start with one line naming the file.
+#[test]
+fn a_missing_fleet_key_is_named() {
+    let cmd = Cmd::new();
+    let key = cmd.path().join("nope.pub");
+    let file = config(&cmd, "", &format!("[source]\nurl = \"http://127.0.0.1:9/rings/canary.json\"\npublic_key = \"{}\"\n", key.display()));
+    let (code, out, _) = cmd.run(&["config", "check", "--config", &file]);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains(&format!("{file}:8:1: source.public_key: cannot read key {}", key.display())), "{out}");
+    let (code, _, err) = cmd.run(&["run", "--config", &file]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains(&format!("cannot read key {}", key.display())), "{err}");
+}
+
 #[test]
 fn a_broken_config_names_every_problem() {
     let cmd = Cmd::new();

@@ -10,7 +10,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use support::daemon::{DaemonProc, Env, MilterProc, live_v1, set_id, wait_ready};
+use support::daemon::{DaemonProc, Env, MilterProc, free_port, live_v1, set_id, wait_ready};
 use support::postfix::{Postfix, Transcript, parse_swaks};
 use support::*;
 
@@ -285,4 +285,65 @@ async fn accept_covers_one_message_the_next_one_on_the_connection_is_gated_again
 
     let got = pf.wait_delivered(1).await;
     assert_eq!(count_subject(&got, "first"), 1, "{got:#?}");
+}
+
+/// The gate as a Postfix policy service (`policy_listen`, the lines of
+/// systemd/postfix/main.cf.policy, no milter): mail flows while scanning is
+/// healthy; with production clamd dead every new recipient gets 451 4.7.1
+/// and nothing is queued; once clamd is back the retry is delivered; with
+/// the service itself gone Postfix's `default_action` tempfails too. Each
+/// smtpd process reuses its policy connection across SMTP sessions.
+#[tokio::test(flavor = "multi_thread")]
+async fn policy_service_gates_like_the_milter_on_one_reused_connection() {
+    let (env, _daemon, mut prod) = live_v1("").await;
+    let policy = free_port();
+    let milter = env.spawn_milter(&format!("mode = \"gate\"\nhealth_ttl = \"100ms\"\npolicy_listen = \"inet:{policy}\"\n"));
+    let pf = Postfix::start(Some(&format!("policy=inet:{policy}")));
+
+    for i in 0..3 {
+        let t = pf.swaks(&["--header", &subject(&format!("policy-healthy-{i}"))]).await;
+        assert_eq!(code_at(&t, "RCPT"), 250, "{}", t.raw);
+        assert_eq!(code_at(&t, "EOM"), 250, "{}", t.raw);
+    }
+    pf.wait_delivered(3).await;
+    assert_eq!(support::metrics::scrape(milter.metrics).and_then(|m| m.value("clamgate_milter_messages_total", &[("action", "accept")])), Some(3.0));
+    // Three SMTP sessions in turn, served by smtpd processes that keep
+    // their policy connection open: fewer connections than sessions.
+    let established = ss_established(policy.port());
+    assert!((1..3).contains(&established), "policy connections open to :{}: {established}", policy.port());
+
+    prod.process.kill();
+    wait_ready(&env, 503).await;
+    past_ttl().await;
+    let t = pf.swaks(&["--header", &subject("policy-retried")]).await;
+    let o = t.outcome().unwrap_or_else(|| panic!("no reply:\n{}", t.raw));
+    assert_eq!((o.stage.as_str(), o.code), ("RCPT", 451), "{}", t.raw);
+    assert!(o.text.starts_with("4.7.1 ") && o.text.contains("Virus scanning is temporarily unavailable"), "{}", t.raw);
+    assert!(t.at("DATA").is_none(), "the message was never sent:\n{}", t.raw);
+    assert_eq!(pf.queued(), 0);
+    assert_eq!(support::metrics::scrape(milter.metrics).and_then(|m| m.value("clamgate_milter_messages_total", &[("action", "tempfail")])), Some(1.0));
+
+    let _prod = env.start_production(&[]).await;
+    wait_ready(&env, 200).await;
+    past_ttl().await;
+    let t = pf.swaks(&["--header", &subject("policy-retried")]).await;
+    assert_eq!(code_at(&t, "EOM"), 250, "{}", t.raw);
+    let got = pf.wait_delivered(4).await;
+    assert_eq!(count_subject(&got, "policy-retried"), 1, "{got:#?}");
+
+    // The service gone: Postfix's default_action, a tempfail, not acceptance.
+    drop(milter);
+    let t = pf.swaks(&["--header", &subject("policy-down")]).await;
+    let o = t.outcome().unwrap_or_else(|| panic!("no reply:\n{}", t.raw));
+    assert_eq!((o.stage.as_str(), o.code), ("RCPT", 451), "{}", t.raw);
+    assert!(o.text.starts_with("4.7.1 ") && o.text.contains("Virus scanning is temporarily unavailable"), "{}", t.raw);
+    pf.wait_log("Postfix's policy connect failure", |l| l.contains(&format!("problem talking to server 127.0.0.1:{}", policy.port()))).await;
+    relayed(&pf, 4).await;
+    assert_eq!(count_subject(&pf.delivered(), "policy-down"), 0);
+}
+
+/// Established TCP connections to 127.0.0.1:`port` (the server side), from ss.
+fn ss_established(port: u16) -> usize {
+    let out = std::process::Command::new("ss").args(["-Htn", "state", "established", &format!("( sport = :{port} )")]).output().expect("ss");
+    String::from_utf8_lossy(&out.stdout).lines().filter(|l| !l.trim().is_empty()).count()
 }

@@ -19,7 +19,7 @@ use support::prometheus::{RuleFile, RuleGroup, dashboard_path, exported_names, p
 use support::promql::{Selector, selectors};
 
 /// The alert names: a contract with operators' Alertmanager routes and silences.
-const ALERTS: [&str; 8] = [
+const ALERTS: [&str; 9] = [
     "ClamgateScanningUnhealthy",
     "ClamgateDown",
     "ClamgateSignaturesStale",
@@ -28,6 +28,7 @@ const ALERTS: [&str; 8] = [
     "ClamgateMilterTempfailing",
     "ClamgateScanSlow",
     "ClamgateCanaryNearMemoryLimit",
+    "ClamgateRolloutHalted",
 ];
 
 /// Labels Prometheus adds to every scraped series, not clamgate.
@@ -229,10 +230,21 @@ fn all_queries() -> Vec<(String, String)> {
 /// a health answer) and compare what they export with what is queried.
 #[tokio::test(flavor = "multi_thread")]
 async fn rules_and_dashboard_use_only_what_the_binaries_export() {
-    let (env, _d, _prod) = live_v1("").await;
+    // A gate with [publish] (one ring, no hosts), so the rollout metrics exist too.
+    let keys_dir = tempfile::tempdir().unwrap();
+    let keys = support::fleet::keygen(keys_dir.path());
+    let publish = format!(
+        "[publish]\ndir = \"{}\"\nlisten = \"\"\nkey = \"{}\"\nhost_poll_interval = \"200ms\"\n[[publish.ring]]\nname = \"all\"\nhosts = []\nsoak = \"0s\"\n",
+        keys_dir.path().join("publish").display(),
+        keys.key.display()
+    );
+    let (env, _d, _prod) = live_v1(&publish).await;
     let m = env.spawn_milter("mode = \"gate\"\n");
     assert_eq!(support::milter::rcpt(m.addr).await, Status::Accept);
-    let daemon = scrape_until(env.health, "production's daily version known", |s| s.has("clamgate_live_database_version")).await;
+    let daemon = scrape_until(env.health, "production's daily version and the rollout known", |s| {
+        s.has("clamgate_live_database_version") && s.has("clamgate_rollout_halted")
+    })
+    .await;
     let milter =
         scrape_until(m.metrics, "the milter's accept counted", |s| s.value("clamgate_milter_messages_total", &[("action", "accept")]) >= Some(1.0)).await;
 

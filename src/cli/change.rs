@@ -142,7 +142,7 @@ impl Changed {
     }
 }
 
-fn lock(store: &Store) -> Result<StateLock, CliError> {
+pub(crate) fn lock(store: &Store) -> Result<StateLock, CliError> {
     let wait = lock_wait();
     store.lock(wait).map_err(|e| match e {
         StoreError::Locked(_) => CliError::refused("state.locked", format!("{e} (waited {wait:?})")),
@@ -154,7 +154,7 @@ fn store_err(e: impl std::fmt::Display) -> CliError {
     CliError::environment("state.unreadable", e)
 }
 
-fn operator() -> String {
+pub(crate) fn operator() -> String {
     std::env::var("SUDO_USER").or_else(|_| std::env::var("USER")).unwrap_or_else(|_| format!("uid {}", rustix::process::getuid().as_raw()))
 }
 
@@ -315,7 +315,7 @@ pub(crate) async fn recheck(args: RecheckArgs) -> Result<Exit, CliError> {
     let mut held = store.held();
     if let Some(at) = held.iter().position(|h| h.name == args.id) {
         let file = held.remove(at);
-        store.record_held(&held).map_err(store_err)?;
+        store.record_held(&lock, &held, &[]).map_err(store_err)?;
         store.journal().append(Event::HeldCleared { name: file.name.clone(), sha256: file.sha256.clone(), by: operator() }).map_err(store_err)?;
         let mut out = Changed::new(Action::Recheck, None);
         out.message = format!(

@@ -94,7 +94,18 @@ async fn check(args: CheckArgs) -> Result<Exit, CliError> {
         let key: &[&str] = if matches!(config.clamd.endpoint, Endpoint::Unix(_)) { &["clamd", "socket"] } else { &["clamd", "tcp"] };
         found.push((finding, at(key, what)));
     }
-    if !config.incoming_dir.is_dir() {
+    // The fleet's keys: a daemon would refuse to start without them.
+    if let Some(p) = &config.publish
+        && let Err(e) = crate::fleet::sign::Signer::load(&p.key)
+    {
+        found.push((Finding::Config, at(&["publish", "key"], format!("{e} (clamgate keygen --out DIR writes one)"))));
+    }
+    if let Some(src) = &config.source
+        && let Err(e) = crate::fleet::sign::Verifier::load(&src.public_key)
+    {
+        found.push((Finding::Config, at(&["source", "public_key"], e.to_string())));
+    }
+    if config.source.is_none() && !config.incoming_dir.is_dir() {
         found.push((Finding::Warning, at(&["incoming_dir"], format!("{}: not a directory yet (freshclam creates it)", config.incoming_dir.display()))));
     }
     Ok(report(&found, &config.display_file().display().to_string(), args.quiet))
@@ -200,6 +211,7 @@ pub(crate) fn show(c: &Config) -> String {
             ("add_header", Value::Boolean(m.add_header)),
             ("max_connections", Value::Integer(m.max_connections as i64)),
             ("metrics_listen", s(m.metrics_listen.as_deref().unwrap_or(""))),
+            ("policy_listen", s(m.policy_listen.as_deref().unwrap_or(""))),
         ],
     );
     let g = &c.memory_guard;
@@ -213,6 +225,40 @@ pub(crate) fn show(c: &Config) -> String {
             ("production_conf", p(&g.production_conf)),
         ],
     );
+    let opt = |v: &Option<std::path::PathBuf>| v.as_deref().map_or_else(|| s(""), p);
+    if let Some(pb) = &c.publish {
+        section(
+            &mut out,
+            Some("publish"),
+            vec![
+                ("dir", p(&pb.dir)),
+                ("listen", s(pb.listen.as_deref().unwrap_or(""))),
+                ("key", p(&pb.key)),
+                ("token", opt(&pb.token)),
+                ("host_poll_interval", d(pb.host_poll_interval)),
+                ("take_timeout", d(pb.take_timeout)),
+            ],
+        );
+        for r in &pb.rings {
+            let hosts = Value::Array(r.hosts.iter().map(|h| s(h)).collect());
+            out.push_str("\n[[publish.ring]]\n");
+            section(&mut out, None, vec![("name", s(&r.name)), ("hosts", hosts), ("soak", d(r.soak))]);
+        }
+    }
+    if let Some(src) = &c.source {
+        section(
+            &mut out,
+            Some("source"),
+            vec![
+                ("url", s(&src.url)),
+                ("poll_interval", d(src.poll_interval)),
+                ("trust_gate_verdict", Value::Boolean(src.trust_gate_verdict)),
+                ("public_key", p(&src.public_key)),
+                ("token", opt(&src.token)),
+                ("warn_after", d(src.warn_after)),
+            ],
+        );
+    }
     out
 }
 
@@ -231,5 +277,16 @@ mod tests {
         assert!(shown.contains("policy = \"/p.toml\""), "{shown}");
         assert!(shown.contains("tcp = \"127.0.0.1:3310\"") && shown.contains("settle = \"7s\"") && shown.contains("mode = \"scan\""), "{shown}");
         assert!(shown.contains("reserve = 1048576") && shown.contains("concurrent_reload = \"no\""), "{shown}");
+    }
+
+    #[test]
+    fn fleet_sections_are_shown_and_read_back() {
+        let text = "[publish]\nkey = \"/k\"\n[[publish.ring]]\nname = \"canary\"\nhosts = [\"http://a:3311\"]\nsoak = \"0s\"\n\
+                    [source]\nurl = \"http://g:3312/rings/canary.json\"\n";
+        let c = Config::parse(Path::new("c.toml"), text).unwrap();
+        let shown = show(&c);
+        let back = Config::parse(Path::new("c.toml"), &shown).unwrap_or_else(|e| panic!("{e}\n{shown}"));
+        assert_eq!((back.publish, back.source), (c.publish, c.source));
+        assert!(shown.contains("[[publish.ring]]\nname = \"canary\""), "{shown}");
     }
 }

@@ -4,6 +4,7 @@
 pub(crate) mod change;
 pub(crate) mod check;
 pub(crate) mod config;
+pub(crate) mod fleet;
 pub(crate) mod inspect;
 mod owner;
 pub(crate) mod run;
@@ -62,6 +63,11 @@ pub enum Command {
         #[arg(long)]
         keep: bool,
     },
+    /// Write a signing key pair for the fleet: DIR/publish.key (0600) and DIR/publish.pub.
+    Keygen(fleet::KeygenArgs),
+    /// The fleet rollout driven by this gate: status, pause, resume, revert.
+    #[command(subcommand)]
+    Rollout(fleet::RolloutCommand),
     /// Check the config (and the policy, corpus and clamd it names), or print it with defaults filled in.
     #[command(subcommand)]
     Config(config::ConfigCommand),
@@ -259,6 +265,14 @@ pub async fn run(cli: Cli) -> Result<Exit, (CliError, bool)> {
         Command::Unpin(args) => changing(as_owner(&args.config), args.json, change::unpin(args)).await,
         Command::Recheck(args) => changing(as_owner(&args.config), args.json, change::recheck(args)).await,
         Command::Config(cmd) => config::run(cmd).await.map_err(|e| (e, false)),
+        Command::Keygen(args) => fleet::keygen(args).map_err(|e| (e, false)),
+        Command::Rollout(cmd) => {
+            let json = cmd.json();
+            match &cmd {
+                fleet::RolloutCommand::Status(_) => fleet::rollout(cmd).await.map_err(|e| (e, json)),
+                _ => changing(as_owner(cmd.config()), json, fleet::rollout(cmd)).await,
+            }
+        }
         Command::Manpages { out } => manpages(&out).map(|()| Exit::Ok).map_err(|e| (e, false)),
         Command::Completions { shell } => {
             use clap::CommandFactory;

@@ -17,6 +17,7 @@ fn classify(e: DaemonError) -> CliError {
         DaemonError::Context(ContextError::Store(_)) => CliError::environment("environment.daemon", e),
         DaemonError::Context(_) | DaemonError::Policy(_) => CliError::usage("config.invalid", e),
         DaemonError::Store(StoreError::DaemonRunning { .. }) => CliError::usage("state.daemon_running", e),
+        DaemonError::Fleet(ref f) if f.is_config() => CliError::usage("config.fleet", e),
         e => CliError::environment("environment.daemon", e),
     }
 }

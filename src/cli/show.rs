@@ -339,7 +339,7 @@ pub(crate) async fn history(args: HistoryArgs) -> Result<Exit, CliError> {
 /// The fields an operator scans a history line for, as `key=value`.
 fn detail(fields: &Value) -> String {
     let mut detail = Vec::new();
-    for key in ["verdict", "outcome", "from", "production", "reason", "by", "pinned_by", "why", "error"] {
+    for key in ["verdict", "outcome", "from", "production", "reason", "by", "pinned_by", "why", "error", "ring", "host", "to", "file", "generation"] {
         if let Some(v) = fields.get(key).filter(|v| !v.is_null()) {
             detail.push(format!("{key}={}", v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string())));
         }

@@ -15,16 +15,30 @@ use crate::reason::{Code, Reason};
 use crate::store::{Source, StateLock};
 
 impl Daemon {
-    /// Attribution found files to hold: recorded and journaled before the
+    /// Attribution found files to hold: recorded (under the state lock,
+    /// keeping a `recheck FILE` made meanwhile) and journaled before the
     /// reduced set is checked, so a crash costs no second attribution.
-    pub(super) fn attributed(&self, id: &str, held: &[HeldFile], bisect_runs: u32) {
-        let names: Vec<&str> = held.iter().map(|h| h.name.as_str()).collect();
-        tracing::warn!(candidate = id, "holding back {}; checking the rest as a reduced set", names.join(", "));
-        if let Err(e) = self.cx.store.record_held(held) {
-            tracing::warn!("cannot record the held files: {e}");
+    /// `held_before` is what this run started from.
+    pub(super) fn attributed(&self, id: &str, held: &[HeldFile], bisect_runs: u32, held_before: &[HeldFile]) {
+        let names = |v: &[&HeldFile]| v.iter().map(|h| h.name.as_str()).collect::<Vec<_>>().join(", ");
+        let (old, new): (Vec<&HeldFile>, Vec<&HeldFile>) = held.iter().partition(|h| held_before.contains(h));
+        if new.is_empty() {
+            tracing::info!(candidate = id, "still holding back {}: unchanged since held, not checked again (`clamgate recheck FILE` to check it)", names(&old));
+        } else {
+            tracing::warn!(candidate = id, "holding back {}; checking the rest as a reduced set", names(&new));
+        }
+        // A short wait: a CLI command holds the lock for a decision, never a canary.
+        let store = &self.cx.store;
+        match store.lock(super::LOCK_WAIT).and_then(|lock| store.record_held(&lock, held, held_before)) {
+            Ok(kept) if kept.len() < held.len() => {
+                tracing::info!(candidate = id, "a hold was cleared during this run; incoming is checked again after it");
+                self.held_cleared.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!("cannot record the held files: {e}"),
         }
         let event = Event::CandidateIsolated { id: id.to_string(), held: held.to_vec(), bisect_runs };
-        if let Err(e) = self.cx.store.journal().append(event) {
+        if let Err(e) = store.journal().append(event) {
             tracing::warn!("cannot journal the held files: {e}");
         }
     }
@@ -41,7 +55,8 @@ impl Daemon {
         if iso.outcome == IsoOutcome::Whole {
             let full = iso.full.as_ref().expect("a whole verdict has a report");
             if full.verdict == Verdict::Pass && !store.held().is_empty() {
-                store.record_held(&[])?;
+                let lock = self.lock().await?;
+                store.record_held(&lock, &[], &[])?;
             }
             return self.decide(full, live).await;
         }
@@ -66,12 +81,17 @@ impl Daemon {
                 self.promote(&lock, r, &manifest, live).await
             }
             (IsoOutcome::Rejected, Some(r)) => {
-                let files = iso.full.as_ref().and_then(|f| f.snapshot_dir.as_deref());
+                // The snapshot, also when the whole check was skipped: `promote --force` needs it.
+                let files = Some(iso.snapshot_dir.as_path());
                 let reasons: Vec<Reason> = iso.full.iter().chain([r]).flat_map(|x| x.reasons.clone()).collect();
                 store.quarantine(&lock, &iso.manifest, &reasons, Source::Gate, r.canary_log.as_deref(), files)?;
                 journal.append(Event::CandidateQuarantined { id: iso.candidate.clone() })?;
                 // Remembered like any quarantine: a recheck makes it due again.
                 *self.last_quarantined.lock().expect("not poisoned") = Some(iso.candidate.clone());
+                Ok(())
+            }
+            _ if iso.full.is_none() => {
+                tracing::info!(candidate = iso.candidate, "incoming is the live release plus files held before; nothing to promote");
                 Ok(())
             }
             _ => {

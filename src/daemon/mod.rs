@@ -55,6 +55,8 @@ pub(crate) enum DaemonError {
     },
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Fleet(#[from] crate::fleet::FleetError),
     #[error("cannot handle SIGHUP: {0}")]
     Signal(std::io::Error),
     #[error("cannot watch {dir}: {source}")]
@@ -83,6 +85,8 @@ pub(crate) struct Daemon {
     held: std::sync::atomic::AtomicUsize,
     /// The memory guard, asked before each canary.
     guard: room::Guarded,
+    /// Set when a `recheck FILE` cleared a hold while a run held it.
+    held_cleared: AtomicBool,
 }
 
 const LOCK_WAIT: Duration = Duration::from_secs(30);
@@ -133,7 +137,16 @@ impl Daemon {
         let health = Health::new(settings, Arc::new(metrics));
         let held = std::sync::atomic::AtomicUsize::new(cx.store.held().len());
         let guard = room::Guarded::new(cx.config.memory_guard.clone(), &cx.store.journal().read()?);
-        Ok(Daemon { cx, policy, health, deciding: AtomicBool::new(false), last_quarantined: std::sync::Mutex::new(None), held, guard })
+        Ok(Daemon {
+            cx,
+            policy,
+            health,
+            deciding: AtomicBool::new(false),
+            last_quarantined: std::sync::Mutex::new(None),
+            held,
+            held_cleared: AtomicBool::new(false),
+            guard,
+        })
     }
 
     /// Runs until `shutdown` completes: the gate loop, the prober and the
@@ -153,7 +166,14 @@ impl Daemon {
         tasks.spawn(crate::health::run_prober(self.health.clone(), self.cx.production.clone(), store.clone(), stop_rx.clone(), first_tx));
         tasks.spawn(systemd_notify(self.health.clone(), store.clone(), first_rx, stop_rx.clone()));
         self.health.beat();
-        let result = self.gate_loop(shutdown, hangup).await;
+        // The fleet's tasks start once an interrupted activation is finished:
+        // a host's follower activates releases itself.
+        let result = async {
+            self.start_up().await?;
+            crate::fleet::spawn(&self.cx, self.policy.max_file_size, &self.health, &mut tasks, &stop_rx).await?;
+            self.gate_loop(shutdown, hangup).await
+        }
+        .await;
         let _ = stop_tx.send(true);
         let drained = tokio::time::timeout(Duration::from_secs(10), async { while tasks.join_next().await.is_some() {} }).await;
         if drained.is_err() {
@@ -164,7 +184,6 @@ impl Daemon {
     }
 
     async fn gate_loop(&mut self, shutdown: impl Future<Output = ()>, mut hangup: tokio::signal::unix::Signal) -> Result<(), DaemonError> {
-        self.start_up().await?;
         let mut lp = self.watch_incoming()?;
         let mut schedule = Schedule::new(self.cx.config.settle, self.cx.config.rescan_interval, lp.fingerprint(), Instant::now());
         let mut shutdown = std::pin::pin!(shutdown);
@@ -327,7 +346,7 @@ impl Daemon {
     /// is no longer held (`clamgate recheck FILE`).
     fn mark_cleared(&self) -> bool {
         let held = self.cx.store.held().len();
-        if held < self.held.swap(held, Ordering::Relaxed) {
+        if (held < self.held.swap(held, Ordering::Relaxed)) | self.held_cleared.swap(false, Ordering::Relaxed) {
             tracing::info!("a held file was cleared; checking incoming again");
             return true;
         }
@@ -411,7 +430,7 @@ impl Daemon {
         let room = self.guard.reporting(&self.health);
         let gate = Gate { policy: &self.policy, clamd_binary: &cfg.clamd.binary, corpus: &self.cx.corpus, known: Some(&known), room: Some(&room) };
         let held_before = self.cx.store.held();
-        let on_held = |id: &str, held: &[HeldFile], bisect_runs: u32| self.attributed(id, held, bisect_runs);
+        let on_held = |id: &str, held: &[HeldFile], bisect_runs: u32| self.attributed(id, held, bisect_runs, &held_before);
         // Our failure, not the candidate's (no clamd binary, disk full):
         // production is untouched, and the run is retried later.
         let iso = isolate::run(&gate, &cfg.incoming_dir, &work, baseline.as_ref(), &held_before, &on_held).await?;

@@ -59,6 +59,11 @@ pub struct Health {
     /// A daemon-side warning beside the probe's (a deferred canary):
     /// readiness reads at worst `warn` while it is set.
     notice: RwLock<Option<String>>,
+    /// A fleet host's word on its ring (`fleet` in `/readyz`), and a
+    /// warning when the gate has been unreachable too long.
+    fleet: RwLock<Option<(Value, Option<String>)>>,
+    /// Bumped on each `set_fleet`, so the cached body is rendered again.
+    fleet_version: AtomicU64,
 }
 
 impl Health {
@@ -71,6 +76,8 @@ impl Health {
             started: Instant::now(),
             heartbeat: AtomicU64::new(0),
             notice: RwLock::new(None),
+            fleet: RwLock::new(None),
+            fleet_version: AtomicU64::new(0),
         })
     }
 
@@ -108,6 +115,12 @@ impl Health {
         self.started.elapsed().saturating_sub(last) < self.stale_after()
     }
 
+    /// A fleet host's source reports what it follows ([`crate::fleet::source`]).
+    pub(crate) fn set_fleet(&self, value: Value, warn: Option<String>) {
+        *self.fleet.write().expect("fleet lock") = Some((value, warn));
+        self.fleet_version.fetch_add(1, Ordering::Relaxed);
+    }
+
     fn stale_after(&self) -> Duration {
         self.settings().interval * 3 + Duration::from_secs(5)
     }
@@ -117,7 +130,7 @@ impl Health {
     pub(crate) fn readiness_body(&self) -> (Status, bytes::Bytes) {
         let key = self.last.read().expect("probe lock").as_ref().map(|p| {
             let age = SystemTime::now().duration_since(p.at).unwrap_or_default();
-            (p.at, (age > self.stale_after()).then_some(age.as_secs()))
+            (p.at, (age > self.stale_after()).then_some(age.as_secs()), self.fleet_version.load(Ordering::Relaxed))
         });
         if let Some(r) = self.rendered.read().expect("render lock").as_ref().filter(|r| Some(r.key) == key) {
             return (r.status, r.body.clone());
@@ -136,11 +149,17 @@ impl Health {
             return (Status::Fail, json!({ "status": "fail", "output": "no probe has run yet" }));
         };
         let age = SystemTime::now().duration_since(p.at).unwrap_or_default();
-        let (status, output) = if age > self.stale_after() {
+        let (mut status, mut output) = if age > self.stale_after() {
             (Status::Fail, Some(format!("last probe is {}s old: the prober is stuck", age.as_secs())))
         } else {
             (p.status, p.output.clone())
         };
+        let fleet = self.fleet.read().expect("fleet lock").clone();
+        if let Some((_, Some(warn))) = &fleet
+            && status == Status::Pass
+        {
+            (status, output) = (Status::Warn, Some(warn.clone()));
+        }
         let notice = self.notice.read().expect("notice lock").clone();
         let (status, output) = match (&notice, status) {
             (Some(n), Status::Pass) => (Status::Warn, Some(n.clone())),
@@ -148,7 +167,7 @@ impl Health {
             _ => (status, output),
         };
         let time = humantime::format_rfc3339_millis(p.at).to_string();
-        let body = json!({
+        let mut body = json!({
             "status": status,
             "version": "1",
             "releaseId": p.release,
@@ -181,6 +200,9 @@ impl Health {
                 }],
             },
         });
+        if let Some((value, _)) = fleet {
+            body["fleet"] = value;
+        }
         (status, body)
     }
 
@@ -191,8 +213,8 @@ impl Health {
 }
 
 struct Rendered {
-    /// The probe's time, and the staleness in whole seconds if stale.
-    key: (SystemTime, Option<u64>),
+    /// The probe's time, the staleness in whole seconds if stale, and the fleet report's version.
+    key: (SystemTime, Option<u64>, u64),
     status: Status,
     body: bytes::Bytes,
 }

@@ -72,7 +72,7 @@ mod tests {
 
     /// Fails when every name of any one of its groups is loaded.
     struct Fake {
-        groups: Vec<Vec<&'static str>>,
+        groups: Vec<Vec<String>>,
         probes: u32,
     }
 
@@ -80,7 +80,7 @@ mod tests {
         type Error = ();
         async fn fails(&mut self, loaded: &BTreeSet<String>) -> Result<bool, ()> {
             self.probes += 1;
-            Ok(self.groups.iter().any(|g| g.iter().all(|n| loaded.contains(*n))))
+            Ok(self.groups.iter().any(|g| g.iter().all(|n| loaded.contains(n))))
         }
     }
 
@@ -89,6 +89,10 @@ mod tests {
     }
 
     fn run(groups: Vec<Vec<&'static str>>, n: usize, max: u32) -> (Found, u32) {
+        run_owned(groups.into_iter().map(|g| g.into_iter().map(String::from).collect()).collect(), n, max)
+    }
+
+    fn run_owned(groups: Vec<Vec<String>>, n: usize, max: u32) -> (Found, u32) {
         let mut fake = Fake { groups, probes: 0 };
         let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
         let (found, runs) = rt.block_on(bisect(&mut fake, &names(n), max)).unwrap();
@@ -118,6 +122,33 @@ mod tests {
             let (found, runs) = run(groups, n, max);
             assert_eq!(found, want, "{what}");
             assert!(runs <= at_most, "{what}: {runs} runs");
+        }
+    }
+
+    /// The arithmetic behind the default `max_bisect_runs` (policies/default.toml):
+    /// one culprit among n suspects costs at most ⌈log2 n⌉ + 1 runs, a pair
+    /// that only fails together at most 2·⌈log2 n⌉ + 2 (find one, probe it
+    /// alone, find its partner, probe the two). The default must find any
+    /// pair among 21 suspects (the daily and 20 feed files, benches/isolate.sh)
+    /// and, at 16, any pair among up to 128.
+    #[test]
+    fn the_default_budget_finds_any_pair_among_128_suspects() {
+        let default = crate::policy::Policy::default().max_bisect_runs;
+        assert_eq!(default, 16);
+        for n in [2usize, 3, 5, 8, 13, 21, 33, 64, 100, 128] {
+            let bound = 2 * (n as f64).log2().ceil() as u32 + 2;
+            assert!(bound <= default, "n = {n}");
+            let names: Vec<String> = names(n).into_iter().collect();
+            for i in 0..n {
+                let (found, runs) = run_owned(vec![vec![names[i].clone()]], n, default);
+                assert_eq!(found, Found::Culprits([names[i].clone()].into()), "n = {n}, one at {i}");
+                assert!(runs <= (n as f64).log2().ceil() as u32 + 1, "n = {n}, one at {i}: {runs} runs");
+                for j in i + 1..n {
+                    let (found, runs) = run_owned(vec![vec![names[i].clone(), names[j].clone()]], n, default);
+                    assert_eq!(found, Found::Culprits([names[i].clone(), names[j].clone()].into()), "n = {n}, pair {i} {j}");
+                    assert!(runs <= bound, "n = {n}, pair {i} {j}: {runs} runs > {bound}");
+                }
+            }
         }
     }
 

@@ -51,9 +51,14 @@ pub(crate) struct Isolated {
     pub(crate) reduced: Option<Report>,
     /// Canary runs spent on bisection.
     pub(crate) bisect_runs: u32,
-    /// The candidate's files (no signature counts when the full run was skipped).
+    /// The candidate's files, inspected (headers, signature counts) also
+    /// when the full run was skipped.
     #[serde(skip)]
     pub(crate) manifest: Manifest,
+    /// The candidate's private copy: what a quarantine keeps, so that
+    /// `promote --force` works also on a candidate whose whole check was skipped.
+    #[serde(skip)]
+    pub(crate) snapshot_dir: PathBuf,
     /// Live release verdicts scanned during this run, for the caller to cache.
     #[serde(skip)]
     pub(crate) new_baseline_verdicts: Option<Verdicts>,
@@ -93,6 +98,7 @@ pub(crate) async fn run(
         reduced: None,
         bisect_runs: 0,
         manifest: candidate,
+        snapshot_dir: snap.dir.clone(),
         new_baseline_verdicts: None,
     };
     let mut failing = None;
@@ -109,6 +115,8 @@ pub(crate) async fn run(
         }
         failing = Some(full.clone());
         iso.full = Some(full);
+    } else {
+        iso.manifest = inspected(&snap);
     }
     if let (Some(b), Some(v)) = (baseline.as_mut(), &iso.new_baseline_verdicts) {
         b.verdicts = Some(v.clone());
@@ -142,6 +150,17 @@ pub(crate) async fn run(
             return Ok(iso);
         }
     }
+}
+
+/// The snapshot's manifest with headers and signature counts, as the
+/// format step fills them in; a file it cannot read keeps none (the
+/// reduced set's own check reports it).
+fn inspected(snap: &Snapshot) -> Manifest {
+    let mut files = snap.files.clone();
+    for f in &mut files {
+        let _ = crate::validate::inspect(&snap.dir, f);
+    }
+    Manifest::new(files)
 }
 
 /// Assembles and checks sets of the candidate with some files held back.

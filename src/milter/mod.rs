@@ -6,6 +6,7 @@
 
 mod metrics;
 mod options;
+mod policy;
 pub(crate) mod readiness;
 
 use std::ffi::CString;
@@ -39,6 +40,12 @@ pub(crate) enum MilterError {
     Config(HealthUrlError),
     #[error("milter stopped serving: {0}")]
     Serve(std::io::Error),
+    #[error("milter.policy_listen {addr}: cannot listen: {source}")]
+    PolicyListen {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("milter.metrics_listen {addr}: cannot listen: {source}")]
     MetricsListen {
         addr: String,
@@ -57,6 +64,15 @@ struct Shared {
     outage: std::sync::Mutex<Spell>,
     unscannable: std::sync::Mutex<Spell>,
     metrics: Arc<MilterMetrics>,
+}
+
+/// Whether mail may pass the gate now.
+enum Gate {
+    Open {
+        release: Option<String>,
+    },
+    /// Scanning is unhealthy: tempfail (counted and logged by `decide`).
+    Closed,
 }
 
 /// Per-message scan state.
@@ -150,16 +166,11 @@ impl Shared {
     /// leave the milter out of the rest of the message (or of the connection,
     /// at the connect stage), which saves every later round trip.
     async fn gate(&self, ctx: &mut Context<Session>) -> Status {
-        let (r, age) = self.readiness.get_aged().await;
-        self.metrics.health(age, r.healthy());
-        let session = ctx.data.get_or_insert_default();
-        if !r.healthy() {
-            self.outage_goes_on(&r.detail);
-            self.metrics.action(Action::Tempfail);
-            return tempfail(&mut ctx.reply, &self.cfg.tempfail_text);
-        }
-        self.outage_ends();
-        session.release = r.release;
+        let release = match self.decide().await {
+            Gate::Closed => return tempfail(&mut ctx.reply, &self.cfg.tempfail_text),
+            Gate::Open { release } => release,
+        };
+        ctx.data.get_or_insert_default().release = release;
         match self.cfg.mode {
             MilterMode::Gate => {
                 self.metrics.action(Action::Accept);
@@ -167,6 +178,20 @@ impl Shared {
             }
             MilterMode::Scan => Status::Continue,
         }
+    }
+
+    /// The gate's decision, shared by the milter and the policy service:
+    /// the health answer (cached), its metrics, and the tempfail spell.
+    async fn decide(&self) -> Gate {
+        let (r, age) = self.readiness.get_aged().await;
+        self.metrics.health(age, r.healthy());
+        if !r.healthy() {
+            self.outage_goes_on(&r.detail);
+            self.metrics.action(Action::Tempfail);
+            return Gate::Closed;
+        }
+        self.outage_ends();
+        Gate::Open { release: r.release }
     }
 
     fn outage_goes_on(&self, detail: &str) {
@@ -350,7 +375,17 @@ pub(crate) async fn run(config: &Config, shutdown: impl Future<Output = ()> + Se
         Some(addr) => {
             let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| MilterError::MetricsListen { addr: addr.clone(), source })?;
             tracing::info!("milter metrics on http://{}/metrics", listener.local_addr().map(|a| a.to_string()).unwrap_or_else(|_| addr.clone()));
-            Some(tokio::spawn(crate::health::http::serve(listener, shared.metrics.clone(), stop_rx)))
+            Some(tokio::spawn(crate::health::http::serve(listener, shared.metrics.clone(), stop_rx.clone())))
+        }
+        None => None,
+    };
+    // Bound before the milter's socket, so both exist when systemd hears
+    // READY and starts Postfix.
+    let policy = match &cfg.policy_listen {
+        Some(addr) => {
+            let listener = policy::PolicyListener::bind(addr).await?;
+            tracing::info!(listen = %addr, "milter policy service on {addr}");
+            Some(tokio::spawn(policy::serve(listener, shared.clone(), stop_rx.clone())))
         }
         None => None,
     };
@@ -364,6 +399,12 @@ pub(crate) async fn run(config: &Config, shutdown: impl Future<Output = ()> + Se
     });
     let served = serve(cfg, callbacks(shared), shutdown).await;
     hangup.abort();
+    if let Some(task) = policy {
+        if served.is_err() {
+            task.abort();
+        }
+        let _ = task.await;
+    }
     if let Some(task) = metrics {
         // Served until shutdown; a milter that failed to start never sends it.
         if served.is_err() {

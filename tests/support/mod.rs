@@ -4,6 +4,7 @@
 
 pub mod cgroup;
 pub mod daemon;
+pub mod fleet;
 pub mod metrics;
 pub mod milter;
 pub mod postfix;
