@@ -72,7 +72,12 @@ pub(crate) fn managed(config: &Config) -> Result<Option<Managed>, ContextError> 
     if let crate::clamd::Endpoint::Unix(p) = &config.clamd.endpoint
         && p != &conf.production_socket
     {
-        tracing::debug!("managed mode: production is {}'s LocalSocket {}, not clamd.socket {}", conf.file.display(), conf.production_socket.display(), p.display());
+        tracing::debug!(
+            "managed mode: production is {}'s LocalSocket {}, not clamd.socket {}",
+            conf.file.display(),
+            conf.production_socket.display(),
+            p.display()
+        );
     }
     let c = &config.clamd;
     Ok(Some(Managed::new(conf, &c.binary, &config.state_dir, c.reload_timeout, c.timeout)))

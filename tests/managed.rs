@@ -7,7 +7,6 @@
 
 mod support;
 
-
 use std::fs;
 
 use support::daemon::{set_id, wait_ready};
@@ -71,12 +70,7 @@ async fn promotion_hands_the_socket_to_the_canary_with_one_engine_load() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_managed_config_with_tcp_socket_is_refused_by_file_and_line() {
     let env = ManagedEnv::new("", &["TCPSocket 3310", "TCPAddr 127.0.0.1"]);
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_clamgate"))
-        .args(["run", "--config"])
-        .arg(&env.config)
-        .env_clear()
-        .output()
-        .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_clamgate")).args(["run", "--config"]).arg(&env.config).env_clear().output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "exit code; {err}");
     let want = format!("{}:8: TCPSocket: managed mode serves a Unix socket only", env.clamd_conf().display());

@@ -123,7 +123,11 @@ impl ClamdProcess {
         // Appending: a managed clamd's `LogFile` is this same file.
         let out = fs::OpenOptions::new().append(true).open(&log).map_err(setup(&log))?;
         let err = out.try_clone().map_err(setup(&log))?;
-        let child = command(&opts.binary, &conf, opts.detached).stdout(out).stderr(err).spawn().map_err(|source| StartError::Spawn { binary: opts.binary.clone(), source })?;
+        let child = command(&opts.binary, &conf, opts.detached)
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .map_err(|source| StartError::Spawn { binary: opts.binary.clone(), source })?;
         Ok(ClamdProcess { child, opts, socket, log, spawned: Instant::now(), kept: false })
     }
 

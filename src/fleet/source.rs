@@ -377,7 +377,8 @@ impl Follower {
 
     async fn activate(&mut self, id: &str) -> Result<(), SourceError> {
         let lock = self.lock().await?;
-        let outcome = Activator { store: &self.store, lock: &lock, prod: &self.prod, managed: self.managed.as_ref() }.activate(Activation::Promotion, id, None).await?;
+        let outcome =
+            Activator { store: &self.store, lock: &lock, prod: &self.prod, managed: self.managed.as_ref() }.activate(Activation::Promotion, id, None).await?;
         drop(lock);
         match outcome {
             Outcome::Live(_) => {

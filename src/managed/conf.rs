@@ -122,14 +122,30 @@ mod tests {
     fn renders_the_operators_lines_with_our_paths() {
         let c = ClamdConf::parse(Path::new("/etc/clamav/clamd.conf"), DEBIAN).unwrap();
         assert_eq!(c.production_socket, Path::new("/run/clamav/clamd.ctl"));
-        let p = Paths { socket: Path::new("/run/clamav/c1.sock"), log: Path::new("/s/c1/clamd.log"), pid: Path::new("/s/c1/clamd.pid"), database: Path::new("/s/c1/db") };
+        let p = Paths {
+            socket: Path::new("/run/clamav/c1.sock"),
+            log: Path::new("/s/c1/clamd.log"),
+            pid: Path::new("/s/c1/clamd.pid"),
+            database: Path::new("/s/c1/db"),
+        };
         let text = c.render(&p);
         let keys: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).map(|l| l.split_whitespace().next().unwrap()).collect();
         assert_eq!(
             keys,
             [
-                "FixStaleSocket", "LocalSocketGroup", "LocalSocketMode", "User", "ScanMail", "ScanArchive", "maxfilesize", "LocalSocket", "LogFile",
-                "PidFile", "DatabaseDirectory", "Foreground", "SelfCheck"
+                "FixStaleSocket",
+                "LocalSocketGroup",
+                "LocalSocketMode",
+                "User",
+                "ScanMail",
+                "ScanArchive",
+                "maxfilesize",
+                "LocalSocket",
+                "LogFile",
+                "PidFile",
+                "DatabaseDirectory",
+                "Foreground",
+                "SelfCheck"
             ]
         );
         assert!(text.contains("LocalSocket /run/clamav/c1.sock\n") && text.contains("DatabaseDirectory /s/c1/db\n") && text.contains("SelfCheck 0\n"));
