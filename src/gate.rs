@@ -110,9 +110,9 @@ pub(crate) struct Report {
     /// Managed mode: the passed canary, kept running (its managed name).
     #[serde(skip)]
     pub(crate) kept: Option<String>,
-    /// The kept canary's verdicts: the release's own, cached as the
-    /// baseline of the next candidate (it runs production's config), so
-    /// the next update needs no baseline canary.
+    /// A passed canary's verdicts: the release's own under the canary's
+    /// config (production's, in managed mode), cached as the baseline of
+    /// the next candidate, so the next update needs no baseline canary.
     #[serde(skip)]
     pub(crate) kept_verdicts: Option<Verdicts>,
 }
@@ -260,6 +260,7 @@ impl Gate<'_> {
         self.corpus(&mut r, &run, baseline_verdicts.as_ref());
         if r.reasons.is_empty() {
             r.verdict = Verdict::Pass;
+            r.kept_verdicts = Some(run.verdicts.clone());
             self.keep(&mut r, &mut run);
         }
         Ok(r)
@@ -270,10 +271,7 @@ impl Gate<'_> {
     fn keep(&self, r: &mut Report, run: &mut CanaryRun) {
         let (Some(m), Some((name, p)), Some(id)) = (self.managed, run.running.take(), r.manifest.as_ref().map(|m| m.id.clone())) else { return };
         match m.keep(&name, p, &id) {
-            Ok(()) => {
-                r.kept = Some(name);
-                r.kept_verdicts = Some(run.verdicts.clone());
-            }
+            Ok(()) => r.kept = Some(name),
             Err(e) => tracing::warn!(candidate = id, "cannot keep the canary: {e}; production will load the release itself"),
         }
     }
