@@ -1,6 +1,7 @@
 //! The embedded read-only server for the published tree, and the freshclam
-//! view (`/freshclam/<ring>/<db>.cld|.cvd`: the ring's containers, for hosts
-//! that run only freshclam and clamd). Conditional and partial GETs on every
+//! view (`/freshclam/<ring>/<file>`: any file of the ring's release, the
+//! `<db>.cld|.cvd` of `PrivateMirror` and the `DatabaseCustomURL` files alike,
+//! for hosts that run only freshclam and clamd). Conditional and partial GETs on every
 //! file (ETag, If-None-Match, If-Modified-Since, one Range), so polling is a
 //! 304 and a torn download resumes. Loopback by default; an optional bearer
 //! token. It never writes and never follows a path outside the tree.
@@ -98,7 +99,7 @@ pub(crate) async fn respond(site: &Site, method: &Method, path: &str, headers: &
             return r;
         }
     }
-    let Some(file) = locate(&site.tree, path) else { return text(StatusCode::NOT_FOUND, "not found\n") };
+    let Some((file, pointer)) = locate(&site.tree, path) else { return text(StatusCode::NOT_FOUND, "not found\n") };
     let (mut f, meta) = match tokio::fs::File::open(&file).await {
         Ok(f) => match f.metadata().await {
             Ok(m) if m.is_file() => (f, m),
@@ -107,7 +108,13 @@ pub(crate) async fn respond(site: &Site, method: &Method, path: &str, headers: &
         Err(_) => return text(StatusCode::NOT_FOUND, "not found\n"),
     };
     let len = meta.len();
-    let mtime = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+    let mut mtime = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+    // Through a ring, a file is as new as the ring's last move: freshclam asks
+    // If-Modified-Since its own copy, so a ring sent back to an older release
+    // must read as modified, not as the old file's mtime.
+    if let Some(moved) = pointer.and_then(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok()) {
+        mtime = mtime.max(moved);
+    }
     let etag = etag(len, mtime, &meta);
     let mut builder = Response::builder()
         .header(header::ETAG, &etag)
@@ -146,19 +153,20 @@ pub(crate) async fn respond(site: &Site, method: &Method, path: &str, headers: &
 }
 
 /// The file a path names: `/releases/<id>/<file>`, `/rings/<file>`, or the
-/// freshclam view through the ring's pointer. Every component is a plain
-/// name (no dot first, no separators), so nothing outside the tree is reachable.
-fn locate(tree: &Tree, path: &str) -> Option<PathBuf> {
+/// freshclam view through the ring's pointer (then also the pointer file,
+/// whose mtime floors the file's). Every component is a plain name (no dot
+/// first, no separators), so nothing outside the tree is reachable.
+fn locate(tree: &Tree, path: &str) -> Option<(PathBuf, Option<PathBuf>)> {
     let parts: Vec<&str> = path.strip_prefix('/')?.split('/').collect();
     if !parts.iter().all(|p| plain(p)) {
         return None;
     }
     match parts.as_slice() {
-        ["releases", id, file] => Some(tree.release_dir(id).join(file)),
-        ["rings", file] => Some(tree.root().join("rings").join(file)),
-        ["freshclam", ring, file] if file.ends_with(".cvd") || file.ends_with(".cld") => {
+        ["releases", id, file] => Some((tree.release_dir(id).join(file), None)),
+        ["rings", file] => Some((tree.root().join("rings").join(file), None)),
+        ["freshclam", ring, file] => {
             let ptr = tree.ring(ring).ok()??;
-            Some(tree.release_dir(&ptr.release).join(file))
+            Some((tree.release_dir(&ptr.release).join(file), Some(tree.ring_file(ring))))
         }
         _ => None,
     }
@@ -323,6 +331,7 @@ mod tests {
         assert_eq!((s, &body[..]), (StatusCode::PARTIAL_CONTENT, &data[199_990..]));
         assert_eq!(get(&site, "/releases/r1/daily.cvd", &[("range", "bytes=300000-")]).await.0, StatusCode::RANGE_NOT_SATISFIABLE);
         assert_eq!(get(&site, "/freshclam/canary/daily.cud", &[]).await.0, StatusCode::NOT_FOUND);
+        assert_eq!(get(&site, "/freshclam/canary/daily.cvd", &[]).await.2, data);
         let r = respond(&site, &Method::PUT, "/rings/canary.json", &HeaderMap::new()).await;
         assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
         let site = Site { token: Some("s3cret".into()), ..site };
@@ -330,5 +339,34 @@ mod tests {
         assert_eq!(get(&site, "/rings/canary.json", &[("authorization", "Bearer wrong!")]).await.0, StatusCode::UNAUTHORIZED);
         let (s, _, body) = get(&site, "/rings/canary.json", &[("authorization", "Bearer s3cret")]).await;
         assert_eq!((s, body), (StatusCode::OK, ptr.as_bytes().to_vec()));
+    }
+
+    /// A ring sent back to an older release: freshclam's `DatabaseCustomURL`
+    /// asks If-Modified-Since its newer copy, and curl keeps that copy unless
+    /// the answer is newer, so the ring's view must date from the ring's move.
+    #[tokio::test]
+    async fn a_rings_files_are_as_new_as_its_pointer() {
+        let dir = tempfile::tempdir().unwrap();
+        let tree = Tree::open(dir.path()).unwrap();
+        std::fs::create_dir_all(tree.release_dir("old")).unwrap();
+        let file = tree.release_dir("old").join("daily.cud");
+        std::fs::write(&file, b"older release").unwrap();
+        let long_ago = SystemTime::UNIX_EPOCH + Duration::from_secs(1_600_000_000);
+        std::fs::File::options().write(true).open(&file).unwrap().set_modified(long_ago).unwrap();
+        let ptr = r#"{"ring":"canary","release":"old","manifest_sha256":"x","generation":3,"at":"t"}"#;
+        std::fs::write(tree.ring_file("canary"), ptr).unwrap();
+        let moved = std::fs::metadata(tree.ring_file("canary")).unwrap().modified().unwrap();
+        let site = Site { tree, token: None };
+        let since = httpdate::fmt_http_date(long_ago + Duration::from_secs(86_400));
+        let (s, h, body) = get(&site, "/freshclam/canary/daily.cud", &[("if-modified-since", &since)]).await;
+        assert_eq!((s, &body[..]), (StatusCode::OK, &b"older release"[..]));
+        assert_eq!(h[header::LAST_MODIFIED].to_str().unwrap(), httpdate::fmt_http_date(moved));
+        // The same file by its release path keeps its own date.
+        assert_eq!(get(&site, "/releases/old/daily.cud", &[("if-modified-since", &since)]).await.0, StatusCode::NOT_MODIFIED);
+        let last = h[header::LAST_MODIFIED].to_str().unwrap().to_string();
+        assert_eq!(get(&site, "/freshclam/canary/daily.cud", &[("if-modified-since", &last)]).await.0, StatusCode::NOT_MODIFIED);
+        // Any file of the ring's release, and nothing else.
+        assert_eq!(get(&site, "/freshclam/canary/custom.hdb", &[]).await.0, StatusCode::NOT_FOUND);
+        assert_eq!(get(&site, "/freshclam/other/daily.cud", &[]).await.0, StatusCode::NOT_FOUND);
     }
 }
