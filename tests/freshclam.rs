@@ -139,12 +139,7 @@ async fn a_freshclam_only_host_follows_a_ring_through_custom_urls_back_to_an_old
     // (b) DatabaseCustomURL: the ring's files into freshclam's own dir.
     let custom = Freshclam::new(
         &view,
-        &[
-            "ExcludeDatabase daily".into(),
-            "ExcludeDatabase main".into(),
-            "ExcludeDatabase bytecode".into(),
-            format!("DatabaseCustomURL {view}/daily.cud"),
-        ],
+        &["ExcludeDatabase daily".into(), "ExcludeDatabase main".into(), "ExcludeDatabase bytecode".into(), format!("DatabaseCustomURL {view}/daily.cud")],
     );
     let (code, out) = custom.run().await;
     assert_eq!(code, 0, "{out}");
@@ -202,7 +197,10 @@ async fn a_freshclam_only_host_follows_a_ring_through_custom_urls_back_to_an_old
     // Under the shipped per-file isolation: daily.cvd held back, nothing left.
     wait_line(&gate, "the unsigned daily.cvd turned down", |v| v["event"] == "candidate.reduced").await;
     let log = gate.log();
-    for words in ["daily.cvd: canary clamd refused the databases: cli_decodesig: Resulting signature too large (128 vs 16).", "daily.cvd: Can't verify database integrity"] {
+    for words in [
+        "daily.cvd: canary clamd refused the databases: cli_decodesig: Resulting signature too large (128 vs 16).",
+        "daily.cvd: Can't verify database integrity",
+    ] {
         assert!(log.contains(words), "the gate did not say {words:?}:\n{log}");
     }
     let (code, out) = mirror.run().await;
