@@ -95,30 +95,30 @@ urls_cg=() urls_py=()
 pyport=$(free_port)
 for (( i = 0; i < FILES; i++ )); do
   head -c "${per}K" /dev/urandom > "$rel/part$i.hdb"
-  urls_cg+=("http://127.0.0.1:$publish/releases/bench-fanout/part$i.hdb")
-  urls_py+=("http://127.0.0.1:$pyport/releases/bench-fanout/part$i.hdb")
+  urls_cg+=(-o /dev/null "http://127.0.0.1:$publish/releases/bench-fanout/part$i.hdb")
+  urls_py+=(-o /dev/null "http://127.0.0.1:$pyport/releases/bench-fanout/part$i.hdb")
 done
 total=$(( per * 1024 * FILES ))
 (cd "$work/publish" && exec python3 -m http.server --bind 127.0.0.1 "$pyport" > "$work/python.log" 2>&1) &
 pids+=("$!")
 until_ok 30 "python3 -m http.server" listening "$pyport"
-sum_cg=$(curl -s "${auth[@]}" "${urls_cg[0]}" | sha256sum | cut -d' ' -f1)
-sum_py=$(curl -s "${urls_py[0]}" | sha256sum | cut -d' ' -f1)
+sum_cg=$(curl -s "${auth[@]}" "${urls_cg[2]}" | sha256sum | cut -d' ' -f1)
+sum_py=$(curl -s "${urls_py[2]}" | sha256sum | cut -d' ' -f1)
 want=$(sha256sum "$rel/part0.hdb" | cut -d' ' -f1)
 [[ $sum_cg == "$want" && $sum_py == "$want" ]] || die "a server sent other bytes than part0.hdb"
 
-# fanout NAME URL... -> seconds until every host has every byte (checked)
+# fanout NAME CURL_ARGS... (each URL after its own -o /dev/null) -> seconds until every host has every byte (checked)
 fanout() {
   local name=$1 t0 t1 h ok=1; shift
   t0=$(now)
   for (( h = 0; h < HOSTS_FANOUT; h++ )); do
-    timeout "$TIMEOUT" curl -s -o /dev/null -w '%{size_download}\n' "$@" > "$work/fan-$name-$h.txt" &
+    timeout "$TIMEOUT" curl -s -w '%{size_download}\n' "$@" > "$work/fan-$name-$h.txt" &
   done
   wait_fan || ok=0
   t1=$(now)
   (( ok )) || die "a $name download failed"
   for (( h = 0; h < HOSTS_FANOUT; h++ )); do
-    got=$(awk '{ n += $1 } END { print n + 0 }' "$work/fan-$name-$h.txt")
+    got=$(awk '{ n += $1 } END { printf "%d", n }' "$work/fan-$name-$h.txt")
     [[ $got == "$total" ]] || die "host $h got $got of $total bytes from $name"
   done
   echo "$t1 - $t0" | bc -l
