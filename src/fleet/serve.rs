@@ -100,19 +100,24 @@ pub(crate) async fn respond(site: &Site, method: &Method, path: &str, headers: &
         }
     }
     let Some((file, pointer)) = locate(&site.tree, path) else { return text(StatusCode::NOT_FOUND, "not found\n") };
-    let (mut f, meta) = match tokio::fs::File::open(&file).await {
-        Ok(f) => match f.metadata().await {
-            Ok(m) if m.is_file() => (f, m),
-            _ => return text(StatusCode::NOT_FOUND, "not found\n"),
-        },
-        Err(_) => return text(StatusCode::NOT_FOUND, "not found\n"),
+    // One trip to the blocking pool: a poll that ends in 304 needs nothing more.
+    let opened = tokio::task::spawn_blocking(move || {
+        let f = std::fs::File::open(&file)?;
+        let meta = f.metadata()?;
+        // Through a ring, a file is as new as the ring's last move: freshclam
+        // asks If-Modified-Since its own copy, so a ring sent back to an older
+        // release must read as modified, not as the old file's mtime.
+        let moved = pointer.and_then(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok());
+        Ok::<_, std::io::Error>((f, meta, moved))
+    })
+    .await;
+    let (mut f, meta, moved) = match opened {
+        Ok(Ok((f, m, moved))) if m.is_file() => (tokio::fs::File::from_std(f), m, moved),
+        _ => return text(StatusCode::NOT_FOUND, "not found\n"),
     };
     let len = meta.len();
     let mut mtime = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
-    // Through a ring, a file is as new as the ring's last move: freshclam asks
-    // If-Modified-Since its own copy, so a ring sent back to an older release
-    // must read as modified, not as the old file's mtime.
-    if let Some(moved) = pointer.and_then(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok()) {
+    if let Some(moved) = moved {
         mtime = mtime.max(moved);
     }
     let etag = etag(len, mtime, &meta);
