@@ -80,9 +80,10 @@ fn completed(release: &str) -> impl Fn(&Value) -> bool {
     move |v: &Value| v["event"] == "rollout.completed" && v["release"] == release.as_str()
 }
 
-/// HTTP dates have whole seconds, and freshclam keeps its copy unless the
-/// server's Last-Modified is newer than it: a ring moved within the second
-/// freshclam wrote its copy would look old. Wait for that second to pass.
+/// HTTP dates have whole seconds and freshclam keeps its copy unless the
+/// server's Last-Modified is newer than it: the server dates a ring's files
+/// from the second after the ring moved, once that second has come (in the
+/// second itself, a freshclam that fetched earlier in it sees no change yet).
 async fn next_second_after(file: &Path) {
     let secs = |t: SystemTime| t.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs();
     let written = secs(fs::metadata(file).unwrap().modified().unwrap());
@@ -157,6 +158,7 @@ async fn a_freshclam_only_host_follows_a_ring_through_custom_urls_back_to_an_old
     // B through the ring: freshclam follows.
     gate.put("daily-v2");
     wait_line(&gate, "B published and out", completed(&b)).await;
+    next_second_after(&publish.join("rings/canary.json")).await;
     let (code, out) = custom.run().await;
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("daily.cud updated"), "{out}");
@@ -167,7 +169,6 @@ async fn a_freshclam_only_host_follows_a_ring_through_custom_urls_back_to_an_old
     // The operator sends the ring back: freshclam, which never downgrades an
     // official database, takes the older custom one because the ring's view
     // dates its files from the ring's move.
-    next_second_after(&custom.db().join("daily.cud")).await;
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_clamgate"))
         .args(["rollout", "revert", "canary", "--config"])
         .arg(&gate.config)
@@ -179,6 +180,7 @@ async fn a_freshclam_only_host_follows_a_ring_through_custom_urls_back_to_an_old
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let ring: Value = serde_json::from_slice(&fs::read(publish.join("rings/canary.json")).unwrap()).unwrap();
     assert_eq!(ring["release"], a.as_str(), "{ring}");
+    next_second_after(&publish.join("rings/canary.json")).await;
     let (code, out) = custom.run().await;
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("daily.cud updated"), "freshclam kept B after the revert:\n{out}");

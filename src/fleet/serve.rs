@@ -118,7 +118,7 @@ pub(crate) async fn respond(site: &Site, method: &Method, path: &str, headers: &
     let len = meta.len();
     let mut mtime = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
     if let Some(moved) = moved {
-        mtime = mtime.max(moved);
+        mtime = mtime.max(ring_moved(moved, SystemTime::now()));
     }
     let etag = etag(len, mtime, &meta);
     let mut builder = Response::builder()
@@ -175,6 +175,18 @@ fn locate(tree: &Tree, path: &str) -> Option<(PathBuf, Option<PathBuf>)> {
         }
         _ => None,
     }
+}
+
+/// The date a ring's files carry: the pointer's mtime rounded up to the next
+/// whole second once that second has come (never a date in the future).
+/// HTTP dates have whole seconds and a client keeps its copy unless the
+/// answer is newer than it, so a fetch in the second the ring moved, asked
+/// with that second, would otherwise read as not modified until the ring
+/// moved again; rounded up, it is at most one poll late.
+fn ring_moved(moved: SystemTime, now: SystemTime) -> SystemTime {
+    let since = moved.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    let up = SystemTime::UNIX_EPOCH + Duration::from_secs(since.as_secs() + u64::from(since.subsec_nanos() > 0));
+    if up <= now { up } else { moved }
 }
 
 fn plain(p: &str) -> bool {
@@ -280,6 +292,15 @@ mod tests {
     use http_body_util::BodyExt;
 
     #[test]
+    fn a_ring_dates_from_the_second_after_it_moved_once_that_second_came() {
+        let at = |ms: u64| SystemTime::UNIX_EPOCH + Duration::from_millis(ms);
+        assert_eq!(ring_moved(at(10_300), at(10_900)), at(10_300), "not a date in the future");
+        assert_eq!(ring_moved(at(10_300), at(11_000)), at(11_000));
+        assert_eq!(ring_moved(at(10_300), at(99_000)), at(11_000));
+        assert_eq!(ring_moved(at(10_000), at(10_000)), at(10_000), "a whole second stays");
+    }
+
+    #[test]
     fn ranges() {
         assert_eq!(parse_range("bytes=0-511", 1000), Range::Bytes(0, 511));
         assert_eq!(parse_range("bytes=0-5000", 1000), Range::Bytes(0, 999));
@@ -360,12 +381,17 @@ mod tests {
         std::fs::File::options().write(true).open(&file).unwrap().set_modified(long_ago).unwrap();
         let ptr = r#"{"ring":"canary","release":"old","manifest_sha256":"x","generation":3,"at":"t"}"#;
         std::fs::write(tree.ring_file("canary"), ptr).unwrap();
-        let moved = std::fs::metadata(tree.ring_file("canary")).unwrap().modified().unwrap();
+        // The ring moved at 1_700_000_000.3 s; a client fetched in that second.
+        let moved = SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_300);
+        std::fs::File::options().write(true).open(tree.ring_file("canary")).unwrap().set_modified(moved).unwrap();
         let site = Site { tree, token: None };
         let since = httpdate::fmt_http_date(long_ago + Duration::from_secs(86_400));
         let (s, h, body) = get(&site, "/freshclam/canary/daily.cud", &[("if-modified-since", &since)]).await;
         assert_eq!((s, &body[..]), (StatusCode::OK, &b"older release"[..]));
-        assert_eq!(h[header::LAST_MODIFIED].to_str().unwrap(), httpdate::fmt_http_date(moved));
+        let next_second = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_001);
+        assert_eq!(h[header::LAST_MODIFIED].to_str().unwrap(), httpdate::fmt_http_date(next_second));
+        let same_second = httpdate::fmt_http_date(SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000));
+        assert_eq!(get(&site, "/freshclam/canary/daily.cud", &[("if-modified-since", &same_second)]).await.0, StatusCode::OK);
         // The same file by its release path keeps its own date.
         assert_eq!(get(&site, "/releases/old/daily.cud", &[("if-modified-since", &since)]).await.0, StatusCode::NOT_MODIFIED);
         let last = h[header::LAST_MODIFIED].to_str().unwrap().to_string();
