@@ -28,7 +28,7 @@ const MAX_CONNECTIONS: usize = 512;
 const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 /// A release may be large and a host slow: bounded, but generously.
 const CONNECTION_TIMEOUT: Duration = Duration::from_secs(600);
-const CHUNK: usize = 64 * 1024;
+const CHUNK: usize = 256 * 1024;
 
 pub(crate) type ServeBody = Either<Full<Bytes>, FileBody>;
 
@@ -244,7 +244,8 @@ fn constant_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// Streams `remaining` bytes of an open file in 64 KiB frames.
+/// Streams `remaining` bytes of an open file in 256 KiB frames (64 KiB cost
+/// benches/fleet.sh a 1.02x fan-out against python3 -m http.server; 256 KiB 0.58x).
 pub(crate) struct FileBody {
     file: tokio::fs::File,
     remaining: u64,
