@@ -51,6 +51,8 @@ pub struct Config {
     pub(crate) clamd: ClamdConfig,
     pub(crate) health: HealthConfig,
     pub(crate) milter: MilterConfig,
+    /// `[memory_guard]`: when a canary must wait for memory.
+    pub(crate) memory_guard: crate::memguard::GuardConfig,
     /// The gate publishes its releases to a fleet (`[publish]`).
     pub(crate) publish: Option<crate::fleet::config::PublishConfig>,
     /// A fleet host follows a gate's ring instead of `incoming_dir` (`[source]`).
@@ -217,6 +219,7 @@ impl Config {
             clamd: f.section("clamd", ClamdConfig::parse),
             health: f.section("health", HealthConfig::parse),
             milter: f.section("milter", MilterConfig::parse),
+            memory_guard: f.section("memory_guard", crate::memguard::GuardConfig::parse),
             publish: f.has("publish").then(|| f.section("publish", crate::fleet::config::PublishConfig::parse)),
             source: f.has("source").then(|| f.section("source", crate::fleet::config::SourceConfig::parse)),
         };
@@ -260,6 +263,7 @@ impl Config {
             "clamd.socket/tcp" => clamd.endpoint;
             "health.listen" => health.listen;
             "health.probe_interval" => health.probe_interval;
+            "memory_guard" => memory_guard;
             "publish" => publish;
             "source" => source;
         }
@@ -351,12 +355,12 @@ mod tests {
         let d = Config::parse(Path::new("x"), "").unwrap();
         assert_eq!(c.policy, PolicyFile::Named(defaults::POLICY.into()));
         assert_eq!(format!("{:?}", Config { file: None, policy: PolicyFile::Default, ..c }), format!("{:?}", Config { file: None, ..d }));
-        // Every key the code reads is set (24; `clamd.tcp`, the alternative
+        // Every key the code reads is set (28; `clamd.tcp`, the alternative
         // to `socket`, and `smoke_samples`, unset by default, are in
         // comments), so the file documents them all.
         let table: toml::Table = text.parse().unwrap();
         let leaves: usize = table.values().map(|v| v.as_table().map_or(1, toml::Table::len)).sum();
-        assert_eq!(leaves, 24, "etc/clamgate.toml should set every key");
+        assert_eq!(leaves, 28, "etc/clamgate.toml should set every key");
         assert!(text.contains("# tcp = ") && text.contains("# smoke_samples = "), "clamd.tcp and smoke_samples are documented");
     }
 

@@ -11,6 +11,7 @@ use crate::canary::{Canary, CanaryError, CanaryRun, CanaryStats};
 use crate::candidate::{self, Manifest, Snapshot, SnapshotError};
 use crate::clamd::process::StartError;
 use crate::corpus::{self, Corpus, SampleResult, Verdicts};
+use crate::memguard::{Deferral, Room, Sample};
 use crate::policy::Policy;
 use crate::reason::{Code, Reason};
 use crate::status::Status;
@@ -115,6 +116,9 @@ pub(crate) enum GateError {
     Snapshot(#[from] SnapshotError),
     #[error("cannot start a canary clamd: {0}")]
     Canary(StartError),
+    /// Not enough memory for the canary now: checked again later.
+    #[error("{0}")]
+    Deferred(Deferral),
     #[error("cannot assemble a reduced set in {dir}: {source}")]
     Assemble {
         dir: PathBuf,
@@ -134,6 +138,8 @@ pub(crate) struct Gate<'a> {
     /// Stops the run before any canary when it returns a reason: the daemon
     /// uses it so a quarantined digest (or the live one) is not canaried again.
     pub(crate) known: Option<KnownCheck<'a>>,
+    /// Asked before each canary (the daemon's memory guard); `None` runs unguarded.
+    pub(crate) room: Option<&'a dyn Room>,
 }
 
 impl Report {
@@ -185,25 +191,56 @@ impl Gate<'_> {
         self.check_snapshot(r, set, work, baseline).await
     }
 
-    /// Every step after the file rules, on the files in `snap`.
+    /// Every step after the file rules, on the files in `snap`. The format
+    /// checks (container MD5s, every text line) run while the canary loads,
+    /// off the critical path; the report reads as if they ran first, and a
+    /// candidate they reject has its canary killed, never judged.
     pub(crate) async fn check_snapshot(&self, mut r: Report, snap: &Snapshot, work: &Path, baseline: Option<&Baseline>) -> Result<Report, GateError> {
-        let (manifest, format_ok) = self.format(&mut r, snap);
-        if let Some(reason) = self.known.and_then(|known| known(&manifest)) {
+        // Names, sizes and hashes are the id: known or not is settled before any canary.
+        if let Some(reason) = self.known.and_then(|known| known(&Manifest::new(snap.files.clone()))) {
+            let (manifest, _) = self.format(&mut r, snap);
             r.check(Step::Known, Status::Fail, reason.message.clone());
             r.reasons.push(reason);
             r.manifest = Some(manifest);
             return Ok(r);
         }
+        let canary = Canary { binary: self.clamd_binary, policy: self.policy };
+        let room = if self.room.is_some() { self.room_for(validate::signature_hint(&snap.dir, &snap.files)) } else { Ok(()) };
+        let may_load = room.is_ok() && r.reasons.is_empty();
+        let (dir, files) = (snap.dir.clone(), snap.files.clone());
+        let mut inspecting = tokio::task::spawn_blocking(move || validate::inspect_all(&dir, files));
+        let mut loading = std::pin::pin!(async {
+            match may_load {
+                true => Some(canary.run(&snap.dir, &work.join("canary"), self.corpus).await),
+                false => None,
+            }
+        });
+        let mut loaded = None;
+        let inspected = tokio::select! {
+            i = &mut inspecting => i,
+            l = &mut loading => {
+                loaded = Some(l);
+                (&mut inspecting).await
+            }
+        }
+        .expect("inspecting files does not panic");
+        let (manifest, format_ok) = self.record_format(&mut r, inspected);
         self.sanity(&mut r, &manifest, format_ok, baseline);
         r.manifest = Some(manifest);
         if !r.reasons.is_empty() {
+            // Returning drops `loading`, and with it kills its clamd.
             r.check(Step::Canary, Status::Skipped, "static checks failed");
             r.check(Step::Corpus, Status::Skipped, "static checks failed");
             return Ok(r);
         }
-        let canary = Canary { binary: self.clamd_binary, policy: self.policy };
-        let Some(run) = self.canary(&mut r, &canary, snap, work).await? else { return Ok(r) };
-        let baseline_verdicts = self.baseline_verdicts(&mut r, &canary, baseline, work).await;
+        room?;
+        let result = match loaded {
+            Some(l) => l,
+            None => loading.await,
+        };
+        let result = result.expect("a canary runs when there is room and no reason");
+        let Some(run) = self.canary(&mut r, result)? else { return Ok(r) };
+        let baseline_verdicts = self.baseline_verdicts(&mut r, &canary, baseline, work).await?;
         self.corpus(&mut r, &run, baseline_verdicts.as_ref());
         if r.reasons.is_empty() {
             r.verdict = Verdict::Pass;
@@ -225,13 +262,13 @@ impl Gate<'_> {
 
     /// Container headers and text database lines; the manifest follows.
     fn format(&self, r: &mut Report, snap: &Snapshot) -> (Manifest, bool) {
-        let mut files = snap.files.clone();
+        self.record_format(r, validate::inspect_all(&snap.dir, snap.files.clone()))
+    }
+
+    /// The format step's line and the manifest, from the inspected files.
+    fn record_format(&self, r: &mut Report, (files, reasons): (Vec<crate::candidate::DbFile>, Vec<Reason>)) -> (Manifest, bool) {
         let before = r.reasons.len();
-        for f in &mut files {
-            if let Err(reason) = validate::inspect(&snap.dir, f) {
-                r.reasons.push(reason);
-            }
-        }
+        r.reasons.extend(reasons);
         let manifest = Manifest::new(files);
         r.candidate = (!manifest.files.is_empty()).then(|| manifest.id.clone());
         let ok = r.reasons.len() == before;
@@ -255,11 +292,16 @@ impl Gate<'_> {
         }
     }
 
-    /// Loads the candidate in a canary clamd and scans the corpus; `None`
+    /// What the candidate's canary (load, corpus scan) came to; `None`
     /// when the candidate failed there (the report says why).
-    async fn canary(&self, r: &mut Report, canary: &Canary<'_>, snap: &Snapshot, work: &Path) -> Result<Option<CanaryRun>, GateError> {
-        let run = match canary.run(&snap.dir, &work.join("canary"), self.corpus).await {
-            Ok(run) => run,
+    fn canary(&self, r: &mut Report, result: Result<CanaryRun, CanaryError>) -> Result<Option<CanaryRun>, GateError> {
+        let signatures = r.manifest.as_ref().map_or(0, Manifest::total_signatures);
+        let run = match result {
+            Ok(mut run) => {
+                run.stats.signatures = Some(signatures);
+                self.ran(&run.stats);
+                run
+            }
             Err(CanaryError::Environment(e)) => return Err(GateError::Canary(e)),
             Err(CanaryError::Rejected { reason, stats, log }) => {
                 r.check(Step::Canary, Status::Fail, reason.message.clone());
@@ -279,13 +321,17 @@ impl Gate<'_> {
 
     /// The live release's verdicts on this corpus: cached, or scanned once
     /// now in a canary of their own.
-    async fn baseline_verdicts(&self, r: &mut Report, canary: &Canary<'_>, baseline: Option<&Baseline>, work: &Path) -> Option<Verdicts> {
-        let b = baseline?;
+    async fn baseline_verdicts(&self, r: &mut Report, canary: &Canary<'_>, baseline: Option<&Baseline>, work: &Path) -> Result<Option<Verdicts>, GateError> {
+        let Some(b) = baseline else { return Ok(None) };
         if let Some(v) = &b.verdicts {
-            return Some(v.clone());
+            return Ok(Some(v.clone()));
         }
-        match canary.run(&b.dir, &work.join("baseline-canary"), self.corpus).await {
-            Ok(run) => {
+        let signatures = b.manifest.total_signatures();
+        self.room_for(signatures)?;
+        Ok(match canary.run(&b.dir, &work.join("baseline-canary"), self.corpus).await {
+            Ok(mut run) => {
+                run.stats.signatures = Some(signatures);
+                self.ran(&run.stats);
                 r.new_baseline_verdicts = Some(run.verdicts.clone());
                 Some(run.verdicts)
             }
@@ -294,6 +340,18 @@ impl Gate<'_> {
                 r.warnings.push(Reason::new(Code::CanaryLoadFailed, None, message));
                 None
             }
+        })
+    }
+
+    /// The memory guard's word before a canary on `signatures`.
+    fn room_for(&self, signatures: u64) -> Result<(), GateError> {
+        self.room.map_or(Ok(()), |room| room.before_canary(signatures)).map_err(GateError::Deferred)
+    }
+
+    /// A canary's size, for the memory guard's next estimate.
+    fn ran(&self, stats: &CanaryStats) {
+        if let (Some(room), Some(signatures), Some(peak_bytes)) = (self.room, stats.signatures, stats.peak_rss_bytes) {
+            room.after_canary(Sample { signatures, peak_bytes });
         }
     }
 

@@ -214,6 +214,17 @@ pub(crate) fn show(c: &Config) -> String {
             ("policy_listen", s(m.policy_listen.as_deref().unwrap_or(""))),
         ],
     );
+    let g = &c.memory_guard;
+    section(
+        &mut out,
+        Some("memory_guard"),
+        vec![
+            ("enabled", Value::Boolean(g.enabled)),
+            ("reserve", Value::Integer(g.reserve as i64)),
+            ("concurrent_reload", s(&g.concurrent_reload.to_string())),
+            ("production_conf", p(&g.production_conf)),
+        ],
+    );
     let opt = |v: &Option<std::path::PathBuf>| v.as_deref().map_or_else(|| s(""), p);
     if let Some(pb) = &c.publish {
         section(
@@ -258,13 +269,14 @@ mod tests {
     /// What `config show` prints is a config that reads back the same.
     #[test]
     fn show_reads_back_as_the_same_config() {
-        let text = "settle = \"7s\"\n[clamd]\ntcp = \"127.0.0.1:3310\"\n[milter]\nmode = \"scan\"\nmax_connections = 9\n";
+        let text = "settle = \"7s\"\n[clamd]\ntcp = \"127.0.0.1:3310\"\n[milter]\nmode = \"scan\"\nmax_connections = 9\n[memory_guard]\nreserve = \"1MiB\"\nconcurrent_reload = \"no\"\n";
         let c = Config::parse(Path::new("c.toml"), &format!("policy = \"/p.toml\"\n{text}")).unwrap();
         let shown = show(&c);
         let back = Config::parse(Path::new("c.toml"), &shown).unwrap();
         assert_eq!(show(&back), shown);
         assert!(shown.contains("policy = \"/p.toml\""), "{shown}");
         assert!(shown.contains("tcp = \"127.0.0.1:3310\"") && shown.contains("settle = \"7s\"") && shown.contains("mode = \"scan\""), "{shown}");
+        assert!(shown.contains("reserve = 1048576") && shown.contains("concurrent_reload = \"no\""), "{shown}");
     }
 
     #[test]

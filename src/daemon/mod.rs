@@ -6,6 +6,7 @@
 //! decide; this module does the I/O.
 
 mod decide;
+mod room;
 mod schedule;
 
 use std::future::Future;
@@ -82,6 +83,8 @@ pub(crate) struct Daemon {
     /// How many files per-file isolation held after the last run: fewer
     /// later means `clamgate recheck FILE` cleared one.
     held: std::sync::atomic::AtomicUsize,
+    /// The memory guard, asked before each canary.
+    guard: room::Guarded,
     /// Set when a `recheck FILE` cleared a hold while a run held it.
     held_cleared: AtomicBool,
 }
@@ -133,6 +136,7 @@ impl Daemon {
         metrics.follow(&cx.store);
         let health = Health::new(settings, Arc::new(metrics));
         let held = std::sync::atomic::AtomicUsize::new(cx.store.held().len());
+        let guard = room::Guarded::new(cx.config.memory_guard.clone(), &cx.store.journal().read()?);
         Ok(Daemon {
             cx,
             policy,
@@ -141,6 +145,7 @@ impl Daemon {
             last_quarantined: std::sync::Mutex::new(None),
             held,
             held_cleared: AtomicBool::new(false),
+            guard,
         })
     }
 
@@ -278,12 +283,19 @@ impl Daemon {
                 _ = lp.heartbeat.tick() => self.health.beat(),
                 r = &mut run => {
                     drop(run);
-                    if let Err(e) = &r {
+                    if let Err(DaemonError::Gate(crate::gate::GateError::Deferred(d))) = &r {
+                        // Not our failure: the same files again at the next retry.
+                        self.cx.store.journal().append(Event::CandidateDeferred(d.clone()))?;
+                        self.clear_work();
+                    } else if let Err(e) = &r {
                         // Our failure (disk full, read-only state dir): production
                         // keeps its release; the next rescan retries.
                         tracing::error!("candidate run failed: {e}; production keeps its live release");
                         let _ = self.cx.store.journal().append(Event::CandidateError { error: e.to_string() });
                         self.clear_work();
+                    }
+                    if !matches!(r, Err(DaemonError::Gate(crate::gate::GateError::Deferred(_)))) {
+                        self.guard.not_deferred(&self.health);
                     }
                     schedule.finished(r.is_err(), Instant::now());
                     return Ok(Flow::Continue);
@@ -415,7 +427,8 @@ impl Daemon {
             })
         };
         let cfg = &self.cx.config;
-        let gate = Gate { policy: &self.policy, clamd_binary: &cfg.clamd.binary, corpus: &self.cx.corpus, known: Some(&known) };
+        let room = self.guard.reporting(&self.health);
+        let gate = Gate { policy: &self.policy, clamd_binary: &cfg.clamd.binary, corpus: &self.cx.corpus, known: Some(&known), room: Some(&room) };
         let held_before = self.cx.store.held();
         let on_held = |id: &str, held: &[HeldFile], bisect_runs: u32| self.attributed(id, held, bisect_runs, &held_before);
         // Our failure, not the candidate's (no clamd binary, disk full):

@@ -22,6 +22,9 @@ const MAX_REQUEST: usize = 64 * 1024;
 /// `smtpd_policy_service_max_idle` (300 s): a connection idle longer than
 /// that is a client that went away without closing.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(330);
+/// A reply is a few dozen bytes: a client that does not read it in this time
+/// (pipelining requests without reading) loses its connection, not a slot.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Where the policy service listens (`[milter] policy_listen`).
 pub(crate) enum PolicyListener {
@@ -97,6 +100,8 @@ enum PolicyError {
     Io(#[from] std::io::Error),
     #[error("idle for {0:?}")]
     Idle(Duration),
+    #[error("reply not read within {0:?}")]
+    Stalled(Duration),
     #[error("request line or request too long (not Postfix?)")]
     TooLong,
     #[error("not a policy request: {0:?}")]
@@ -120,7 +125,10 @@ async fn answer(conn: Conn, shared: &Shared) -> Result<(), PolicyError> {
             }
             Gate::Closed => format!("action=451 4.7.1 {}\n\n", shared.cfg.tempfail_text),
         };
-        conn.get_mut().write_all(reply.as_bytes()).await?;
+        match tokio::time::timeout(WRITE_TIMEOUT, conn.get_mut().write_all(reply.as_bytes())).await {
+            Err(_) => return Err(PolicyError::Stalled(WRITE_TIMEOUT)),
+            Ok(written) => written?,
+        }
     }
 }
 

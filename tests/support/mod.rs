@@ -2,6 +2,7 @@
 //! temporary sockets. Every process started here dies with its handle.
 #![allow(dead_code)]
 
+pub mod cgroup;
 pub mod daemon;
 pub mod fleet;
 pub mod metrics;
