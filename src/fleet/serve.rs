@@ -256,9 +256,14 @@ impl Body for FileBody {
     }
 }
 
-/// The token file's first line, for `[publish] token`.
+/// The token file's first line, for `[publish] token` and `[source] token`.
+/// An empty one is refused: the server would demand an empty bearer.
 pub(crate) fn read_token(file: &Path) -> Result<String, std::io::Error> {
-    Ok(std::fs::read_to_string(file)?.lines().next().unwrap_or("").trim().to_string())
+    let token = std::fs::read_to_string(file)?.lines().next().unwrap_or("").trim().to_string();
+    if token.is_empty() {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "the token file is empty"));
+    }
+    Ok(token)
 }
 
 #[cfg(test)]
