@@ -126,7 +126,7 @@ impl Follower {
         for d in [&dir, &incoming, &dir.join("download")] {
             std::fs::create_dir_all(d).map_err(|e| format!("cannot create {}: {e}", d.display()))?;
         }
-        let saved = std::fs::read(dir.join("state.json")).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
+        let saved = load_saved(&dir.join("state.json"))?;
         let timeout = cfg.poll_interval.clamp(Duration::from_secs(5), Duration::from_secs(60));
         Ok(Follower {
             cfg,
@@ -437,6 +437,17 @@ impl Follower {
     }
 }
 
+/// `source/state.json`; absent is a host that never followed. Anything else
+/// unreadable stops the host: starting from generation 0 would accept a
+/// replayed older pointer.
+fn load_saved(path: &Path) -> Result<Saved, String> {
+    match std::fs::read(path) {
+        Ok(b) => serde_json::from_slice(&b).map_err(|e| format!("cannot read {}: {e}", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Saved::default()),
+        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+    }
+}
+
 fn file_matches(path: &Path, size: u64, sha256: &str) -> bool {
     std::fs::read(path).is_ok_and(|b| b.len() as u64 == size && tree::sha256_hex(&b) == sha256)
 }
@@ -451,6 +462,21 @@ fn jitter(every: Duration) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_corrupt_state_file_stops_the_host_and_an_absent_one_starts_at_zero() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("state.json");
+        assert_eq!(load_saved(&path).unwrap().generation, 0);
+        std::fs::write(&path, br#"{"generation":7,"release":"ab"}"#).unwrap();
+        assert_eq!(load_saved(&path).unwrap().generation, 7);
+        std::fs::write(&path, b"{\"generation\":7,").unwrap();
+        let e = load_saved(&path).unwrap_err();
+        assert!(e.starts_with(&format!("cannot read {}: ", path.display())), "{e}");
+        std::fs::remove_file(&path).unwrap();
+        std::fs::create_dir(&path).unwrap();
+        assert!(load_saved(&path).unwrap_err().starts_with(&format!("cannot read {}: ", path.display())));
+    }
 
     #[test]
     fn jitter_stays_within_ten_percent() {
