@@ -46,8 +46,11 @@ impl Rollout {
         if self.target.as_deref() == Some(live) {
             return fx;
         }
+        // Only a release that reached every ring counts as rolled out: one
+        // halted or still partway is rolled out again from the first ring,
+        // so the later rings never see it before the earlier ones passed on it.
+        let finished = std::mem::take(&mut self.completed).then(|| self.target.take()).flatten();
         self.halted = None;
-        self.completed = false;
         if self.seen.iter().any(|s| s == live) {
             // The gate went back: so does every ring, at once.
             self.target = Some(live.to_string());
@@ -63,7 +66,8 @@ impl Rollout {
             }
             return fx;
         }
-        if let Some(t) = self.target.take() {
+        if let Some(t) = finished {
+            self.seen.retain(|s| *s != t);
             self.seen.push(t);
             let drop = self.seen.len().saturating_sub(100);
             self.seen.drain(..drop);
@@ -390,6 +394,55 @@ mod tests {
         assert_eq!(points(&fx), [("canary".into(), "B".into(), 4)]);
         let fx = r.revert("canary", "ops", 30_000).unwrap();
         assert_eq!(points(&fx), [("canary".into(), "A".into(), 5), ("all".into(), "A".into(), 3)]);
+    }
+
+    fn all_on(id: &str) -> BTreeMap<String, Result<Report, String>> {
+        reports(&[("h1", ok(id, Status::Pass)), ("h2", ok(id, Status::Pass)), ("h3", ok(id, Status::Pass))])
+    }
+
+    /// `id` goes live on the gate at `t` and reaches every ring.
+    fn complete(r: &mut Rollout, id: &str, t: u64) {
+        r.on_live(id, t);
+        for dt in [1000, 3000, 3500] {
+            r.observe(&all_on(id), &rings(), TAKE, t + dt);
+        }
+        assert!(r.completed && r.target.as_deref() == Some(id), "{r:#?}");
+    }
+
+    fn rejected(live: &str, wanted: &str) -> Result<Report, String> {
+        Ok(Report { status: Status::Pass, live: Some(live.into()), wanted: Some(wanted.into()), state: Some("rejected".into()) })
+    }
+
+    /// A release halted on the canary ring, made live on the gate again (a
+    /// rollback from a newer one), is rolled out from the first ring, not
+    /// given to every ring at once: the later ring never runs it.
+    #[test]
+    fn a_halted_release_live_again_starts_from_the_first_ring() {
+        let mut r = with_a_out();
+        r.on_live("B", 10_000);
+        r.observe(&reports(&[("h1", rejected("A", "B"))]), &rings(), TAKE, 11_000);
+        assert_eq!(r.halted.as_ref().map(|h| h.reason), Some(HaltReason::Rejected));
+        r.on_live("C", 20_000);
+        let fx = r.on_live("B", 21_000);
+        assert_eq!(points(&fx), [("canary".into(), "B".into(), 5)]);
+        assert_eq!(r.rings[1].release.as_deref(), Some("A"), "ring `all` never sees B");
+        assert!(fx.contains(&Effect::Journal(Event::RolloutStarted { release: "B".into() })), "{fx:?}");
+        // Rejected again: halted again, ring `all` still on A.
+        let fx = r.observe(&reports(&[("h1", rejected("A", "B")), ("h2", ok("A", Status::Pass))]), &rings(), TAKE, 22_000);
+        assert_eq!(points(&fx), [("canary".into(), "C".into(), 6)]);
+        assert_eq!(r.rings[1].release.as_deref(), Some("A"));
+        // Nor does a release that only got partway (C on the canary ring).
+        let mut r = with_a_out();
+        r.on_live("C", 10_000);
+        r.on_live("D", 11_000);
+        let fx = r.on_live("C", 12_000);
+        assert_eq!(points(&fx), [("canary".into(), "C".into(), 4)]);
+        assert_eq!(r.rings[1].release.as_deref(), Some("A"));
+        // A completed one still brings every ring back at once.
+        let mut r = with_a_out();
+        complete(&mut r, "B", 10_000);
+        r.on_live("C", 20_000);
+        assert_eq!(points(&r.on_live("B", 21_000)), [("canary".into(), "B".into(), 4)]);
     }
 
     #[test]
