@@ -170,12 +170,18 @@ impl Rollout {
         Ok(fx)
     }
 
-    /// `rollout revert RING`: that ring and every later one back to what
-    /// they ran before; the rollout stays halted until the gate has a new release.
+    /// `rollout revert RING`: that ring back to what it ran before, and
+    /// every later ring that runs the same release with it (a later ring
+    /// still on an older one stays there: it never ran the bad one); the
+    /// rollout stays halted until the gate has a new release.
     pub(crate) fn revert(&mut self, ring: &str, by: &str, now: u64) -> Result<Vec<Effect>, CommandError> {
         let i = self.rings.iter().position(|r| r.name == ring).ok_or_else(|| CommandError::NoRing(ring.into()))?;
+        let bad = self.rings[i].release.clone();
         let mut fx = Vec::new();
         for r in &mut self.rings[i..] {
+            if r.release != bad {
+                continue;
+            }
             let Some(to) = r.history.pop() else { continue };
             give(r, &to, Phase::Reverted, now, &mut fx);
             fx.push(Effect::Journal(Event::RolloutReverted { ring: r.name.clone(), to: Some(to), by: by.into() }));
@@ -443,6 +449,19 @@ mod tests {
         complete(&mut r, "B", 10_000);
         r.on_live("C", 20_000);
         assert_eq!(points(&r.on_live("B", 21_000)), [("canary".into(), "B".into(), 4)]);
+    }
+
+    /// A, B out everywhere, C on the canary ring: `revert canary` takes the
+    /// canary ring back to B and leaves ring `all` on B, which it runs.
+    #[test]
+    fn revert_mid_rollout_leaves_a_later_ring_that_never_ran_the_release() {
+        let mut r = with_a_out();
+        complete(&mut r, "B", 10_000);
+        r.on_live("C", 20_000);
+        let fx = r.revert("canary", "ops", 21_000).unwrap();
+        assert_eq!(points(&fx), [("canary".into(), "B".into(), 4)]);
+        assert_eq!((r.rings[1].release.as_deref(), r.rings[1].generation), (Some("B"), 2));
+        assert_eq!(r.rings[1].history, ["A"]);
     }
 
     #[test]
