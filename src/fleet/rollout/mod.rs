@@ -90,11 +90,14 @@ impl Rollout {
                 match reports.get(name) {
                     Some(Ok(r)) => {
                         host.seen_at = Some(now);
-                        host.error = None;
+                        (host.error, host.unreachable_since) = (None, None);
                         (host.live, host.status) = (r.live.clone(), Some(r.status));
                         host.state = r.state.clone().filter(|_| r.wanted == ring.release);
                     }
-                    Some(Err(e)) => host.error = Some(e.clone()),
+                    Some(Err(e)) => {
+                        host.error = Some(e.clone());
+                        host.unreachable_since.get_or_insert(now);
+                    }
                     None => {}
                 }
             }
@@ -241,7 +244,16 @@ fn judge(ring: &mut Ring, target: &str, reports: &BTreeMap<String, Result<Report
                     return halt(HaltReason::RolledBack, format!("{name} went back from {target} to {}", r.live.as_deref().unwrap_or("nothing")));
                 }
             }
-            _ => host.healthy_since = None,
+            _ => {
+                host.healthy_since = None;
+                if host.took
+                    && let Some(t) = host.unreachable_since
+                    && now.saturating_sub(t) > take_timeout
+                {
+                    let why = host.error.as_deref().unwrap_or("no answer");
+                    return halt(HaltReason::Unreachable, format!("{name} took {target}, then did not answer for {} s: {why}", take_timeout / 1000));
+                }
+            }
         }
         if !host.took && now.saturating_sub(ring.since) > take_timeout {
             return halt(HaltReason::Timeout, format!("{name} did not run {target} within {} s", take_timeout / 1000));
@@ -462,6 +474,33 @@ mod tests {
         assert_eq!(points(&fx), [("canary".into(), "B".into(), 4)]);
         assert_eq!((r.rings[1].release.as_deref(), r.rings[1].generation), (Some("B"), 2));
         assert_eq!(r.rings[1].history, ["A"]);
+    }
+
+    /// A host that took the release and then stops answering halts the
+    /// rollout once `take_timeout` passes, not never.
+    #[test]
+    fn a_host_unreachable_after_taking_it_halts_after_take_timeout() {
+        let mut r = with_a_out();
+        r.on_live("B", 10_000);
+        let b = reports(&[("h1", ok("B", Status::Pass)), ("h2", ok("B", Status::Pass))]);
+        r.observe(&b, &rings(), TAKE, 11_000);
+        let gone = reports(&[("h1", Err("connection refused".into())), ("h2", ok("B", Status::Pass))]);
+        r.observe(&gone, &rings(), TAKE, 12_000);
+        assert_eq!(r.rings[0].hosts["h1"].unreachable_since, Some(12_000));
+        // An answer in between starts the count again.
+        r.observe(&b, &rings(), TAKE, 12_500);
+        assert_eq!(r.rings[0].hosts["h1"].unreachable_since, None);
+        r.observe(&gone, &rings(), TAKE, 13_000);
+        assert!(points(&r.observe(&gone, &rings(), TAKE, 13_000 + TAKE)).is_empty());
+        assert_eq!(r.halted, None);
+        assert_eq!(r.rings[0].phase, Phase::Taking, "not soaked while a host does not answer");
+        let fx = r.observe(&gone, &rings(), TAKE, 13_001 + TAKE);
+        assert_eq!(points(&fx), [("canary".into(), "A".into(), 3)]);
+        let halt = r.halted.as_ref().unwrap();
+        assert_eq!((halt.reason, halt.host.as_deref()), (HaltReason::Unreachable, Some("h1")));
+        assert!(halt.detail.contains("connection refused"), "{}", halt.detail);
+        assert!(fx.iter().any(|e| matches!(e, Effect::Journal(Event::RolloutHalted { reason: HaltReason::Unreachable, .. }))), "{fx:?}");
+        assert_eq!(r.rings[1].release.as_deref(), Some("A"));
     }
 
     #[test]
