@@ -503,6 +503,27 @@ mod tests {
         assert_eq!(r.rings[1].release.as_deref(), Some("A"));
     }
 
+    /// The first release ever halted: no earlier release to send the ring
+    /// to, so its pointer stays (no new generation), the rollout stays
+    /// halted and no later ring gets it; a host that turned it down keeps
+    /// it turned down (its own gate's verdict), one that never took it
+    /// keeps trying, and the operator's way out is a new release on the gate.
+    #[test]
+    fn a_halt_on_the_first_release_ever_keeps_the_pointer_and_stops_there() {
+        let mut r = Rollout::default();
+        r.sync(&rings());
+        assert_eq!(points(&r.on_live("A", 0)), [("canary".into(), "A".into(), 1)]);
+        let fx = r.observe(&reports(&[("h1", Err("refused".into())), ("h2", ok("A", Status::Pass))]), &rings(), TAKE, TAKE + 1);
+        assert!(points(&fx).is_empty(), "{fx:?}");
+        assert!(fx.iter().any(|e| matches!(e, Effect::Journal(Event::RolloutHalted { to: None, .. }))), "{fx:?}");
+        assert_eq!((r.rings[0].release.as_deref(), r.rings[0].phase), (Some("A"), Phase::Halted));
+        assert_eq!(r.revert("canary", "ops", TAKE + 2), Err(CommandError::NothingToRevert("canary".into())));
+        assert!(points(&r.observe(&all_on("A"), &rings(), TAKE, 10 * TAKE)).is_empty());
+        assert_eq!(r.rings[1].release, None, "the later ring never gets it");
+        assert_eq!(points(&r.on_live("B", 10 * TAKE)), [("canary".into(), "B".into(), 2)]);
+        assert_eq!(r.rings[0].history, ["A"]);
+    }
+
     #[test]
     fn a_paused_ring_neither_takes_nor_hands_on() {
         let mut r = with_a_out();
