@@ -175,7 +175,9 @@ impl Tree {
 pub(crate) fn replace(path: &Path, bytes: &[u8]) -> Result<(), TreeError> {
     let tmp = PathBuf::from(format!("{}.tmp-{}", path.display(), std::process::id()));
     write_synced(&tmp, bytes)?;
-    fs::rename(&tmp, path).map_err(io("cannot rename into place", path))
+    fs::rename(&tmp, path).map_err(io("cannot rename into place", path))?;
+    // The rename itself is durable only once its directory is.
+    sync_dir(path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")))
 }
 
 fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), TreeError> {
