@@ -147,7 +147,11 @@ impl Driver {
             && !self.tree.is_published(id)
         {
             let manifest = self.store.manifest(id)?;
-            let digest = self.tree.publish(&self.signer, &self.store.release_dir(id), &manifest)?;
+            let vetted = vetted(&self.store, id)?;
+            if !vetted {
+                tracing::warn!(release = %id, "{id} was forced past the gate: published as not vetted, so every host canaries it");
+            }
+            let digest = self.tree.publish(&self.signer, &self.store.release_dir(id), &manifest, vetted)?;
             self.store.journal().append(Event::ReleasePublished { id: id.clone(), manifest_sha256: digest })?;
             tracing::info!(release = %id, "published {id} to {}", self.tree.root().display());
         }
@@ -189,6 +193,13 @@ impl Driver {
         }
         out
     }
+}
+
+/// Whether the gate's own gate vetted `id`: not if an operator forced it
+/// live past a rejection (`release.forced` in the journal).
+pub(crate) fn vetted(store: &Store, id: &str) -> Result<bool, DriveError> {
+    let (entries, _) = store.journal().read_from(0)?;
+    Ok(!entries.iter().any(|e| matches!(&e.event, Event::ReleaseForced { id: f, .. } if f == id)))
 }
 
 /// The fields of a host's `/readyz` the rollout reads.
@@ -242,6 +253,33 @@ mod tests {
     fn publish(dir: &Path) -> PublishConfig {
         let c = crate::config::Config::parse(Path::new("c.toml"), &format!("[publish]\ndir = \"{}\"\n", dir.join("publish").display())).unwrap();
         c.publish.unwrap()
+    }
+
+    /// A release forced past the gate is published with `vetted = false`,
+    /// so a host under `trust_gate_verdict` still canaries it.
+    #[test]
+    fn a_forced_release_is_published_not_vetted() {
+        let dir = tempfile::tempdir().unwrap();
+        let state_dir = dir.path().join("state");
+        std::fs::create_dir(&state_dir).unwrap();
+        let store = Store::open(&state_dir).unwrap();
+        store.journal().append(Event::ReleaseForced { id: "bad".into(), by: "ops".into(), reasons: vec![] }).unwrap();
+        assert!(!vetted(&store, "bad").unwrap());
+        assert!(vetted(&store, "good").unwrap());
+        let (key, _) = super::super::sign::keygen(&dir.path().join("keys")).unwrap();
+        let signer = Signer::load(&key).unwrap();
+        let tree = Tree::open(&dir.path().join("publish")).unwrap();
+        let files = dir.path().join("files");
+        std::fs::create_dir(&files).unwrap();
+        std::fs::write(files.join("a.hdb"), b"x:1:A\n").unwrap();
+        let db = crate::candidate::DbFile { name: "a.hdb".into(), size: 6, sha256: super::super::tree::sha256_hex(b"x:1:A\n"), signatures: 1, header: None };
+        let m = crate::candidate::Manifest::new(vec![db]);
+        tree.publish(&signer, &files, &m, vetted(&store, "bad").unwrap()).unwrap();
+        let published: super::super::tree::Published = serde_json::from_slice(&std::fs::read(tree.release_dir(&m.id).join("manifest.json")).unwrap()).unwrap();
+        assert!(!published.vetted);
+        assert!(!super::super::source::skips_canary(true, &published, false), "a trusting host canaries it");
+        assert!(super::super::source::skips_canary(true, &super::super::tree::Published { vetted: true, ..published.clone() }, false));
+        assert!(!super::super::source::skips_canary(false, &super::super::tree::Published { vetted: true, ..published }, false));
     }
 
     #[test]

@@ -285,7 +285,7 @@ impl Follower {
         self.state = State::Fetching;
         let published = self.fetch(ptr).await?;
         self.read_verdicts()?;
-        if (self.cfg.trust_gate_verdict && published.vetted) || self.ran_before.contains(id) {
+        if skips_canary(self.cfg.trust_gate_verdict, &published, self.ran_before.contains(id)) {
             let lock = self.lock().await?;
             self.store.add_release(&lock, &self.dir.join("download"), &published.release)?;
             drop(lock);
@@ -435,6 +435,12 @@ impl Follower {
         });
         self.health.set_fleet(value, warn);
     }
+}
+
+/// A fetched release goes straight to the activator (no canary) if the
+/// gate vetted it and this host trusts that, or this host ran it before.
+pub(crate) fn skips_canary(trust_gate_verdict: bool, published: &Published, ran_before: bool) -> bool {
+    (trust_gate_verdict && published.vetted) || ran_before
 }
 
 /// `source/state.json`; absent is a host that never followed. Anything else

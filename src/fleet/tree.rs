@@ -29,7 +29,8 @@ pub(crate) const SIG: &str = ".minisig";
 pub(crate) struct Published {
     pub(crate) release: Manifest,
     /// The gate promoted it after its whole gate passed: a host with
-    /// `trust_gate_verdict` skips its own canary for it.
+    /// `trust_gate_verdict` skips its own canary for it. False for a release
+    /// an operator forced past the gate (`promote --force`, `release.forced`).
     pub(crate) vetted: bool,
     pub(crate) published: String,
 }
@@ -111,12 +112,12 @@ impl Tree {
 
     /// Copies a release of the state dir into the tree, signed, unless it is
     /// there already; returns its manifest's sha256.
-    pub(crate) fn publish(&self, signer: &Signer, files: &Path, manifest: &Manifest) -> Result<String, TreeError> {
+    pub(crate) fn publish(&self, signer: &Signer, files: &Path, manifest: &Manifest, vetted: bool) -> Result<String, TreeError> {
         let dest = self.release_dir(&manifest.id);
         if !dest.join(MANIFEST).exists() {
             let tmp = self.root.join("releases").join(format!(".tmp-{}", manifest.id));
             let _ = fs::remove_dir_all(&tmp);
-            let written = self.write_release(signer, files, manifest, &tmp, &dest);
+            let written = self.write_release(signer, files, manifest, vetted, &tmp, &dest);
             if written.is_err() {
                 let _ = fs::remove_dir_all(&tmp);
             }
@@ -125,14 +126,14 @@ impl Tree {
         self.manifest_sha256(&manifest.id)
     }
 
-    fn write_release(&self, signer: &Signer, files: &Path, manifest: &Manifest, tmp: &Path, dest: &Path) -> Result<(), TreeError> {
+    fn write_release(&self, signer: &Signer, files: &Path, manifest: &Manifest, vetted: bool, tmp: &Path, dest: &Path) -> Result<(), TreeError> {
         fs::create_dir(tmp).map_err(io("cannot create", tmp))?;
         for f in &manifest.files {
             let (from, to) = (files.join(&f.name), tmp.join(&f.name));
             fs::copy(&from, &to).map_err(io("cannot copy", &from))?;
             File::open(&to).and_then(|f| f.sync_all()).map_err(io("cannot fsync", &to))?;
         }
-        let published = Published { release: manifest.clone(), vetted: true, published: now_rfc3339() };
+        let published = Published { release: manifest.clone(), vetted, published: now_rfc3339() };
         let bytes = serde_json::to_vec_pretty(&published).expect("manifest serializes");
         let sig = signer.sign(&bytes, &format!("releases/{}/{MANIFEST}", manifest.id))?;
         write_synced(&tmp.join(format!("{MANIFEST}{SIG}")), sig.as_bytes())?;
@@ -205,8 +206,8 @@ mod tests {
         let m = Manifest::new(vec![DbFile { name: "a.hdb".into(), size: 6, sha256: sha256_hex(b"x:1:A\n"), signatures: 1, header: None }]);
         let pubdir = tempfile::tempdir().unwrap();
         let tree = Tree::open(pubdir.path()).unwrap();
-        let digest = tree.publish(&signer, src.path(), &m).unwrap();
-        assert_eq!(tree.publish(&signer, src.path(), &m).unwrap(), digest, "publishing again changes nothing");
+        let digest = tree.publish(&signer, src.path(), &m, true).unwrap();
+        assert_eq!(tree.publish(&signer, src.path(), &m, true).unwrap(), digest, "publishing again changes nothing");
         let dir = tree.release_dir(&m.id);
         assert_eq!(fs::read(dir.join("a.hdb")).unwrap(), b"x:1:A\n");
         let bytes = fs::read(dir.join(MANIFEST)).unwrap();
