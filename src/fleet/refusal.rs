@@ -49,6 +49,9 @@ pub(crate) enum State {
     Rejected,
     /// The tree served something that does not prove itself.
     Refused,
+    /// `clamgate pin` holds this host's live release: the ring's is not
+    /// made live until `unpin` (the gate sees it not taken).
+    Pinned,
 }
 
 #[cfg(test)]

@@ -242,7 +242,8 @@ impl Follower {
         }
         self.refusal = None;
         self.follow(&ptr).await?;
-        self.etag = got.etag;
+        // Pinned: asked in full again at the next poll, so an unpin is noticed.
+        self.etag = got.etag.filter(|_| self.state != State::Pinned);
         Ok(())
     }
 
@@ -373,6 +374,16 @@ impl Follower {
 
     async fn activate(&mut self, id: &str) -> Result<(), SourceError> {
         let lock = self.lock().await?;
+        // Checked under the lock: `clamgate pin` takes it too.
+        if let Some(pin) = self.store.pinned() {
+            drop(lock);
+            if self.state != State::Pinned {
+                tracing::warn!(release = id, "the ring points at {id}, but the live release is pinned by {} since {}; not taking it", pin.by, pin.at);
+                self.store.journal().append(Event::CandidateHeld { id: id.to_string(), pinned_by: pin.by })?;
+            }
+            self.state = State::Pinned;
+            return Ok(());
+        }
         let outcome = Activator { store: &self.store, lock: &lock, prod: &self.prod }.activate(Activation::Promotion, id, None).await?;
         drop(lock);
         match outcome {
@@ -397,6 +408,10 @@ impl Follower {
             self.state = State::Live;
         } else if self.store.quarantined(&id).is_some() || self.turned_down.contains(&id) {
             self.state = State::Rejected;
+        } else if self.store.release_dir(&id).join(MANIFEST).exists() {
+            // Passed here but not live (held by a pin): followed in full at
+            // the next poll, which activates it or reports it pinned.
+            self.etag = None;
         }
         Ok(())
     }
