@@ -2,7 +2,8 @@
 //! view (`/freshclam/<ring>/<db>.cld|.cvd`: the ring's containers, for hosts
 //! that run only freshclam and clamd). Conditional and partial GETs on every
 //! file (ETag, If-None-Match, If-Modified-Since, one Range), so polling is a
-//! 304 and a torn download resumes. Loopback by default; an optional bearer
+//! 304 and a client may resume a torn download (clamgate's own hosts fetch
+//! a torn file again from the start). Loopback by default; an optional bearer
 //! token. It never writes and never follows a path outside the tree.
 
 use std::convert::Infallible;
