@@ -33,6 +33,11 @@ pub(crate) enum DriveError {
     State { path: PathBuf, why: String },
 }
 
+/// Releases kept in the publish tree besides those a ring names or ran
+/// before (its `history`): the newest ones, as the store's `keep_releases`
+/// default.
+pub(crate) const KEEP_PUBLISHED: usize = 5;
+
 pub(crate) fn state_file(state_dir: &Path) -> PathBuf {
     state_dir.join("rollout.json")
 }
@@ -163,6 +168,11 @@ impl Driver {
         let mut fx = live.as_deref().map(|l| state.on_live(l, now)).unwrap_or_default();
         fx.extend(state.observe(&reports, &self.cfg.rings, self.cfg.take_timeout.as_millis() as u64, now));
         commit(&lock, &self.store, &self.tree, &self.signer, &mut state, &fx)?;
+        // Under the lock, so no `rollout revert` points a ring at what goes.
+        let named = state.rings.iter().flat_map(|r| r.release.iter().chain(&r.history)).chain(&state.target).cloned().collect();
+        for id in self.tree.prune(&named, KEEP_PUBLISHED)? {
+            tracing::info!(release = %id, "pruned {id} from the publish tree: no ring names it");
+        }
         drop(lock);
         for e in &fx {
             if let Effect::Journal(Event::RolloutHalted { release, ring, detail, .. }) = e {

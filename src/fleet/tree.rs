@@ -143,6 +143,39 @@ impl Tree {
         sync_dir(&self.root.join("releases"))
     }
 
+    /// Removes each `releases/<id>` that `keep` does not name, beyond the
+    /// `newest` most recently published: renamed to `.trash-<id>` first (so
+    /// nothing half-deleted is ever served under its name), then deleted.
+    /// Returns the ids removed.
+    pub(crate) fn prune(&self, keep: &std::collections::BTreeSet<String>, newest: usize) -> Result<Vec<String>, TreeError> {
+        let dir = self.root.join("releases");
+        let mut found = Vec::new();
+        for e in fs::read_dir(&dir).map_err(io("cannot read", &dir))?.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with(".trash-") {
+                let _ = fs::remove_dir_all(e.path());
+            } else if !name.starts_with('.') {
+                let at = fs::metadata(e.path().join(MANIFEST)).and_then(|m| m.modified()).ok();
+                found.push((at, name));
+            }
+        }
+        found.sort_by(|a, b| b.cmp(a));
+        let mut removed = Vec::new();
+        for (_, id) in found.into_iter().skip(newest).filter(|(_, id)| !keep.contains(id)) {
+            let (from, trash) = (dir.join(&id), dir.join(format!(".trash-{id}")));
+            fs::rename(&from, &trash).map_err(io("cannot move aside", &from))?;
+            removed.push(id);
+        }
+        if !removed.is_empty() {
+            sync_dir(&dir)?;
+            for id in &removed {
+                let trash = dir.join(format!(".trash-{id}"));
+                fs::remove_dir_all(&trash).map_err(io("cannot remove", &trash))?;
+            }
+        }
+        Ok(removed)
+    }
+
     pub(crate) fn manifest_sha256(&self, id: &str) -> Result<String, TreeError> {
         let path = self.release_dir(id).join(MANIFEST);
         Ok(sha256_hex(&fs::read(&path).map_err(io("cannot read", &path))?))
@@ -220,5 +253,46 @@ mod tests {
         let leftovers: Vec<_> =
             fs::read_dir(pubdir.path().join("rings")).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().contains(".tmp")).collect();
         assert!(leftovers.is_empty());
+    }
+
+    /// Only what no ring names, beyond the newest, goes; nothing is left
+    /// under a temporary name.
+    #[test]
+    fn prune_keeps_what_a_ring_names_and_the_newest() {
+        let keys = tempfile::tempdir().unwrap();
+        let (key, _) = super::super::sign::keygen(keys.path()).unwrap();
+        let signer = Signer::load(&key).unwrap();
+        let src = tempfile::tempdir().unwrap();
+        let pubdir = tempfile::tempdir().unwrap();
+        let tree = Tree::open(pubdir.path()).unwrap();
+        let mut ids = Vec::new();
+        for (i, body) in ["a", "b", "c", "d"].iter().enumerate() {
+            let bytes = format!("x:1:{body}\n");
+            fs::write(src.path().join("a.hdb"), &bytes).unwrap();
+            let m = Manifest::new(vec![DbFile {
+                name: "a.hdb".into(),
+                size: bytes.len() as u64,
+                sha256: sha256_hex(bytes.as_bytes()),
+                signatures: 1,
+                header: None,
+            }]);
+            tree.publish(&signer, src.path(), &m, true).unwrap();
+            let at = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000 + i as u64);
+            File::options().write(true).open(tree.release_dir(&m.id).join(MANIFEST)).unwrap().set_modified(at).unwrap();
+            ids.push(m.id);
+        }
+        let keep: std::collections::BTreeSet<String> = [ids[0].clone()].into();
+        let mut removed = tree.prune(&keep, 1).unwrap();
+        removed.sort();
+        let mut want = vec![ids[1].clone(), ids[2].clone()];
+        want.sort();
+        assert_eq!(removed, want);
+        let mut left: Vec<String> =
+            fs::read_dir(pubdir.path().join("releases")).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+        left.sort();
+        let mut want = vec![ids[0].clone(), ids[3].clone()];
+        want.sort();
+        assert_eq!(left, want, "the named one and the newest stay, nothing else is left");
+        assert!(tree.prune(&keep, 1).unwrap().is_empty());
     }
 }
