@@ -269,7 +269,7 @@ impl Follower {
         let id = ptr.release.as_str();
         if self.store.current()?.as_deref() == Some(id) {
             self.state = State::Live;
-            return self.sync_live(id);
+            return self.sync_live(id).await;
         }
         self.read_verdicts()?;
         if self.store.quarantined(id).is_some() || self.turned_down.contains(id) {
@@ -293,8 +293,7 @@ impl Follower {
             return self.activate(id).await;
         }
         self.read_verdicts()?;
-        let names: Vec<&str> = published.release.files.iter().map(|f| f.name.as_str()).collect();
-        super::handoff::fill(&self.dir.join("download"), &names, &self.incoming, &self.dir)?;
+        super::handoff::fill_blocking(&self.dir.join("download"), &published.release.files, &self.incoming, &self.dir).await?;
         self.state = State::Checking;
         Ok(())
     }
@@ -349,7 +348,8 @@ impl Follower {
                 return Err(refused(&name, Refusal::BadName, format!("{:?} is not a plain database file name", f.name)));
             }
             let dest = download.join(&f.name);
-            if file_matches(&dest, f.size, &f.sha256) {
+            let (at, size, sha) = (dest.clone(), f.size, f.sha256.clone());
+            if tokio::task::spawn_blocking(move || file_matches(&at, size, &sha)).await.expect("hashing does not panic") {
                 continue;
             }
             let part = download.join(format!("{}.part", f.name));
@@ -390,7 +390,7 @@ impl Follower {
             Outcome::Live(_) => {
                 tracing::info!(release = id, "the ring's release is live");
                 self.state = State::Live;
-                self.sync_live(id)
+                self.sync_live(id).await
             }
             Outcome::RolledBack { reason, .. } | Outcome::Broken { reason } => {
                 tracing::error!(release = id, "the ring's release failed in production: {reason}");
@@ -421,10 +421,9 @@ impl Follower {
     }
 
     /// The live release's files in the watched dir: the gate's next look is a no-op.
-    fn sync_live(&self, id: &str) -> Result<(), SourceError> {
+    async fn sync_live(&self, id: &str) -> Result<(), SourceError> {
         let manifest = self.store.manifest(id)?;
-        let names: Vec<&str> = manifest.files.iter().map(|f| f.name.as_str()).collect();
-        super::handoff::fill(&self.store.release_dir(id), &names, &self.incoming, &self.dir)
+        super::handoff::fill_blocking(&self.store.release_dir(id), &manifest.files, &self.incoming, &self.dir).await
     }
 
     async fn lock(&self) -> Result<crate::store::StateLock, SourceError> {
@@ -469,8 +468,9 @@ fn load_saved(path: &Path) -> Result<Saved, String> {
     }
 }
 
+/// Blocking: streams the file through sha256 (call it off the runtime).
 fn file_matches(path: &Path, size: u64, sha256: &str) -> bool {
-    std::fs::read(path).is_ok_and(|b| b.len() as u64 == size && tree::sha256_hex(&b) == sha256)
+    std::fs::metadata(path).is_ok_and(|m| m.len() == size) && tree::file_sha256(path).is_ok_and(|(n, h)| n == size && h == sha256)
 }
 
 /// `every` ± 10 %, so a fleet started together does not poll in step.

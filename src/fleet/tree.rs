@@ -76,6 +76,21 @@ pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
+/// A file's size and sha256, read in chunks (never whole in memory).
+pub(crate) fn file_sha256(path: &Path) -> std::io::Result<(u64, String)> {
+    use std::io::Read;
+    let mut f = File::open(path)?;
+    let (mut buf, mut size, mut hash) = (vec![0u8; 64 * 1024], 0u64, Sha256::new());
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            return Ok((size, hex::encode(hash.finalize())));
+        }
+        size += n as u64;
+        hash.update(&buf[..n]);
+    }
+}
+
 pub(crate) fn now_rfc3339() -> String {
     humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
 }
@@ -294,5 +309,13 @@ mod tests {
         want.sort();
         assert_eq!(left, want, "the named one and the newest stay, nothing else is left");
         assert!(tree.prune(&keep, 1).unwrap().is_empty());
+    }
+
+    #[test]
+    fn file_sha256_streams_what_sha256_hex_hashes() {
+        let d = tempfile::tempdir().unwrap();
+        let body: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        fs::write(d.path().join("f"), &body).unwrap();
+        assert_eq!(file_sha256(&d.path().join("f")).unwrap(), (body.len() as u64, sha256_hex(&body)));
     }
 }
