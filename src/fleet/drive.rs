@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime};
 
 use super::config::PublishConfig;
 use super::fetch::Client;
-use super::rollout::{Effect, Report, Rollout};
+use super::rollout::{Effect, Phase, Report, Rollout};
 use super::sign::{SignError, Signer};
 use super::tree::{RingPointer, Tree, TreeError, now_rfc3339};
 use crate::journal::Event;
@@ -67,10 +67,13 @@ pub(crate) fn commit(_lock: &StateLock, store: &Store, tree: &Tree, signer: &Sig
     // A pointer already at or past the state's generation (a state file
     // lost or restored) is passed, never repeated: hosts refuse a lower one.
     let mut stale = Vec::new();
+    let halted_on = state.halted.as_ref().map(|h| (h.ring.clone(), h.release.clone()));
     for ring in &mut state.rings {
         let Some(release) = &ring.release else { continue };
+        // Halted on its own release: the first one ever, nothing to go back to.
+        let halted = ring.phase == Phase::Halted && halted_on.as_ref().is_some_and(|(r, rel)| *r == ring.name && rel == release);
         let on_disk = tree.ring(&ring.name)?;
-        if on_disk.as_ref().is_some_and(|p| p.generation == ring.generation && &p.release == release) {
+        if on_disk.as_ref().is_some_and(|p| p.generation == ring.generation && &p.release == release && p.halted == halted) {
             continue;
         }
         if let Some(p) = &on_disk
@@ -78,13 +81,13 @@ pub(crate) fn commit(_lock: &StateLock, store: &Store, tree: &Tree, signer: &Sig
         {
             ring.generation = p.generation + 1;
         }
-        stale.push((ring.name.clone(), release.clone(), ring.generation));
+        stale.push((ring.name.clone(), release.clone(), ring.generation, halted));
     }
     let path = state_file(store.root());
     let bytes = serde_json::to_vec_pretty(&*state).expect("rollout serializes");
     super::tree::replace(&path, &bytes)?;
-    for (ring, release, generation) in stale {
-        let ptr = RingPointer { manifest_sha256: tree.manifest_sha256(&release)?, ring, release, generation, at: now_rfc3339() };
+    for (ring, release, generation, halted) in stale {
+        let ptr = RingPointer { manifest_sha256: tree.manifest_sha256(&release)?, ring, release, generation, at: now_rfc3339(), halted };
         let release = &ptr.release;
         tree.write_ring(signer, &ptr)?;
         tracing::info!(ring = %ptr.ring, release = %release, generation = ptr.generation, "ring {} now points at {release}", ptr.ring);
@@ -245,7 +248,7 @@ mod tests {
             std::fs::create_dir_all(tree.release_dir(id)).unwrap();
             std::fs::write(tree.release_dir(id).join("manifest.json"), id).unwrap();
         }
-        let ahead = RingPointer { ring: "canary".into(), release: "bbb".into(), manifest_sha256: "x".into(), generation: 5, at: now_rfc3339() };
+        let ahead = RingPointer { ring: "canary".into(), release: "bbb".into(), manifest_sha256: "x".into(), generation: 5, at: now_rfc3339(), halted: false };
         tree.write_ring(&signer, &ahead).unwrap();
         let cfg = [super::super::config::RingConfig { name: "canary".into(), hosts: vec![], soak: Duration::ZERO }];
         let mut state = Rollout::default();
@@ -258,6 +261,20 @@ mod tests {
         let mut again = load(&state_dir, &PublishConfig { rings: cfg.to_vec(), ..publish(dir.path()) }).unwrap();
         commit(&lock, &store, &tree, &signer, &mut again, &[]).unwrap();
         assert_eq!(tree.ring("canary").unwrap().unwrap().generation, 6, "written once");
+        // Halted on its first release: the pointer stays on it, marked.
+        again.rings[0].phase = Phase::Halted;
+        again.rings[0].generation = 7;
+        let halt = super::super::rollout::Halt {
+            release: "aaa".into(),
+            ring: "canary".into(),
+            host: None,
+            reason: super::super::rollout::HaltReason::Timeout,
+            detail: String::new(),
+        };
+        again.halted = Some(halt);
+        commit(&lock, &store, &tree, &signer, &mut again, &[]).unwrap();
+        let ptr = tree.ring("canary").unwrap().unwrap();
+        assert_eq!((ptr.release.as_str(), ptr.generation, ptr.halted), ("aaa", 7, true));
     }
 
     fn publish(dir: &Path) -> PublishConfig {

@@ -52,6 +52,9 @@ pub(crate) enum State {
     /// `clamgate pin` holds this host's live release: the ring's is not
     /// made live until `unpin` (the gate sees it not taken).
     Pinned,
+    /// The ring's pointer is halted on a release this host does not run:
+    /// not taken.
+    Halted,
 }
 
 #[cfg(test)]

@@ -241,6 +241,16 @@ impl Follower {
             tracing::info!(release = %ptr.release, generation = ptr.generation, "ring {} points at {}", ptr.ring, ptr.release);
         }
         self.refusal = None;
+        if ptr.halted && self.store.current()?.as_deref() != Some(ptr.release.as_str()) {
+            // The gate halted its rollout on it, with nothing to go back to.
+            // What was handed to this host's gate is taken back.
+            if let Some(live) = self.store.current()? {
+                self.sync_live(&live).await?;
+            }
+            self.state = State::Halted;
+            self.etag = got.etag;
+            return Ok(());
+        }
         self.follow(&ptr).await?;
         // Pinned: asked in full again at the next poll, so an unpin is noticed.
         self.etag = got.etag.filter(|_| self.state != State::Pinned);

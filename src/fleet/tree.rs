@@ -46,6 +46,10 @@ pub(crate) struct RingPointer {
     pub(crate) manifest_sha256: String,
     pub(crate) generation: u64,
     pub(crate) at: String,
+    /// The rollout halted on `release` with nothing earlier to send the
+    /// ring to (its first release): a host not running it does not take it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub(crate) halted: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -261,7 +265,7 @@ mod tests {
         let bytes = fs::read(dir.join(MANIFEST)).unwrap();
         let sig = fs::read_to_string(dir.join("manifest.json.minisig")).unwrap();
         super::super::sign::Verifier::load(&public).unwrap().verify(&bytes, &sig).unwrap();
-        let ptr = RingPointer { ring: "canary".into(), release: m.id.clone(), manifest_sha256: digest, generation: 1, at: now_rfc3339() };
+        let ptr = RingPointer { ring: "canary".into(), release: m.id.clone(), manifest_sha256: digest, generation: 1, at: now_rfc3339(), halted: false };
         tree.write_ring(&signer, &ptr).unwrap();
         assert_eq!(tree.ring("canary").unwrap(), Some(ptr));
         assert_eq!(tree.ring("all").unwrap(), None);

@@ -114,6 +114,11 @@ impl Rollout {
                     let to = ring.history.pop();
                     if let Some(to) = &to {
                         give(ring, to, Phase::Halted, now, &mut fx);
+                    } else {
+                        // Nothing to go back to: the pointer stays, marked
+                        // halted (a new generation), so no host takes it anew.
+                        ring.generation += 1;
+                        fx.push(Effect::Point { ring: ring.name.clone(), release: target.clone(), generation: ring.generation });
                     }
                     ring.phase = Phase::Halted;
                     let halt = Halt { release: target.clone(), ring: ring.name.clone(), host, reason, detail };
@@ -504,23 +509,23 @@ mod tests {
     }
 
     /// The first release ever halted: no earlier release to send the ring
-    /// to, so its pointer stays (no new generation), the rollout stays
-    /// halted and no later ring gets it; a host that turned it down keeps
-    /// it turned down (its own gate's verdict), one that never took it
-    /// keeps trying, and the operator's way out is a new release on the gate.
+    /// to, so its pointer stays on it, one generation on (the driver marks
+    /// it `halted`, and a host not running it does not take it), the
+    /// rollout stays halted and no later ring gets it; the way out is a new
+    /// release on the gate.
     #[test]
     fn a_halt_on_the_first_release_ever_keeps_the_pointer_and_stops_there() {
         let mut r = Rollout::default();
         r.sync(&rings());
         assert_eq!(points(&r.on_live("A", 0)), [("canary".into(), "A".into(), 1)]);
         let fx = r.observe(&reports(&[("h1", Err("refused".into())), ("h2", ok("A", Status::Pass))]), &rings(), TAKE, TAKE + 1);
-        assert!(points(&fx).is_empty(), "{fx:?}");
+        assert_eq!(points(&fx), [("canary".into(), "A".into(), 2)]);
         assert!(fx.iter().any(|e| matches!(e, Effect::Journal(Event::RolloutHalted { to: None, .. }))), "{fx:?}");
         assert_eq!((r.rings[0].release.as_deref(), r.rings[0].phase), (Some("A"), Phase::Halted));
         assert_eq!(r.revert("canary", "ops", TAKE + 2), Err(CommandError::NothingToRevert("canary".into())));
         assert!(points(&r.observe(&all_on("A"), &rings(), TAKE, 10 * TAKE)).is_empty());
         assert_eq!(r.rings[1].release, None, "the later ring never gets it");
-        assert_eq!(points(&r.on_live("B", 10 * TAKE)), [("canary".into(), "B".into(), 2)]);
+        assert_eq!(points(&r.on_live("B", 10 * TAKE)), [("canary".into(), "B".into(), 3)]);
         assert_eq!(r.rings[0].history, ["A"]);
     }
 
