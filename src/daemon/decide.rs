@@ -31,7 +31,10 @@ impl Daemon {
         }
         // A short wait: a CLI command holds the lock for a decision, never a canary.
         let store = &self.cx.store;
-        let kept = store.lock(super::LOCK_WAIT).and_then(|lock| store.record_held(&lock, held, held_before)).map_err(GateError::Held)?;
+        let record = || store.lock(super::LOCK_WAIT).and_then(|lock| store.record_held(&lock, held, held_before));
+        // The lock's wait sleeps: off the runtime's worker where it can be.
+        let multi = tokio::runtime::Handle::try_current().is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        let kept = if multi { tokio::task::block_in_place(record) } else { record() }.map_err(GateError::Held)?;
         if kept.len() < held.len() {
             tracing::info!(candidate = id, "a hold was cleared during this run; incoming is checked again after it");
             self.held_cleared.store(true, std::sync::atomic::Ordering::Relaxed);
