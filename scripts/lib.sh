@@ -99,7 +99,8 @@ build_daily() {
 # $work/incoming (where the caller has put the first update), production at
 # $work/prod/clamd.sock, health on 127.0.0.1:$health (a free port), TOML
 # added to the top level of $work/clamgate.toml, PREFIX before the command
-# (e.g. taskset). Returns once the first update is promoted; sets $pid (in pids).
+# (e.g. taskset), CLAMD_TOML (env) added to [clamd] (managed mode). Returns
+# once the first update is promoted; sets $pid (in pids).
 start_daemon() {
   local settle=$1 probe=$2 extra=${3:-}; shift 2; shift $(( $# > 0 ))
   health=$(free_port)
@@ -115,6 +116,7 @@ settle = "$settle"
 $extra
 [clamd]
 socket = "$work/prod/clamd.sock"
+${CLAMD_TOML:-}
 [health]
 listen = "127.0.0.1:$health"
 probe_interval = "$probe"

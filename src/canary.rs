@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::clamd::process::{ClamdProcess, Options, StartError};
 use crate::corpus::{self, Corpus, Verdicts};
+use crate::managed::{Managed, ManagedError};
 use crate::policy::Policy;
 use crate::reason::{Code, Reason};
 use crate::settings::human_size;
@@ -19,6 +20,10 @@ pub(crate) struct CanaryStats {
     pub(crate) load_ms: Option<u64>,
     pub(crate) peak_rss_bytes: Option<u64>,
     pub(crate) scan_ms: Option<u64>,
+    /// The signatures loaded (the gate's count): with the peak, what the
+    /// memory guard scales its next estimate from, also after a restart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) signatures: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -27,6 +32,9 @@ pub(crate) struct CanaryRun {
     pub(crate) verdicts: Verdicts,
     /// clamd's own output: kept with a candidate the corpus then rejects.
     pub(crate) log: String,
+    /// Managed mode: the canary, still running, and its managed name, for
+    /// the gate to keep if the candidate passes (dropping it kills it).
+    pub(crate) running: Option<(String, ClamdProcess)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -42,16 +50,28 @@ pub(crate) enum CanaryError {
 pub(crate) struct Canary<'a> {
     pub(crate) binary: &'a Path,
     pub(crate) policy: &'a Policy,
+    /// Managed mode: started from the operator's clamd.conf, as production
+    /// is, so that the one that passes can become production.
+    pub(crate) managed: Option<&'a Managed>,
 }
 
 impl Canary<'_> {
     /// Loads `db_dir` in a fresh clamd whose files live in `work_dir`, scans
     /// the corpus, and reports verdicts and figures.
-    pub(crate) async fn run(&self, db_dir: &Path, work_dir: &Path, corpus: &Corpus) -> Result<CanaryRun, CanaryError> {
-        let mut opts = Options::new(db_dir, work_dir);
-        opts.binary = self.binary.to_path_buf();
+    /// `keep`: in managed mode, leave it running in the result.
+    pub(crate) async fn run(&self, db_dir: &Path, work_dir: &Path, corpus: &Corpus, keep: bool) -> Result<CanaryRun, CanaryError> {
         let mut stats = CanaryStats::default();
-        let mut clamd = ClamdProcess::spawn(opts).map_err(CanaryError::Environment)?;
+        let (name, mut clamd) = match self.managed {
+            Some(m) => {
+                let (name, p) = m.spawn(db_dir).map_err(|e| CanaryError::Environment(start_error(e)))?;
+                (Some(name), p)
+            }
+            None => {
+                let mut opts = Options::new(db_dir, work_dir);
+                opts.binary = self.binary.to_path_buf();
+                (None, ClamdProcess::spawn(opts).map_err(CanaryError::Environment)?)
+            }
+        };
         let load = match self.wait_loaded(&mut clamd).await {
             Ok(d) => d,
             Err(e) => return Err(self.load_failure(e, stats)),
@@ -70,8 +90,13 @@ impl Canary<'_> {
             return Err(rejected);
         }
         let log = clamd.log_text();
-        clamd.stop(Duration::from_secs(5)).await;
-        Ok(CanaryRun { stats, verdicts, log })
+        if let (Some(name), true) = (name, keep) {
+            return Ok(CanaryRun { stats, verdicts, log, running: Some((name, clamd)) });
+        }
+        // SIGKILL, not SIGTERM: a throw-away clamd has nothing to flush, and
+        // freeing its engine (tens of ms at 1M signatures) would be ours to wait for.
+        clamd.kill();
+        Ok(CanaryRun { stats, verdicts, log, running: None })
     }
 
     /// Waits for the load within the policy's load timeout, stopping early
@@ -114,6 +139,15 @@ impl Canary<'_> {
         };
         let log = e.log().unwrap_or_default().to_string();
         CanaryError::Rejected { reason: Reason::new(code, blamed_file(&log).as_deref(), message), stats, log }
+    }
+}
+
+/// A managed canary that could not be set up is our failure, as any other.
+fn start_error(e: ManagedError) -> StartError {
+    match e {
+        ManagedError::Start { source, .. } => source,
+        ManagedError::Io { path, source, .. } => StartError::Setup { file: path, source },
+        ManagedError::Occupied(path) => StartError::Setup { file: path, source: std::io::Error::other("occupied") },
     }
 }
 

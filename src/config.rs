@@ -21,6 +21,8 @@ pub(crate) mod defaults {
     /// Debian's clamd `LocalSocket`.
     pub(crate) const CLAMD_SOCKET: &str = "/run/clamav/clamd.ctl";
     pub(crate) const CLAMD_BINARY: &str = "/usr/sbin/clamd";
+    /// Debian's clamd config, production's in managed mode.
+    pub(crate) const CLAMD_CONF: &str = "/etc/clamav/clamd.conf";
     /// The health endpoint, and where the milter asks it.
     pub(crate) const HEALTH_LISTEN: &str = "127.0.0.1:3311";
     pub(crate) const HEALTH_URL: &str = "http://127.0.0.1:3311/readyz";
@@ -51,6 +53,8 @@ pub struct Config {
     pub(crate) clamd: ClamdConfig,
     pub(crate) health: HealthConfig,
     pub(crate) milter: MilterConfig,
+    /// `[memory_guard]`: when a canary must wait for memory.
+    pub(crate) memory_guard: crate::memguard::GuardConfig,
     /// The gate publishes its releases to a fleet (`[publish]`).
     pub(crate) publish: Option<crate::fleet::config::PublishConfig>,
     /// A fleet host follows a gate's ring instead of `incoming_dir` (`[source]`).
@@ -86,6 +90,11 @@ pub(crate) struct ClamdConfig {
     pub(crate) timeout: Duration,
     /// How long production may take to show a new release after RELOAD.
     pub(crate) reload_timeout: Duration,
+    /// `managed = true`: clamgate runs production clamd itself from `conf`.
+    pub(crate) managed: bool,
+    /// The operator's `clamd.conf`; in managed mode its `LocalSocket` is the
+    /// production socket.
+    pub(crate) conf: PathBuf,
 }
 
 #[derive(Debug, Clone)]
@@ -133,12 +142,32 @@ impl ClamdConfig {
             (Some(p), None) => Endpoint::Unix(p.into()),
             (None, None) => Endpoint::Unix(defaults::CLAMD_SOCKET.into()),
         };
+        let managed = s.bool("managed", false);
+        if managed && matches!(endpoint, Endpoint::Tcp(_)) {
+            s.problem("tcp", "managed mode serves the LocalSocket of clamd.conf only; remove tcp (see the README on TCP clients)");
+        }
         ClamdConfig {
             endpoint,
             binary: s.path("binary", defaults::CLAMD_BINARY),
             timeout: s.duration("timeout", "30s"),
             reload_timeout: s.duration("reload_timeout", "300s"),
+            managed,
+            conf: s.path("conf", defaults::CLAMD_CONF),
         }
+    }
+}
+
+impl ClamdConfig {
+    /// Where production clamd answers: in managed mode the `LocalSocket` of
+    /// `conf` (read now; if it cannot be used, `socket`, and the daemon
+    /// refuses to start on it, naming the problem), else `socket` or `tcp`.
+    pub(crate) fn production_endpoint(&self) -> Endpoint {
+        if self.managed
+            && let Ok(c) = crate::managed::ClamdConf::load(&self.conf)
+        {
+            return Endpoint::Unix(c.production_socket);
+        }
+        self.endpoint.clone()
     }
 }
 
@@ -217,6 +246,7 @@ impl Config {
             clamd: f.section("clamd", ClamdConfig::parse),
             health: f.section("health", HealthConfig::parse),
             milter: f.section("milter", MilterConfig::parse),
+            memory_guard: f.section("memory_guard", crate::memguard::GuardConfig::parse),
             publish: f.has("publish").then(|| f.section("publish", crate::fleet::config::PublishConfig::parse)),
             source: f.has("source").then(|| f.section("source", crate::fleet::config::SourceConfig::parse)),
         };
@@ -258,8 +288,11 @@ impl Config {
             "rescan_interval" => rescan_interval;
             "smoke_samples" => smoke_samples;
             "clamd.socket/tcp" => clamd.endpoint;
+            "clamd.managed" => clamd.managed;
+            "clamd.conf" => clamd.conf;
             "health.listen" => health.listen;
             "health.probe_interval" => health.probe_interval;
+            "memory_guard" => memory_guard;
             "publish" => publish;
             "source" => source;
         }
@@ -351,12 +384,12 @@ mod tests {
         let d = Config::parse(Path::new("x"), "").unwrap();
         assert_eq!(c.policy, PolicyFile::Named(defaults::POLICY.into()));
         assert_eq!(format!("{:?}", Config { file: None, policy: PolicyFile::Default, ..c }), format!("{:?}", Config { file: None, ..d }));
-        // Every key the code reads is set (24; `clamd.tcp`, the alternative
+        // Every key the code reads is set (30; `clamd.tcp`, the alternative
         // to `socket`, and `smoke_samples`, unset by default, are in
         // comments), so the file documents them all.
         let table: toml::Table = text.parse().unwrap();
         let leaves: usize = table.values().map(|v| v.as_table().map_or(1, toml::Table::len)).sum();
-        assert_eq!(leaves, 24, "etc/clamgate.toml should set every key");
+        assert_eq!(leaves, 30, "etc/clamgate.toml should set every key");
         assert!(text.contains("# tcp = ") && text.contains("# smoke_samples = "), "clamd.tcp and smoke_samples are documented");
     }
 

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use crate::config::Config;
 use crate::corpus::{Corpus, CorpusError};
+use crate::managed::{ClamdConf, Managed};
 use crate::production::{MissingSample, Production, smoke_samples};
 use crate::store::{Store, StoreError};
 
@@ -26,6 +27,8 @@ pub(crate) enum ContextError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Corpus(#[from] CorpusError),
+    #[error(transparent)]
+    Managed(#[from] crate::managed::ConfError),
     #[error("config {}: {source}", file.display())]
     Smoke {
         file: PathBuf,
@@ -41,16 +44,43 @@ pub(crate) struct Context {
     pub(crate) store: Store,
     pub(crate) corpus: Corpus,
     pub(crate) production: Production,
+    /// Managed mode: the supervisor of production clamd (`[clamd] managed`).
+    pub(crate) managed: Option<Managed>,
 }
 
 impl Context {
     pub(crate) fn open(config: Config, state: StateDir) -> Result<Context, ContextError> {
         let corpus = Corpus::load(&config.corpus_dir)?;
-        let production = production(&config, &corpus)?;
+        let mut production = production(&config, &corpus)?;
+        let managed = managed(&config)?;
+        if let Some(m) = &managed {
+            production.client = crate::clamd::Client::unix(m.production_socket(), config.clamd.timeout);
+        }
         // Last: a bad config must not create a state dir.
         let store = open_store(&config, state)?;
-        Ok(Context { config, store, corpus, production })
+        Ok(Context { config, store, corpus, production, managed })
     }
+}
+
+/// The supervisor, in managed mode: `conf` read and checked now, so a
+/// TCPSocket there stops the start with its file and line.
+pub(crate) fn managed(config: &Config) -> Result<Option<Managed>, ContextError> {
+    if !config.clamd.managed {
+        return Ok(None);
+    }
+    let conf = ClamdConf::load(&config.clamd.conf)?;
+    if let crate::clamd::Endpoint::Unix(p) = &config.clamd.endpoint
+        && p != &conf.production_socket
+    {
+        tracing::debug!(
+            "managed mode: production is {}'s LocalSocket {}, not clamd.socket {}",
+            conf.file.display(),
+            conf.production_socket.display(),
+            p.display()
+        );
+    }
+    let c = &config.clamd;
+    Ok(Some(Managed::new(conf, &c.binary, &config.state_dir, c.reload_timeout, c.timeout)))
 }
 
 /// The state dir alone, for the read-only commands.

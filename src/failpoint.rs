@@ -2,7 +2,7 @@
 //! `cargo test` runs), `CLAMGATE_FAILPOINT=name` makes the process SIGKILL
 //! itself when it reaches `name`, and `name:stop` makes it SIGSTOP itself
 //! there, so a test can break something else at that exact moment and then
-//! let it go on with SIGCONT. Release builds compile this to nothing, and the
+//! let it go on with SIGCONT; several are separated by commas. Release builds compile this to nothing, and the
 //! tests that need it are compiled only where it exists.
 
 macro_rules! points {
@@ -40,24 +40,32 @@ points! {
     RollbackBegun = "rollback-begun",
     RollbackSwapped = "rollback-swapped",
     RollbackReloaded = "rollback-reloaded",
+    ManagedCanaryKept = "managed-canary-kept",
+    ManagedSocketRenamed = "managed-socket-renamed",
+    ManagedOldDrained = "managed-old-drained",
+    ManagedOldStopped = "managed-old-stopped",
+    ManagedRollbackRenamed = "managed-rollback-renamed",
 }
 
 /// Dies (or stops) here, if the test asked for it.
 #[cfg(debug_assertions)]
 pub(crate) fn hit(point: Point) {
     use rustix::process::{Signal, getpid, kill_process};
-    let Ok(v) = std::env::var("CLAMGATE_FAILPOINT") else { return };
+    let Ok(all) = std::env::var("CLAMGATE_FAILPOINT") else { return };
     let name = point.name();
-    match v.split_once(':') {
-        None if v == name => {
-            tracing::warn!("failpoint {name}: killing myself");
-            let _ = kill_process(getpid(), Signal::KILL);
+    // Several, comma-separated: stop at one step, die at a later one.
+    for v in all.split(',') {
+        match v.split_once(':') {
+            None if v == name => {
+                tracing::warn!("failpoint {name}: killing myself");
+                let _ = kill_process(getpid(), Signal::KILL);
+            }
+            Some((at, "stop")) if at == name => {
+                tracing::warn!("failpoint {name}: stopping myself until SIGCONT");
+                let _ = kill_process(getpid(), Signal::STOP);
+            }
+            _ => {}
         }
-        Some((at, "stop")) if at == name => {
-            tracing::warn!("failpoint {name}: stopping myself until SIGCONT");
-            let _ = kill_process(getpid(), Signal::STOP);
-        }
-        _ => {}
     }
 }
 

@@ -11,6 +11,8 @@ use crate::canary::{Canary, CanaryError, CanaryRun, CanaryStats};
 use crate::candidate::{self, Manifest, Snapshot, SnapshotError};
 use crate::clamd::process::StartError;
 use crate::corpus::{self, Corpus, SampleResult, Verdicts};
+use crate::managed::Managed;
+use crate::memguard::{Deferral, Room, Sample};
 use crate::policy::Policy;
 use crate::reason::{Code, Reason};
 use crate::status::Status;
@@ -105,6 +107,14 @@ pub(crate) struct Report {
     /// The snapshot directory holding the checked copy of the files.
     #[serde(skip)]
     pub(crate) snapshot_dir: Option<PathBuf>,
+    /// Managed mode: the passed canary, kept running (its managed name).
+    #[serde(skip)]
+    pub(crate) kept: Option<String>,
+    /// A passed canary's verdicts: the release's own under the canary's
+    /// config (production's, in managed mode), cached as the baseline of
+    /// the next candidate, so the next update needs no baseline canary.
+    #[serde(skip)]
+    pub(crate) kept_verdicts: Option<Verdicts>,
 }
 
 /// Our own failure, not the candidate's: the caller retries later and
@@ -115,6 +125,9 @@ pub(crate) enum GateError {
     Snapshot(#[from] SnapshotError),
     #[error("cannot start a canary clamd: {0}")]
     Canary(StartError),
+    /// Not enough memory for the canary now: checked again later.
+    #[error("{0}")]
+    Deferred(Deferral),
     #[error("cannot assemble a reduced set in {dir}: {source}")]
     Assemble {
         dir: PathBuf,
@@ -137,6 +150,13 @@ pub(crate) struct Gate<'a> {
     /// Stops the run before any canary when it returns a reason: the daemon
     /// uses it so a quarantined digest (or the live one) is not canaried again.
     pub(crate) known: Option<KnownCheck<'a>>,
+    /// Asked before each canary (the daemon's memory guard); `None` runs unguarded.
+    pub(crate) room: Option<&'a dyn Room>,
+    /// Managed mode: canaries from the operator's clamd.conf.
+    pub(crate) managed: Option<&'a Managed>,
+    /// Managed mode: a candidate that passes keeps its canary running, to
+    /// become production (`Report::kept`). Off for bisection probes.
+    pub(crate) keep: bool,
 }
 
 impl Report {
@@ -156,6 +176,8 @@ impl Report {
             new_baseline_verdicts: None,
             canary_log: None,
             snapshot_dir: None,
+            kept: None,
+            kept_verdicts: None,
         }
     }
 
@@ -188,30 +210,73 @@ impl Gate<'_> {
         self.check_snapshot(r, set, work, baseline).await
     }
 
-    /// Every step after the file rules, on the files in `snap`.
+    /// Every step after the file rules, on the files in `snap`. The format
+    /// checks (container MD5s, every text line) run while the canary loads,
+    /// off the critical path; the report reads as if they ran first, and a
+    /// candidate they reject has its canary killed, never judged.
     pub(crate) async fn check_snapshot(&self, mut r: Report, snap: &Snapshot, work: &Path, baseline: Option<&Baseline>) -> Result<Report, GateError> {
-        let (manifest, format_ok) = self.format(&mut r, snap);
-        if let Some(reason) = self.known.and_then(|known| known(&manifest)) {
+        // Names, sizes and hashes are the id: known or not is settled before any canary.
+        if let Some(reason) = self.known.and_then(|known| known(&Manifest::new(snap.files.clone()))) {
+            let (manifest, _) = self.format(&mut r, snap);
             r.check(Step::Known, Status::Fail, reason.message.clone());
             r.reasons.push(reason);
             r.manifest = Some(manifest);
             return Ok(r);
         }
+        let canary = Canary { binary: self.clamd_binary, policy: self.policy, managed: self.managed };
+        let room = if self.room.is_some() { self.room_for(validate::signature_hint(&snap.dir, &snap.files)) } else { Ok(()) };
+        let may_load = room.is_ok() && r.reasons.is_empty();
+        let (dir, files) = (snap.dir.clone(), snap.files.clone());
+        let mut inspecting = tokio::task::spawn_blocking(move || validate::inspect_all(&dir, files));
+        let mut loading = std::pin::pin!(async {
+            match may_load {
+                true => Some(canary.run(&snap.dir, &work.join("canary"), self.corpus, self.keep).await),
+                false => None,
+            }
+        });
+        let mut loaded = None;
+        let inspected = tokio::select! {
+            i = &mut inspecting => i,
+            l = &mut loading => {
+                loaded = Some(l);
+                (&mut inspecting).await
+            }
+        }
+        .expect("inspecting files does not panic");
+        let (manifest, format_ok) = self.record_format(&mut r, inspected);
         self.sanity(&mut r, &manifest, format_ok, baseline);
         r.manifest = Some(manifest);
         if !r.reasons.is_empty() {
+            // Returning drops `loading`, and with it kills its clamd.
             r.check(Step::Canary, Status::Skipped, "static checks failed");
             r.check(Step::Corpus, Status::Skipped, "static checks failed");
             return Ok(r);
         }
-        let canary = Canary { binary: self.clamd_binary, policy: self.policy };
-        let Some(run) = self.canary(&mut r, &canary, snap, work).await? else { return Ok(r) };
-        let baseline_verdicts = self.baseline_verdicts(&mut r, &canary, baseline, work).await;
+        room?;
+        let result = match loaded {
+            Some(l) => l,
+            None => loading.await,
+        };
+        let result = result.expect("a canary runs when there is room and no reason");
+        let Some(mut run) = self.canary(&mut r, result)? else { return Ok(r) };
+        let baseline_verdicts = self.baseline_verdicts(&mut r, &canary, baseline, work).await?;
         self.corpus(&mut r, &run, baseline_verdicts.as_ref());
         if r.reasons.is_empty() {
             r.verdict = Verdict::Pass;
+            r.kept_verdicts = Some(run.verdicts.clone());
+            self.keep(&mut r, &mut run);
         }
         Ok(r)
+    }
+
+    /// Managed mode: the canary that passed stays running, recorded as
+    /// holding the candidate; a failure to record it only costs a load.
+    fn keep(&self, r: &mut Report, run: &mut CanaryRun) {
+        let (Some(m), Some((name, p)), Some(id)) = (self.managed, run.running.take(), r.manifest.as_ref().map(|m| m.id.clone())) else { return };
+        match m.keep(&name, p, &id) {
+            Ok(()) => r.kept = Some(name),
+            Err(e) => tracing::warn!(candidate = id, "cannot keep the canary: {e}; production will load the release itself"),
+        }
     }
 
     /// File rules: what the snapshot refused.
@@ -228,13 +293,13 @@ impl Gate<'_> {
 
     /// Container headers and text database lines; the manifest follows.
     fn format(&self, r: &mut Report, snap: &Snapshot) -> (Manifest, bool) {
-        let mut files = snap.files.clone();
+        self.record_format(r, validate::inspect_all(&snap.dir, snap.files.clone()))
+    }
+
+    /// The format step's line and the manifest, from the inspected files.
+    fn record_format(&self, r: &mut Report, (files, reasons): (Vec<crate::candidate::DbFile>, Vec<Reason>)) -> (Manifest, bool) {
         let before = r.reasons.len();
-        for f in &mut files {
-            if let Err(reason) = validate::inspect(&snap.dir, f) {
-                r.reasons.push(reason);
-            }
-        }
+        r.reasons.extend(reasons);
         let manifest = Manifest::new(files);
         r.candidate = (!manifest.files.is_empty()).then(|| manifest.id.clone());
         let ok = r.reasons.len() == before;
@@ -258,11 +323,16 @@ impl Gate<'_> {
         }
     }
 
-    /// Loads the candidate in a canary clamd and scans the corpus; `None`
+    /// What the candidate's canary (load, corpus scan) came to; `None`
     /// when the candidate failed there (the report says why).
-    async fn canary(&self, r: &mut Report, canary: &Canary<'_>, snap: &Snapshot, work: &Path) -> Result<Option<CanaryRun>, GateError> {
-        let run = match canary.run(&snap.dir, &work.join("canary"), self.corpus).await {
-            Ok(run) => run,
+    fn canary(&self, r: &mut Report, result: Result<CanaryRun, CanaryError>) -> Result<Option<CanaryRun>, GateError> {
+        let signatures = r.manifest.as_ref().map_or(0, Manifest::total_signatures);
+        let run = match result {
+            Ok(mut run) => {
+                run.stats.signatures = Some(signatures);
+                self.ran(&run.stats);
+                run
+            }
             Err(CanaryError::Environment(e)) => return Err(GateError::Canary(e)),
             Err(CanaryError::Rejected { reason, stats, log }) => {
                 r.check(Step::Canary, Status::Fail, reason.message.clone());
@@ -282,13 +352,27 @@ impl Gate<'_> {
 
     /// The live release's verdicts on this corpus: cached, or scanned once
     /// now in a canary of their own.
-    async fn baseline_verdicts(&self, r: &mut Report, canary: &Canary<'_>, baseline: Option<&Baseline>, work: &Path) -> Option<Verdicts> {
-        let b = baseline?;
+    async fn baseline_verdicts(&self, r: &mut Report, canary: &Canary<'_>, baseline: Option<&Baseline>, work: &Path) -> Result<Option<Verdicts>, GateError> {
+        let Some(b) = baseline else { return Ok(None) };
         if let Some(v) = &b.verdicts {
-            return Some(v.clone());
+            return Ok(Some(v.clone()));
         }
-        match canary.run(&b.dir, &work.join("baseline-canary"), self.corpus).await {
-            Ok(run) => {
+        // Managed mode: the clamd serving the live release runs production's
+        // config, as the canary does; its verdicts cost no engine load.
+        if let Some(client) = self.managed.and_then(|m| m.serving(&b.manifest.id, self.policy.scan_timeout)) {
+            let verdicts = corpus::scan(&client, self.corpus, self.policy.scan_parallelism, self.policy.scan_timeout).await;
+            // Production busy or gone: a canary of the baseline, as in RELOAD mode.
+            if verdicts.values().all(|v| !matches!(v, corpus::Outcome::Timeout | corpus::Outcome::Unreachable(_))) {
+                r.new_baseline_verdicts = Some(verdicts.clone());
+                return Ok(Some(verdicts));
+            }
+        }
+        let signatures = b.manifest.total_signatures();
+        self.room_for(signatures)?;
+        Ok(match canary.run(&b.dir, &work.join("baseline-canary"), self.corpus, false).await {
+            Ok(mut run) => {
+                run.stats.signatures = Some(signatures);
+                self.ran(&run.stats);
                 r.new_baseline_verdicts = Some(run.verdicts.clone());
                 Some(run.verdicts)
             }
@@ -297,6 +381,18 @@ impl Gate<'_> {
                 r.warnings.push(Reason::new(Code::CanaryLoadFailed, None, message));
                 None
             }
+        })
+    }
+
+    /// The memory guard's word before a canary on `signatures`.
+    fn room_for(&self, signatures: u64) -> Result<(), GateError> {
+        self.room.map_or(Ok(()), |room| room.before_canary(signatures)).map_err(GateError::Deferred)
+    }
+
+    /// A canary's size, for the memory guard's next estimate.
+    fn ran(&self, stats: &CanaryStats) {
+        if let (Some(room), Some(signatures), Some(peak_bytes)) = (self.room, stats.signatures, stats.peak_rss_bytes) {
+            room.after_canary(Sample { signatures, peak_bytes });
         }
     }
 

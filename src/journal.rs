@@ -117,6 +117,10 @@ pub(crate) enum Event {
     CandidateError { error: String },
     #[serde(rename = "candidate.checked")]
     CandidateChecked(Checked),
+    /// The memory guard found too little room for the canary; the
+    /// candidate is checked again a rescan interval later.
+    #[serde(rename = "candidate.deferred")]
+    CandidateDeferred(crate::memguard::Deferral),
     /// A candidate quarantined before came back; not checked again.
     #[serde(rename = "candidate.known_bad")]
     CandidateKnownBad { id: String, reasons: Vec<Reason> },
@@ -343,6 +347,7 @@ impl Event {
             Event::DaemonStopped { .. } => "daemon.stopped",
             Event::CandidateStarted { .. } => "candidate.started",
             Event::CandidateCancelled { .. } => "candidate.cancelled",
+            Event::CandidateDeferred(_) => "candidate.deferred",
             Event::CandidateError { .. } => "candidate.error",
             Event::CandidateChecked(_) => "candidate.checked",
             Event::CandidateKnownBad { .. } => "candidate.known_bad",
@@ -565,6 +570,16 @@ mod tests {
             Event::CandidateStarted { live: None },
             Event::CandidateCancelled { why: "x".into() },
             Event::CandidateError { error: "x".into() },
+            Event::CandidateDeferred(crate::memguard::Deferral {
+                limit: crate::memguard::decide::Limit::Cgroup,
+                signatures: 10,
+                needed: 3,
+                available: 2,
+                canary_estimate: 3,
+                second_engine: 0,
+                reserve: 0,
+                cgroup: Some("/sys/fs/cgroup/x".into()),
+            }),
             Event::CandidateChecked(Checked { id: None, verdict: Verdict::Reject, reasons: vec![], details: None }),
             Event::CandidateKnownBad { id: "r".into(), reasons: vec![] },
             Event::CandidateQuarantined { id: "r".into() },

@@ -8,6 +8,8 @@
 //! - [`validate`]: static checks: container headers and MD5, text database
 //!   lines, sanity against the live release.
 //! - [`canary`]: a throw-away clamd on the candidate, within budgets.
+//! - [`memguard`]: the memory guard: a canary waits while its engine would
+//!   not fit (host MemAvailable, clamgate's cgroup limit).
 //! - [`corpus`]: samples that must be detected or stay clean, scanned and judged.
 //! - [`gate`]: the pipeline tying the steps together into a [`gate::Report`].
 //! - [`isolate`]: per-file isolation: the files behind a failure held back,
@@ -17,6 +19,8 @@
 //! - [`production`]: the production clamd: RELOAD, VERSION, smoke scans.
 //! - [`diff`]: signatures added and removed between two releases (`show`).
 //! - [`promote`]: moving `current` and proving production runs it, or going back.
+//! - [`managed`]: managed mode: clamgate runs production clamd, and hands
+//!   the production socket to the canary that passed.
 //! - [`daemon`]: `clamgate run`, the loop that ties the above together.
 //! - [`health`]: the prober and the HTTP endpoint (`/livez`, `/readyz`, `/metrics`).
 //! - [`metrics`]: the Prometheus registry.
@@ -30,7 +34,7 @@
 //! [`settings`]), [`context`] (what a command builds from the config),
 //! [`reason`] (rejection codes), [`status`] (pass/warn/fail), [`clamd`]
 //! (client and our own clamd processes), [`failpoint`] (crash points for
-//! tests), [`demo`] and [`cli`].
+//! tests), [`runtime`] (tokio's and malloc's bounds), [`demo`] and [`cli`].
 
 pub(crate) mod canary;
 pub mod candidate;
@@ -49,12 +53,15 @@ pub mod health;
 pub(crate) mod isolate;
 pub mod journal;
 pub mod logging;
+pub(crate) mod managed;
+pub(crate) mod memguard;
 pub mod metrics;
 pub(crate) mod milter;
 pub mod policy;
 pub(crate) mod production;
 pub(crate) mod promote;
 pub mod reason;
+pub mod runtime;
 pub mod settings;
 pub(crate) mod status;
 pub mod store;

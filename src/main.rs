@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clamgate::cli::{self, Cli};
 use clamgate::logging::Verbosity;
+use clamgate::runtime::{self, Flavor};
 use clap::Parser;
 
 fn main() -> ExitCode {
@@ -15,12 +16,9 @@ fn main() -> ExitCode {
 
     // The milter's work per message is a few small reads and writes: one
     // thread, no cross-thread wakeups, leaves the CPUs to Postfix.
-    let mut builder = if matches!(cli.command, cli::Command::Milter(_)) {
-        tokio::runtime::Builder::new_current_thread()
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-    };
-    let runtime = match builder.enable_all().build() {
+    let flavor = if matches!(cli.command, cli::Command::Milter(_)) { Flavor::CurrentThread } else { Flavor::MultiThread };
+    runtime::tune_allocator();
+    let runtime = match runtime::build(flavor) {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("clamgate: cannot start the async runtime: {e}");

@@ -61,7 +61,7 @@ impl FirstReason {
     }
 }
 
-label_value!(Origin, FirstReason, Status, Verdict, Code);
+label_value!(Origin, FirstReason, Status, Verdict, Code, crate::memguard::decide::Limit);
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct ProbeLabels {
@@ -82,6 +82,11 @@ struct OriginLabels {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct DatabaseLabels {
     database: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct LimitLabels {
+    limit: crate::memguard::decide::Limit,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -148,6 +153,10 @@ pub struct Metrics {
     canary_peak: Optional<Gauge>,
     max_database_age: Gauge,
     memory_budget: Gauge,
+    deferrals: Family<LimitLabels, Counter>,
+    deferred: Gauge,
+    guard_needed: Optional<Gauge>,
+    guard_available: Optional<Gauge>,
     /// Where [`Metrics::follow`] left off in the journal; `None` before the first read.
     journal_offset: Mutex<Option<u64>>,
     /// Per ring, on a gate with `[publish]`.
@@ -184,6 +193,10 @@ impl Metrics {
             canary_peak: Optional::default(),
             max_database_age: Gauge::default(),
             memory_budget: Gauge::default(),
+            deferrals: Family::default(),
+            deferred: Gauge::default(),
+            guard_needed: Optional::default(),
+            guard_available: Optional::default(),
             journal_offset: Mutex::new(None),
             rollout: Default::default(),
         };
@@ -197,6 +210,9 @@ impl Metrics {
         }
         for origin in [Origin::Automatic, Origin::Operator] {
             m.rollbacks.get_or_create_owned(&OriginLabels { origin });
+        }
+        for limit in [crate::memguard::decide::Limit::Host, crate::memguard::decide::Limit::Cgroup] {
+            m.deferrals.get_or_create_owned(&LimitLabels { limit });
         }
         m.policy(max_database_age, memory_budget);
         let mut r = m.registry;
@@ -216,6 +232,10 @@ impl Metrics {
         r.register("canary_load_seconds", "Load time of the last canary clamd", m.canary_load.clone());
         r.register("canary_peak_bytes", "Peak resident memory of the last canary clamd", m.canary_peak.clone());
         r.register("canary_memory_budget_bytes", "The policy's memory_budget for a canary", m.memory_budget.clone());
+        r.register("canary_deferrals", "Canaries the memory guard deferred, by the limit short of room", m.deferrals.clone());
+        r.register("canary_deferred", "1 while the last memory guard check deferred the canary", m.deferred.clone());
+        r.register("canary_memory_needed_bytes", "Memory the last guarded canary needed under its tightest limit", m.guard_needed.clone());
+        r.register("canary_memory_available_bytes", "Memory free under that limit at the last check", m.guard_available.clone());
         m.rollout.register(&mut r);
         r.register("build", "clamgate build information", Info::new(vec![("version".to_string(), env!("CARGO_PKG_VERSION").to_string())]));
         Metrics { registry: r, ..m }
@@ -254,6 +274,19 @@ impl Metrics {
         }
         if let Some(peak) = peak_bytes {
             self.canary_peak.known().set(peak as i64);
+        }
+    }
+
+    /// A memory guard check: deferred (by which limit) or not, and the
+    /// figures under the tightest limit when known.
+    pub(crate) fn memory_guard(&self, deferred: Option<crate::memguard::decide::Limit>, tightest: Option<(u64, u64)>) {
+        if let Some(limit) = deferred {
+            self.deferrals.get_or_create(&LimitLabels { limit }).inc();
+        }
+        self.deferred.set(i64::from(deferred.is_some()));
+        if let Some((needed, available)) = tightest {
+            self.guard_needed.known().set(needed as i64);
+            self.guard_available.known().set(available as i64);
         }
     }
 
@@ -361,6 +394,7 @@ mod tests {
             "clamgate_canary_load_seconds",
             "clamgate_canary_peak_bytes",
             "clamgate_live_release_info",
+            "clamgate_canary_memory_needed_bytes",
         ] {
             assert!(!names.iter().any(|n| n == absent), "{absent} must be absent while unknown:\n{text}");
         }
@@ -370,6 +404,25 @@ mod tests {
         assert!(text.contains("clamgate_rollbacks_total{origin=\"operator\"} 0"), "{text}");
         assert!(text.contains("clamgate_policy_max_database_age_seconds 3600"), "{text}");
         assert!(text.contains("clamgate_canary_memory_budget_bytes 1073741824"), "{text}");
+        assert!(text.contains("clamgate_canary_deferrals_total{limit=\"cgroup\"} 0"), "{text}");
+        assert!(text.contains("clamgate_canary_deferred 0"), "{text}");
+    }
+
+    #[test]
+    fn a_deferral_counts_and_shows_its_figures() {
+        let m = Metrics::default();
+        m.memory_guard(Some(crate::memguard::decide::Limit::Cgroup), Some((300, 200)));
+        let text = m.encode();
+        for want in [
+            "clamgate_canary_deferrals_total{limit=\"cgroup\"} 1",
+            "clamgate_canary_deferred 1",
+            "clamgate_canary_memory_needed_bytes 300",
+            "clamgate_canary_memory_available_bytes 200",
+        ] {
+            assert!(text.contains(want), "{want}: {text}");
+        }
+        m.memory_guard(None, Some((300, 400)));
+        assert!(m.encode().contains("clamgate_canary_deferred 0"));
     }
 
     #[test]

@@ -89,6 +89,9 @@ pub(crate) enum VerifyError {
     NotShown { want: u64, waited: Duration, seen: String },
     #[error(transparent)]
     Smoke(#[from] SmokeError),
+    /// Managed mode: no clamd could be made to serve the release.
+    #[error(transparent)]
+    Managed(#[from] crate::managed::ManagedError),
 }
 
 /// The production clamd, as promotion sees it.
@@ -125,7 +128,7 @@ impl Production {
         }
         failpoint::hit(after_reload);
         let database = match expected_version(m) {
-            Some(want) => Some(self.wait_for_version(want).await?),
+            Some(want) => Some(self.wait_for_version(want, true).await?),
             None => {
                 // Without a daily database VERSION cannot tell releases apart;
                 // give the reload a moment before the smoke scan.
@@ -138,10 +141,24 @@ impl Production {
         Ok(Verified::Scanning { database })
     }
 
+    /// Managed mode: the production socket was just handed to a clamd that
+    /// loaded `m` already. No RELOAD (it would load the engine again): the
+    /// same VERSION and smoke checks, through the production path.
+    pub(crate) async fn verify_served(&self, m: &Manifest) -> Result<Verified, VerifyError> {
+        let database = match expected_version(m) {
+            Some(want) => Some(self.wait_for_version(want, false).await?),
+            None => None,
+        };
+        failpoint::hit(Point::SmokeScan);
+        self.smoke().await?;
+        Ok(Verified::Scanning { database })
+    }
+
     /// Polls VERSION until it shows `want`, within `reload_timeout`. clamd
     /// drops a RELOAD that arrives while it is reloading (a crashed daemon's,
-    /// or the promotion's just before a rollback): ask again now and then.
-    async fn wait_for_version(&self, want: u64) -> Result<u64, VerifyError> {
+    /// or the promotion's just before a rollback): with `reload_again`, ask
+    /// again now and then.
+    async fn wait_for_version(&self, want: u64, reload_again: bool) -> Result<u64, VerifyError> {
         let deadline = Instant::now() + self.reload_timeout;
         let mut asked = Instant::now();
         loop {
@@ -151,7 +168,7 @@ impl Production {
                 Err(e) if e.is_unreachable() => return Err(VerifyError::WentAway(e)),
                 _ => {}
             }
-            if asked.elapsed() >= RELOAD_AGAIN {
+            if reload_again && asked.elapsed() >= RELOAD_AGAIN {
                 asked = Instant::now();
                 if let Err(e) = self.client.reload().await {
                     tracing::debug!("RELOAD again: {e}");

@@ -9,7 +9,8 @@ use std::fmt;
 use crate::candidate::Manifest;
 use crate::failpoint::{self, Point};
 use crate::journal::{Begin, Done, Event, Failed, Interrupted, JournalError};
-use crate::production::{Production, Verified};
+use crate::managed::Managed;
+use crate::production::{Production, Verified, VerifyError};
 use crate::reason::{Code, Reason};
 use crate::store::{Source, StateLock, Store, StoreError};
 
@@ -40,6 +41,14 @@ impl Activation {
         match self {
             Activation::Promotion => Point::PromotionReloaded,
             Activation::Rollback => Point::RollbackReloaded,
+        }
+    }
+
+    /// Managed mode: right after the production socket was renamed.
+    fn renamed(self) -> Point {
+        match self {
+            Activation::Promotion => Point::ManagedSocketRenamed,
+            Activation::Rollback => Point::ManagedRollbackRenamed,
         }
     }
 }
@@ -77,6 +86,9 @@ pub(crate) struct Activator<'a> {
     pub(crate) store: &'a Store,
     pub(crate) lock: &'a StateLock,
     pub(crate) prod: &'a Production,
+    /// How production gets the release: `None`, RELOAD; managed mode, the
+    /// production socket handed to a clamd that runs it.
+    pub(crate) managed: Option<&'a Managed>,
 }
 
 /// A release to mark bad once the activation's target is live (the one an
@@ -166,12 +178,15 @@ impl Activator<'_> {
         tracing::info!(release = id, from = ?s.from, "{kind}: making {id} live");
         self.store.set_current(self.lock, id)?;
         failpoint::hit(kind.swapped());
-        let why = match self.prod.verify(&manifest, kind.reloaded()).await {
+        let (verified, before) = self.make_live(&manifest, kind.reloaded(), kind.renamed()).await;
+        let why = match verified {
             Ok(v) => {
                 if let Some(m) = &s.mark_bad {
                     self.mark_bad(&m.id, false, &m.why);
                 }
-                return self.live(kind, id, s.from, automatic, v);
+                let outcome = self.live(kind, id, s.from, automatic, v);
+                self.retire(before).await;
+                return outcome;
             }
             Err(e) => e.to_string(),
         };
@@ -216,11 +231,13 @@ impl Activator<'_> {
         self.store.set_current(self.lock, &prev)?;
         failpoint::hit(Point::RollbackSwapped);
         let prev_manifest = self.store.manifest(&prev)?;
-        match self.prod.verify(&prev_manifest, Point::RollbackReloaded).await {
+        let (verified, failed_clamd) = self.make_live(&prev_manifest, Point::RollbackReloaded, Point::ManagedRollbackRenamed).await;
+        match verified {
             Ok(_) => {
                 tracing::warn!(release = prev, reason = Code::ProductionFailed.as_str(), "rolled back from {id} to {prev}");
                 let done = Done { id: prev.clone(), from: Some(id.into()), production: None, reason: Some(why.clone()), automatic: Some(true) };
                 journal.append(Event::RollbackDone(done))?;
+                self.retire(failed_clamd).await;
                 Ok(Outcome::RolledBack { reason: why, to: prev })
             }
             Err(again) => {
@@ -229,6 +246,27 @@ impl Activator<'_> {
                 journal.append(Event::RollbackFailed(failed))?;
                 Ok(Outcome::Broken { reason: format!("{why}; rolling back to {prev} failed too: {again}") })
             }
+        }
+    }
+
+    /// Production gets `m`: RELOAD and verify, or in managed mode the
+    /// production socket handed to a clamd running it (kept from the
+    /// canary, still running, or started now) and verified without RELOAD.
+    /// Also returns the managed clamd that served before, which keeps
+    /// running until the caller has journaled the outcome.
+    async fn make_live(&self, m: &Manifest, reloaded: Point, renamed: Point) -> (Result<Verified, VerifyError>, Option<String>) {
+        let Some(managed) = self.managed else { return (self.prod.verify(m, reloaded).await, None) };
+        match managed.serve(self.store, &m.id, renamed).await {
+            Ok(served) => (self.prod.verify_served(m).await, served.from),
+            Err(e) => (Err(e.into()), None),
+        }
+    }
+
+    /// The managed clamd that served before a verified handover drains and
+    /// stops.
+    async fn retire(&self, before: Option<String>) {
+        if let (Some(managed), Some(name)) = (self.managed, before) {
+            managed.retire(&name).await;
         }
     }
 

@@ -245,12 +245,13 @@ async fn crash_after_the_rollback_reload() {
     crash_at("rollback-reloaded", Story::RolledBack).await;
 }
 
-/// Every failpoint the code has is exercised above. (That every crash point
+/// Every failpoint the code has is exercised above or, for managed mode,
+/// in `tests/managed_crash.rs`. (That every crash point
 /// the code hits is in `failpoint::ALL` the compiler now checks: `hit` takes
 /// a `failpoint::Point`, and `ALL` is generated from the same list.)
 #[test]
 fn every_failpoint_has_a_crash_test() {
-    let me = include_str!("daemon_crash.rs");
+    let me = [include_str!("daemon_crash.rs"), include_str!("managed_crash.rs")].concat();
     for p in failpoint::ALL {
         assert!(me.contains(&format!("crash_at(\"{}\"", p.name())), "no crash test for failpoint {}", p.name());
     }

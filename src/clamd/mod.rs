@@ -94,7 +94,7 @@ impl Client {
         Client { endpoint, timeout }
     }
 
-    pub(crate) fn unix(path: impl Into<PathBuf>, timeout: Duration) -> Self {
+    pub fn unix(path: impl Into<PathBuf>, timeout: Duration) -> Self {
         Client::new(Endpoint::Unix(path.into()), timeout)
     }
 
@@ -150,10 +150,14 @@ impl Client {
     /// Streams a file's content to clamd (INSTREAM), so clamd needs no access
     /// to our files: the canary and production may run as other users.
     pub async fn scan_file(&self, path: &Path) -> Result<ScanVerdict, ClamdError> {
-        // Open first so a missing sample is a file error, not a clamd error.
-        tokio::fs::metadata(path).await.map_err(|source| ClamdError::File { endpoint: self.endpoint.clone(), file: path.to_path_buf(), source })?;
-        let raw = self.call("INSTREAM", async |c| cc::scan_file(path, c, Some(CHUNK)).await, async |c| cc::scan_file(path, c, Some(CHUNK)).await).await?;
-        self.parsed("INSTREAM", reply::parse_scan(&raw))
+        // Read first, so a missing sample is a file error, not a clamd error;
+        // and in one go: every tokio::fs call (a metadata, an open, each
+        // chunk) is a trip to the blocking pool, whose threads and their
+        // malloc arenas grew the daemon's RSS in soaks (samples are small).
+        let data = tokio::fs::read(path).await.map_err(|source| ClamdError::File { endpoint: self.endpoint.clone(), file: path.to_path_buf(), source })?;
+        let mut scan = self.stream().await?;
+        scan.send(&data).await?;
+        scan.finish().await
     }
 
     /// Starts an INSTREAM scan fed chunk by chunk, for callers that receive

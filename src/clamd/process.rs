@@ -25,6 +25,15 @@ pub struct Options {
     pub(crate) concurrent_reload: bool,
     /// Extra `clamd.conf` lines, appended verbatim (tests, tuning).
     pub extra_config: Vec<String>,
+    /// The whole `clamd.conf` instead of the generated one (managed mode:
+    /// the operator's, with our paths); `extra_config` is then ignored.
+    pub(crate) config_text: Option<String>,
+    /// The socket path, if not `work_dir/clamd.sock` (it must match the
+    /// `LocalSocket` of `config_text`).
+    pub(crate) socket: Option<PathBuf>,
+    /// Managed clamds must outlive a crashed daemon (a restart adopts them):
+    /// no death signal from the parent.
+    pub(crate) detached: bool,
 }
 
 impl Options {
@@ -35,6 +44,9 @@ impl Options {
             work_dir: work_dir.into(),
             concurrent_reload: true,
             extra_config: Vec::new(),
+            config_text: None,
+            socket: None,
+            detached: false,
         }
     }
 }
@@ -82,6 +94,8 @@ pub struct ClamdProcess {
     socket: PathBuf,
     log: PathBuf,
     spawned: Instant,
+    /// Set by [`ClamdProcess::keep`]: dropping then leaves clamd running.
+    kept: bool,
 }
 
 impl ClamdProcess {
@@ -96,18 +110,25 @@ impl ClamdProcess {
     pub(crate) fn spawn(opts: Options) -> Result<Self, StartError> {
         let tmp = opts.work_dir.join("tmp");
         fs::create_dir_all(&tmp).map_err(setup(&tmp))?;
-        let socket = opts.work_dir.join("clamd.sock");
+        let socket = opts.socket.clone().unwrap_or_else(|| opts.work_dir.join("clamd.sock"));
         if socket.as_os_str().len() > 107 {
             return Err(StartError::SocketPathTooLong(socket));
         }
         let _ = fs::remove_file(&socket);
         let conf = opts.work_dir.join("clamd.conf");
         let log = opts.work_dir.join("clamd.log");
-        fs::write(&conf, config_text(&opts, &socket, &tmp)).map_err(setup(&conf))?;
-        let out = fs::File::create(&log).map_err(setup(&log))?;
+        let text = opts.config_text.clone().unwrap_or_else(|| config_text(&opts, &socket, &tmp));
+        fs::write(&conf, text).map_err(setup(&conf))?;
+        fs::File::create(&log).map_err(setup(&log))?;
+        // Appending: a managed clamd's `LogFile` is this same file.
+        let out = fs::OpenOptions::new().append(true).open(&log).map_err(setup(&log))?;
         let err = out.try_clone().map_err(setup(&log))?;
-        let child = command(&opts.binary, &conf).stdout(out).stderr(err).spawn().map_err(|source| StartError::Spawn { binary: opts.binary.clone(), source })?;
-        Ok(ClamdProcess { child, opts, socket, log, spawned: Instant::now() })
+        let child = command(&opts.binary, &conf, opts.detached)
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .map_err(|source| StartError::Spawn { binary: opts.binary.clone(), source })?;
+        Ok(ClamdProcess { child, opts, socket, log, spawned: Instant::now(), kept: false })
     }
 
     /// Waits until clamd answers PING, it exits, `timeout` passes, or `check`
@@ -139,7 +160,10 @@ impl ClamdProcess {
                 return Err(StartError::Timeout { after: timeout, database_dir: self.opts.database_dir.clone(), log: self.log_text() });
             }
             tokio::time::sleep(tick).await;
-            tick = (tick * 2).min(Duration::from_millis(50));
+            // Short: every tick lost after the bind is added to the canary's
+            // load time (at 50 ms, about 25 ms per canary); a tick costs a
+            // waitpid, a stat and a /proc read.
+            tick = (tick * 2).min(Duration::from_millis(10));
         }
     }
 
@@ -186,21 +210,6 @@ impl ClamdProcess {
         let _ = fs::remove_file(&self.socket);
     }
 
-    /// Asks clamd to stop (SIGTERM), waits up to `grace`, then kills.
-    pub(crate) async fn stop(&mut self, grace: Duration) {
-        if let Some(pid) = Pid::from_raw(self.child.id() as i32) {
-            let _ = rustix::process::kill_process(pid, Signal::TERM);
-        }
-        let deadline = Instant::now() + grace;
-        while Instant::now() < deadline {
-            if !self.is_running() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        self.kill();
-    }
-
     /// Sends a signal to clamd (tests: SIGSTOP to fake a hang).
     pub fn signal(&self, signal: Signal) {
         if let Some(pid) = Pid::from_raw(self.child.id() as i32) {
@@ -233,8 +242,12 @@ fn config_text(opts: &Options, socket: &Path, tmp: &Path) -> String {
 }
 
 /// clamd on `conf`, set up so it cannot outlive us or escape our kill.
-fn command(binary: &Path, conf: &Path) -> Command {
+fn command(binary: &Path, conf: &Path, detached: bool) -> Command {
     let mut cmd = Command::new(binary);
+    if detached {
+        cmd.arg("--config-file").arg(conf).stdin(Stdio::null()).env_remove("NOTIFY_SOCKET").process_group(0);
+        return cmd;
+    }
     // SAFETY: between fork and exec only prctl(PR_SET_PDEATHSIG) runs: one
     // async-signal-safe syscall, no allocation. A clamd must not outlive
     // whoever started it (a SIGKILLed daemon would leave a canary holding
@@ -254,9 +267,28 @@ fn command(binary: &Path, conf: &Path) -> Command {
     cmd
 }
 
+impl ClamdProcess {
+    /// Lets go of a detached clamd (managed mode: it becomes, or may become,
+    /// production): it keeps running, and a thread reaps it when it exits,
+    /// so a clamd stopped by pid (by us or by the CLI) leaves no zombie.
+    pub(crate) fn keep(mut self) -> u32 {
+        debug_assert!(self.opts.detached, "only a detached clamd may outlive its handle");
+        self.kept = true;
+        let pid = self.child.id();
+        std::thread::spawn(move || {
+            if let Some(pid) = Pid::from_raw(pid as i32) {
+                let _ = rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty());
+            }
+        });
+        pid
+    }
+}
+
 impl Drop for ClamdProcess {
     fn drop(&mut self) {
-        self.kill();
+        if !self.kept {
+            self.kill();
+        }
     }
 }
 

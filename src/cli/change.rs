@@ -178,7 +178,7 @@ fn verified(outcome: Outcome, id: &str, verb: &str) -> Result<(ProductionCheck, 
 }
 
 fn activator<'a>(c: &'a Context, lock: &'a StateLock) -> Activator<'a> {
-    Activator { store: &c.store, lock, prod: &c.production }
+    Activator { store: &c.store, lock, prod: &c.production, managed: c.managed.as_ref() }
 }
 
 pub(crate) async fn rollback(args: RollbackArgs) -> Result<Exit, CliError> {

@@ -71,7 +71,7 @@ pub(crate) async fn run(args: CheckArgs) -> Result<Exit, CliError> {
         Some(b) => Some(load_baseline(b, &work.path().join("baseline"), &policy)?),
         None => None,
     };
-    let gate = Gate { policy: &policy, clamd_binary: &clamd, corpus: &corpus, known: None };
+    let gate = Gate { policy: &policy, clamd_binary: &clamd, corpus: &corpus, known: None, room: None, managed: None, keep: false };
     let iso = isolate::run(&gate, &args.dir, &work.path().join("candidate"), baseline.as_ref(), &[], &|_, _, _| Ok(())).await.map_err(|e| match e {
         GateError::Snapshot(e @ candidate::SnapshotError::ReadDir { .. }) => CliError::usage("usage.unreadable_dir", e),
         e => CliError::environment("environment.gate", e),
@@ -80,7 +80,8 @@ pub(crate) async fn run(args: CheckArgs) -> Result<Exit, CliError> {
         let kept = work.keep();
         eprintln!("work directory kept: {}", kept.display());
     }
-    let mut out = std::io::stdout().lock();
+    // One write at the end, not one per line (the JSON report has hundreds).
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     let report = iso.full.as_ref().or(iso.reduced.as_ref()).expect("a gate run has a report");
     if args.json {
         let _ = serde_json::to_writer_pretty(&mut out, &json(&iso, report));
@@ -89,6 +90,7 @@ pub(crate) async fn run(args: CheckArgs) -> Result<Exit, CliError> {
         let _ = print_human(&mut out, report, iso.outcome == Outcome::Whole);
         let _ = print_isolation(&mut out, &iso);
     }
+    let _ = out.flush();
     Ok(match iso.outcome {
         Outcome::Whole if report.verdict == Verdict::Pass => Exit::Ok,
         Outcome::Reduced => Exit::Reduced,

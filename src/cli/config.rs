@@ -90,6 +90,12 @@ async fn check(args: CheckArgs) -> Result<Exit, CliError> {
         let what = format!("{}: no executable clamd there (install clamav-daemon)", config.clamd.binary.display());
         found.push((Finding::Environment, at(&["clamd", "binary"], what)));
     }
+    // Managed mode: the operator's clamd.conf as the daemon would read it.
+    if config.clamd.managed
+        && let Err(e) = crate::managed::ClamdConf::load(&config.clamd.conf)
+    {
+        found.push((Finding::Config, e.to_string()));
+    }
     if let Some((finding, what)) = production(&config).await {
         let key: &[&str] = if matches!(config.clamd.endpoint, Endpoint::Unix(_)) { &["clamd", "socket"] } else { &["clamd", "tcp"] };
         found.push((finding, at(key, what)));
@@ -125,13 +131,14 @@ async fn check(args: CheckArgs) -> Result<Exit, CliError> {
 /// starts after clamgate's first promotion.
 async fn production(config: &Config) -> Option<(Finding, String)> {
     use std::os::unix::fs::FileTypeExt;
-    if let Endpoint::Unix(p) = &config.clamd.endpoint
+    let endpoint = config.clamd.production_endpoint();
+    if let Endpoint::Unix(p) = &endpoint
         && let Ok(m) = std::fs::metadata(p)
         && !m.file_type().is_socket()
     {
         return Some((Finding::Config, format!("{}: exists but is not a socket", p.display())));
     }
-    let client = crate::clamd::Client::new(config.clamd.endpoint.clone(), std::time::Duration::from_secs(5));
+    let client = crate::clamd::Client::new(endpoint, std::time::Duration::from_secs(5));
     match client.ping().await {
         Ok(()) => None,
         Err(e) => Some((Finding::Warning, format!("production clamd does not answer yet ({e}); clamgate reports it down until it does"))),
@@ -200,7 +207,14 @@ pub(crate) fn show(c: &Config) -> String {
     section(
         &mut out,
         Some("clamd"),
-        vec![endpoint, ("binary", p(&c.clamd.binary)), ("timeout", d(c.clamd.timeout)), ("reload_timeout", d(c.clamd.reload_timeout))],
+        vec![
+            endpoint,
+            ("binary", p(&c.clamd.binary)),
+            ("timeout", d(c.clamd.timeout)),
+            ("reload_timeout", d(c.clamd.reload_timeout)),
+            ("managed", Value::Boolean(c.clamd.managed)),
+            ("conf", p(&c.clamd.conf)),
+        ],
     );
     let h = &c.health;
     section(&mut out, Some("health"), vec![("listen", s(&h.listen)), ("probe_interval", d(h.probe_interval)), ("latency_budget", d(h.latency_budget))]);
@@ -221,6 +235,17 @@ pub(crate) fn show(c: &Config) -> String {
             ("max_connections", Value::Integer(m.max_connections as i64)),
             ("metrics_listen", s(m.metrics_listen.as_deref().unwrap_or(""))),
             ("policy_listen", s(m.policy_listen.as_deref().unwrap_or(""))),
+        ],
+    );
+    let g = &c.memory_guard;
+    section(
+        &mut out,
+        Some("memory_guard"),
+        vec![
+            ("enabled", Value::Boolean(g.enabled)),
+            ("reserve", Value::Integer(g.reserve as i64)),
+            ("concurrent_reload", s(&g.concurrent_reload.to_string())),
+            ("production_conf", p(&g.production_conf)),
         ],
     );
     let opt = |v: &Option<std::path::PathBuf>| v.as_deref().map_or_else(|| s(""), p);
@@ -267,13 +292,14 @@ mod tests {
     /// What `config show` prints is a config that reads back the same.
     #[test]
     fn show_reads_back_as_the_same_config() {
-        let text = "settle = \"7s\"\n[clamd]\ntcp = \"127.0.0.1:3310\"\n[milter]\nmode = \"scan\"\nmax_connections = 9\n";
+        let text = "settle = \"7s\"\n[clamd]\ntcp = \"127.0.0.1:3310\"\n[milter]\nmode = \"scan\"\nmax_connections = 9\n[memory_guard]\nreserve = \"1MiB\"\nconcurrent_reload = \"no\"\n";
         let c = Config::parse(Path::new("c.toml"), &format!("policy = \"/p.toml\"\n{text}")).unwrap();
         let shown = show(&c);
         let back = Config::parse(Path::new("c.toml"), &shown).unwrap();
         assert_eq!(show(&back), shown);
         assert!(shown.contains("policy = \"/p.toml\""), "{shown}");
         assert!(shown.contains("tcp = \"127.0.0.1:3310\"") && shown.contains("settle = \"7s\"") && shown.contains("mode = \"scan\""), "{shown}");
+        assert!(shown.contains("reserve = 1048576") && shown.contains("concurrent_reload = \"no\""), "{shown}");
     }
 
     #[test]

@@ -121,6 +121,7 @@ impl From<crate::context::ContextError> for CliError {
             E::Store(_) => CliError::environment("state.unreadable", e),
             E::Corpus(_) => CliError::usage("config.corpus", e),
             E::Smoke { .. } => CliError::usage("config.invalid", e),
+            E::Managed(c) => CliError::usage(c.code(), c),
         }
     }
 }

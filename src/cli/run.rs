@@ -15,6 +15,7 @@ pub(crate) async fn run(args: ConfigArg) -> Result<Exit, CliError> {
 fn classify(e: DaemonError) -> CliError {
     match e {
         DaemonError::Context(ContextError::Store(_)) => CliError::environment("environment.daemon", e),
+        DaemonError::Context(c @ ContextError::Managed(_)) => c.into(),
         DaemonError::Context(_) | DaemonError::Policy(_) => CliError::usage("config.invalid", e),
         DaemonError::Store(StoreError::DaemonRunning { .. }) => CliError::usage("state.daemon_running", e),
         DaemonError::Fleet(ref f) if f.is_config() => CliError::usage("config.fleet", e),

@@ -296,7 +296,7 @@ fn print_status(o: &mut impl Write, v: &StatusView) -> std::io::Result<()> {
 
 /// A direct look at production: VERSION and a real scan of the smoke samples.
 async fn production_health(config: &crate::config::Config) -> ProductionHealth {
-    let client = Client::new(config.clamd.endpoint.clone(), std::time::Duration::from_secs(5));
+    let client = Client::new(config.clamd.production_endpoint(), std::time::Duration::from_secs(5));
     let health = |status, version, summary| ProductionHealth { status, version, summary };
     let version = match client.version().await {
         Ok(v) => v,

@@ -166,6 +166,14 @@ impl Daemon {
         store.add_release(lock, snapshot, manifest)?;
         failpoint::hit(Point::ReleaseWritten);
         journal.append(Event::ReleaseCreated { id: id.to_string(), signatures: manifest.total_signatures() })?;
+        if let Some(v) = &report.kept_verdicts
+            && let Err(e) = store.cache_verdicts(id, &self.cx.corpus.digest, v)
+        {
+            tracing::warn!("cannot cache the verdicts of release {id}: {e}");
+        }
+        if report.kept.is_some() {
+            failpoint::hit(Point::ManagedCanaryKept);
+        }
         if let Some(pin) = store.pinned() {
             tracing::warn!(release = id, "passed, but the live release is pinned by {} since {}; kept as release {id}", pin.by, pin.at);
             journal.append(Event::CandidateHeld { id: id.to_string(), pinned_by: pin.by })?;

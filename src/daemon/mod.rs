@@ -6,7 +6,9 @@
 //! decide; this module does the I/O.
 
 mod decide;
+mod room;
 mod schedule;
+mod supervise;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -58,6 +60,8 @@ pub(crate) enum DaemonError {
     Fleet(#[from] crate::fleet::FleetError),
     #[error("cannot handle SIGHUP: {0}")]
     Signal(std::io::Error),
+    #[error(transparent)]
+    Managed(#[from] crate::managed::ManagedError),
     #[error("cannot watch {dir}: {source}")]
     Watch {
         dir: PathBuf,
@@ -82,8 +86,13 @@ pub(crate) struct Daemon {
     /// How many files per-file isolation held after the last run: fewer
     /// later means `clamgate recheck FILE` cleared one.
     held: std::sync::atomic::AtomicUsize,
+    /// The memory guard, asked before each canary.
+    guard: room::Guarded,
     /// Set when a `recheck FILE` cleared a hold while a run held it.
     held_cleared: AtomicBool,
+    /// Managed mode: when production clamd was last started again, so a
+    /// release that will not load is retried every 30 s, not every beat.
+    restarted: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 const LOCK_WAIT: Duration = Duration::from_secs(30);
@@ -133,6 +142,7 @@ impl Daemon {
         metrics.follow(&cx.store);
         let health = Health::new(settings, Arc::new(metrics));
         let held = std::sync::atomic::AtomicUsize::new(cx.store.held().len());
+        let guard = room::Guarded::new(cx.config.memory_guard.clone(), &cx.store.journal().read()?);
         Ok(Daemon {
             cx,
             policy,
@@ -141,6 +151,8 @@ impl Daemon {
             last_quarantined: std::sync::Mutex::new(None),
             held,
             held_cleared: AtomicBool::new(false),
+            guard,
+            restarted: std::sync::Mutex::new(None),
         })
     }
 
@@ -191,6 +203,7 @@ impl Daemon {
                 _ = lp.rescan.tick() => schedule.rescan(lp.fingerprint(), Instant::now()),
                 _ = lp.heartbeat.tick() => {
                     self.health.beat();
+                    self.supervise().await;
                     if self.mark_cleared() {
                         schedule.check_again();
                     }
@@ -222,16 +235,25 @@ impl Daemon {
         }
         self.cx.store.journal().append(Event::DaemonStarted { pid: std::process::id(), incoming: self.cx.config.incoming_dir.clone() })?;
         tracing::info!(state_dir = %self.cx.config.state_dir.display(), incoming = %self.cx.config.incoming_dir.display(), "clamgate daemon started");
-        // Verifying production can take up to reload_timeout: keep /livez
-        // and the systemd watchdog fed meanwhile.
+        // Verifying production (or loading it, managed) can take up to
+        // reload_timeout: keep /livez and the systemd watchdog fed meanwhile.
         let mut beat = tokio::time::interval(Duration::from_secs(1));
-        let mut resume = std::pin::pin!(self.resume_interrupted());
+        let mut resume = std::pin::pin!(async {
+            self.adopt_production().await?;
+            let resumed = self.resume_interrupted().await;
+            self.sweep_managed().await?;
+            resumed
+        });
         let resumed = loop {
             tokio::select! {
                 r = &mut resume => break r,
                 _ = beat.tick() => self.health.beat(),
             }
         };
+        if let Err(e @ DaemonError::Managed(crate::managed::ManagedError::Occupied(_))) = resumed {
+            // Two clamds on one production path: the operator must choose.
+            return Err(e);
+        }
         if let Err(e) = resumed {
             // Production keeps whatever it runs; the health endpoint tells.
             tracing::error!("could not finish the interrupted promotion or rollback: {e}");
@@ -278,12 +300,19 @@ impl Daemon {
                 _ = lp.heartbeat.tick() => self.health.beat(),
                 r = &mut run => {
                     drop(run);
-                    if let Err(e) = &r {
+                    if let Err(DaemonError::Gate(crate::gate::GateError::Deferred(d))) = &r {
+                        // Not our failure: the same files again at the next retry.
+                        self.cx.store.journal().append(Event::CandidateDeferred(d.clone()))?;
+                        self.clear_work();
+                    } else if let Err(e) = &r {
                         // Our failure (disk full, read-only state dir): production
                         // keeps its release; the next rescan retries.
                         tracing::error!("candidate run failed: {e}; production keeps its live release");
                         let _ = self.cx.store.journal().append(Event::CandidateError { error: e.to_string() });
                         self.clear_work();
+                    }
+                    if !matches!(r, Err(DaemonError::Gate(crate::gate::GateError::Deferred(_)))) {
+                        self.guard.not_deferred(&self.health);
                     }
                     schedule.finished(r.is_err(), Instant::now());
                     return Ok(Flow::Continue);
@@ -359,7 +388,7 @@ impl Daemon {
     }
 
     fn activator<'a>(&'a self, lock: &'a StateLock) -> Activator<'a> {
-        Activator { store: &self.cx.store, lock, prod: &self.cx.production }
+        Activator { store: &self.cx.store, lock, prod: &self.cx.production, managed: self.cx.managed.as_ref() }
     }
 
     /// A promotion or rollback that a crash interrupted is finished now
@@ -415,7 +444,17 @@ impl Daemon {
             })
         };
         let cfg = &self.cx.config;
-        let gate = Gate { policy: &self.policy, clamd_binary: &cfg.clamd.binary, corpus: &self.cx.corpus, known: Some(&known) };
+        let room = self.guard.reporting(&self.health);
+        let managed = self.cx.managed.as_ref();
+        let gate = Gate {
+            policy: &self.policy,
+            clamd_binary: &cfg.clamd.binary,
+            corpus: &self.cx.corpus,
+            known: Some(&known),
+            room: Some(&room),
+            managed,
+            keep: managed.is_some(),
+        };
         let held_before = self.cx.store.held();
         let on_held = |id: &str, held: &[HeldFile], bisect_runs: u32| self.attributed(id, held, bisect_runs, &held_before);
         // Our failure, not the candidate's (no clamd binary, disk full):
@@ -424,6 +463,8 @@ impl Daemon {
         self.deciding.store(true, Ordering::SeqCst);
         let result = self.decide_isolated(&iso, live.as_deref(), baseline.as_ref()).await;
         self.deciding.store(false, Ordering::SeqCst);
+        // A canary kept for a promotion that did not happen stops now.
+        self.sweep_managed().await?;
         let _ = std::fs::remove_dir_all(&work);
         result
     }

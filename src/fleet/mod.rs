@@ -73,8 +73,9 @@ pub(crate) async fn spawn(
         tasks.spawn(driver.run(stop.clone()));
     }
     if let Some(s) = &cx.config.source {
-        let follower = source::Follower::new(s.clone(), &cx.config.state_dir, cx.store.clone(), cx.production.clone(), health.clone(), max_file_size)
-            .map_err(FleetError::Source)?;
+        let follower =
+            source::Follower::new(s.clone(), &cx.config.state_dir, cx.store.clone(), cx.production.clone(), cx.managed.clone(), health.clone(), max_file_size)
+                .map_err(FleetError::Source)?;
         tracing::info!(url = %s.url, "following ring {}", s.ring());
         tasks.spawn(follower.run(stop.clone()));
     }

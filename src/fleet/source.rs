@@ -72,6 +72,8 @@ pub(crate) struct Follower {
     client: Client,
     store: Store,
     prod: Production,
+    /// Managed mode: releases it activates directly are handed over too.
+    managed: Option<crate::managed::Managed>,
     health: Arc<Health>,
     /// Where fetched files wait, and the dir the daemon's gate watches.
     dir: PathBuf,
@@ -113,6 +115,7 @@ impl Follower {
         state_dir: &Path,
         store: Store,
         prod: Production,
+        managed: Option<crate::managed::Managed>,
         health: Arc<Health>,
         max_file_size: u64,
     ) -> Result<Follower, String> {
@@ -134,6 +137,7 @@ impl Follower {
             client: Client::new(token, timeout),
             store,
             prod,
+            managed,
             health,
             dir,
             incoming,
@@ -394,7 +398,8 @@ impl Follower {
             self.state = State::Pinned;
             return Ok(());
         }
-        let outcome = Activator { store: &self.store, lock: &lock, prod: &self.prod }.activate(Activation::Promotion, id, None).await?;
+        let outcome =
+            Activator { store: &self.store, lock: &lock, prod: &self.prod, managed: self.managed.as_ref() }.activate(Activation::Promotion, id, None).await?;
         drop(lock);
         match outcome {
             Outcome::Live(_) => {

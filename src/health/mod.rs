@@ -56,6 +56,9 @@ pub struct Health {
     started: Instant,
     /// Milliseconds since `started` of the main loop's last heartbeat.
     heartbeat: AtomicU64,
+    /// A daemon-side warning beside the probe's (a deferred canary):
+    /// readiness reads at worst `warn` while it is set.
+    notice: RwLock<Option<String>>,
     /// A fleet host's word on its ring (`fleet` in `/readyz`), and a
     /// warning when the gate has been unreachable too long.
     fleet: RwLock<Option<(Value, Option<String>)>>,
@@ -72,6 +75,7 @@ impl Health {
             metrics,
             started: Instant::now(),
             heartbeat: AtomicU64::new(0),
+            notice: RwLock::new(None),
             fleet: RwLock::new(None),
             fleet_version: AtomicU64::new(0),
         })
@@ -86,6 +90,15 @@ impl Health {
         let mut s = self.settings.write().expect("settings lock");
         s.latency_budget = latency_budget;
         s.max_database_age = max_database_age;
+    }
+
+    /// Sets or clears the daemon's warning; the cached `/readyz` body goes.
+    pub(crate) fn set_notice(&self, notice: Option<String>) {
+        let mut n = self.notice.write().expect("notice lock");
+        if *n != notice {
+            *n = notice;
+            *self.rendered.write().expect("render lock") = None;
+        }
     }
 
     pub(crate) fn last(&self) -> Option<Probe> {
@@ -147,6 +160,12 @@ impl Health {
         {
             (status, output) = (Status::Warn, Some(warn.clone()));
         }
+        let notice = self.notice.read().expect("notice lock").clone();
+        let (status, output) = match (&notice, status) {
+            (Some(n), Status::Pass) => (Status::Warn, Some(n.clone())),
+            (Some(n), Status::Warn) => (Status::Warn, Some(output.map_or_else(|| n.clone(), |o| format!("{o}; {n}")))),
+            _ => (status, output),
+        };
         let time = humantime::format_rfc3339_millis(p.at).to_string();
         let mut body = json!({
             "status": status,
@@ -174,6 +193,10 @@ impl Health {
                     "observedUnit": "s",
                     "status": if p.database_age.is_some_and(|a| a > self.settings().max_database_age) { "warn" } else { "pass" },
                     "time": time,
+                }],
+                "clamgate:memory-guard": [{
+                    "status": if notice.is_some() { "warn" } else { "pass" },
+                    "output": notice,
                 }],
             },
         });

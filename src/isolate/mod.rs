@@ -279,7 +279,8 @@ impl Probe for SetProbe<'_, '_> {
         let out: BTreeSet<String> = self.open.difference(loaded).chain(self.held).cloned().collect();
         let set = self.reducer.assemble(&out)?;
         // A probe is never "known": only its verdict matters.
-        let gate = Gate { known: None, ..self.reducer.gate };
+        // A probe's canary is never production: not kept.
+        let gate = Gate { known: None, keep: false, ..self.reducer.gate };
         let report = self.reducer.check(&set, gate).await?;
         tracing::debug!(loaded = loaded.len(), verdict = report.verdict.as_str(), "bisection probe");
         Ok(report.verdict == Verdict::Reject)

@@ -138,7 +138,7 @@ impl Shared {
     fn new(config: &Config) -> Result<Shared, MilterError> {
         let cfg = config.milter.clone();
         let readiness = ReadinessCache::new(&cfg.health_url, cfg.health_ttl, cfg.health_timeout).map_err(MilterError::Config)?;
-        let clamd = Client::new(config.clamd.endpoint.clone(), config.clamd.timeout);
+        let clamd = Client::new(config.clamd.production_endpoint(), config.clamd.timeout);
         Ok(Shared { cfg, readiness, clamd, outage: Default::default(), unscannable: Default::default(), metrics: Arc::default() })
     }
 

@@ -13,6 +13,41 @@ use std::path::Path;
 use crate::candidate::{CONTAINER_EXTS, DbFile};
 use crate::reason::{Code, Reason};
 
+/// [`inspect`] on every file: the files with their headers and counts,
+/// and the reasons of those that failed.
+pub(crate) fn inspect_all(dir: &Path, mut files: Vec<DbFile>) -> (Vec<DbFile>, Vec<Reason>) {
+    let reasons = files.iter_mut().filter_map(|f| inspect(dir, f).err()).collect();
+    (files, reasons)
+}
+
+/// About how many signatures `files` hold, cheaply, before [`inspect`] has
+/// run (the memory guard sizes a canary with it): a container's header
+/// count, a text file's lines; a file it cannot read counts none.
+pub(crate) fn signature_hint(dir: &Path, files: &[DbFile]) -> u64 {
+    files.iter().map(|f| hint_of(&dir.join(&f.name), f.extension()).unwrap_or(0)).sum()
+}
+
+fn hint_of(path: &Path, ext: &str) -> std::io::Result<u64> {
+    let mut f = File::open(path)?;
+    if CONTAINER_EXTS.contains(&ext) {
+        let mut head = Vec::with_capacity(cvd::HEADER_LEN);
+        (&mut f).take(cvd::HEADER_LEN as u64).read_to_end(&mut head)?;
+        return Ok(cvd::parse_header(&head).map_or(0, |h| h.signatures));
+    }
+    if text::format_of(ext).is_none() {
+        return Ok(0);
+    }
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut lines = 0u64;
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            return Ok(lines);
+        }
+        lines += buf[..n].iter().filter(|&&b| b == b'\n').count() as u64;
+    }
+}
+
 /// Checks one copied file and fills in its header and signature count.
 pub(crate) fn inspect(dir: &Path, file: &mut DbFile) -> Result<(), Reason> {
     let path = dir.join(&file.name);

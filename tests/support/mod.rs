@@ -2,8 +2,10 @@
 //! temporary sockets. Every process started here dies with its handle.
 #![allow(dead_code)]
 
+pub mod cgroup;
 pub mod daemon;
 pub mod fleet;
+pub mod managed;
 pub mod metrics;
 pub mod milter;
 pub mod postfix;
