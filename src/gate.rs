@@ -134,6 +134,9 @@ pub(crate) enum GateError {
         #[source]
         source: std::io::Error,
     },
+    /// The caller could not record what attribution held back.
+    #[error("cannot record the held files: {0}")]
+    Held(crate::store::StoreError),
 }
 
 /// Says why a manifest is not to be checked again, if it is not.

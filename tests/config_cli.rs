@@ -94,3 +94,27 @@ fn a_broken_config_names_every_problem() {
     let (code, out, _) = cmd.run(&["config", "check", "--config", &file]);
     assert_eq!(code, 3, "{out}");
 }
+
+/// An empty token file would make the gate's server demand an empty
+/// bearer: config check and the daemon refuse it, naming the file.
+#[test]
+fn an_empty_fleet_token_is_refused() {
+    let cmd = Cmd::new();
+    let keys = cmd.path().join("keys");
+    let (code, out, err) = cmd.run(&["keygen", "--out", &keys.display().to_string()]);
+    assert_eq!(code, 0, "{out}{err}");
+    let token = cmd.path().join("token");
+    fs::write(&token, "\n").unwrap();
+    let source = format!(
+        "[source]\nurl = \"http://127.0.0.1:9/rings/canary.json\"\npublic_key = \"{}\"\ntoken = \"{}\"\n",
+        keys.join("publish.pub").display(),
+        token.display()
+    );
+    let file = config(&cmd, "", &source);
+    let (code, out, _) = cmd.run(&["config", "check", "--config", &file]);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains(&format!("source.token: cannot read {}: the token file is empty", token.display())), "{out}");
+    let (code, _, err) = cmd.run(&["run", "--config", &file]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains(&format!("token {}: the token file is empty", token.display())), "{err}");
+}

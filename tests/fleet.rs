@@ -98,11 +98,15 @@ fn gate_config(keys: &support::fleet::Keys, dir: &Path, listen: &str, token: &Pa
 }
 
 fn rollout(gate: &Env, args: &[&str]) -> (i32, String, String) {
+    clamgate(gate, &[&["rollout"], args].concat())
+}
+
+/// `clamgate ARGS --config` for `env`, as operator `ops`.
+fn clamgate(env: &Env, args: &[&str]) -> (i32, String, String) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_clamgate"))
-        .arg("rollout")
         .args(args)
         .arg("--config")
-        .arg(&gate.config)
+        .arg(&env.config)
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("USER", "ops")
@@ -217,15 +221,26 @@ async fn a_fleet_rolls_out_in_rings_halts_on_a_rejection_and_rolls_back() {
     // (3) Fleet rollback: every host back to A (daily 2 -> 1, which freshclam
     // never does), h3 even after pruning A: fetched again, and made live
     // without its gate (whose downgrade check would refuse it).
+    // h2's operator pinned it meanwhile: it holds B until unpinned.
     fs::remove_dir_all(h3.state().join("releases").join(&a)).unwrap();
     let h3_before = lines(&h3).len();
+    let (code, out, err) = clamgate(&h2, &["pin"]);
+    assert_eq!(code, 0, "{out}{err}");
     let (code, out, err) = rollout(&gate, &["revert", "canary", "--json"]);
     assert_eq!(code, 0, "{out}{err}");
     let rev: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(rev["pointers"].as_array().unwrap().len(), 2, "{rev}");
-    for (h, name) in [(&h1, "h1"), (&h2, "h2"), (&h3, "h3")] {
+    for (h, name) in [(&h1, "h1"), (&h3, "h3")] {
         wait_live(h, &a, name).await;
     }
+    let held = wait_line(&h2, "h2 holds A under its pin", |v| is(v, "candidate.held", "id", &a)).await;
+    assert_eq!(held["pinned_by"], "ops", "{held}");
+    let (_, body) = readyz(h2.health).expect("h2 answers");
+    assert_eq!((body["releaseId"].as_str(), body["fleet"]["state"].as_str()), (Some(b.as_str()), Some("pinned")), "{body}");
+    assert!(!lines(&h2).iter().any(|v| is(v, "promotion.begin", "id", &a) && ms(v) > ms(&held)), "h2 took A while pinned");
+    let (code, out, err) = clamgate(&h2, &["unpin"]);
+    assert_eq!(code, 0, "{out}{err}");
+    wait_live(&h2, &a, "h2").await;
     assert!(!lines(&h3).iter().skip(h3_before).any(|v| v["event"] == "candidate.checked"), "h3 ran A through its gate again");
     assert!(lines(&h3).iter().skip(h3_before).any(|v| is(v, "release.created", "id", &a) || is(v, "promotion.begin", "id", &a)));
     // Production itself runs daily version 1 again on every host, verified

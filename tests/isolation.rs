@@ -358,3 +358,25 @@ async fn promote_force_works_on_a_candidate_whose_whole_check_was_skipped() {
     assert_eq!(daily["signatures"], 120, "the manifest was inspected: {m}");
     assert_eq!(daily["header"]["version"], 2, "{m}");
 }
+
+/// The held files cannot be recorded (held.json's temp name is taken by a
+/// directory): the run fails, is journaled as an error and retried, rather
+/// than journaling `candidate.isolated` with no record behind it.
+#[tokio::test(flavor = "multi_thread")]
+async fn held_files_that_cannot_be_recorded_fail_the_run() {
+    let (env, _d, _prod) = live_v1().await;
+    let before = env.journal().len();
+    let blocker = env.state().join("held.json.tmp");
+    std::fs::create_dir(&blocker).unwrap();
+    let files = [("daily-v2", "daily.cud"), ("fp-ndb", "fp.ndb"), ("good-ndb", "clamgate.ndb")];
+    env.put_files(&files);
+    let err = env.wait_after(before, "the run failed", |e| e.name() == "candidate.error").await.json();
+    assert!(err["error"].as_str().is_some_and(|e| e.contains("cannot record the held files") && e.contains("held.json.tmp")), "{err}");
+    assert!(!env.journal().iter().skip(before).any(|e| e.name() == "candidate.isolated"), "journaled without the record: {:#?}", env.journal());
+    assert!(!env.state().join("held.json").exists());
+    // Once it can be written, the retried run records and journals it.
+    std::fs::remove_dir(&blocker).unwrap();
+    env.put_files(&files);
+    env.wait_after(before, "candidate.isolated", |e| e.name() == "candidate.isolated").await;
+    assert!(std::fs::read_to_string(env.state().join("held.json")).unwrap().contains("fp.ndb"));
+}

@@ -72,7 +72,7 @@ pub(crate) async fn run(args: CheckArgs) -> Result<Exit, CliError> {
         None => None,
     };
     let gate = Gate { policy: &policy, clamd_binary: &clamd, corpus: &corpus, known: None, room: None, managed: None, keep: false };
-    let iso = isolate::run(&gate, &args.dir, &work.path().join("candidate"), baseline.as_ref(), &[], &|_, _, _| {}).await.map_err(|e| match e {
+    let iso = isolate::run(&gate, &args.dir, &work.path().join("candidate"), baseline.as_ref(), &[], &|_, _, _| Ok(())).await.map_err(|e| match e {
         GateError::Snapshot(e @ candidate::SnapshotError::ReadDir { .. }) => CliError::usage("usage.unreadable_dir", e),
         e => CliError::environment("environment.gate", e),
     })?;

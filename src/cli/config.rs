@@ -111,6 +111,15 @@ async fn check(args: CheckArgs) -> Result<Exit, CliError> {
     {
         found.push((Finding::Config, at(&["source", "public_key"], e.to_string())));
     }
+    for (section, token) in
+        [("publish", config.publish.as_ref().and_then(|p| p.token.as_ref())), ("source", config.source.as_ref().and_then(|s| s.token.as_ref()))]
+    {
+        if let Some(f) = token
+            && let Err(e) = crate::fleet::serve::read_token(f)
+        {
+            found.push((Finding::Config, at(&[section, "token"], format!("cannot read {}: {e}", f.display()))));
+        }
+    }
     if config.source.is_none() && !config.incoming_dir.is_dir() {
         found.push((Finding::Warning, at(&["incoming_dir"], format!("{}: not a directory yet (freshclam creates it)", config.incoming_dir.display()))));
     }

@@ -130,8 +130,14 @@ fn status(state: &Rollout, tree: &Tree, json_out: bool) -> Result<Exit, CliError
         .iter()
         .map(|r| {
             let pointer = tree.ring(&r.name).ok().flatten();
-            let hosts: Vec<serde_json::Value> =
-                r.hosts.iter().map(|(name, h)| json!({ "host": name, "live": h.live, "status": h.status, "state": h.state, "error": h.error })).collect();
+            let at = |ms: u64| humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms)).to_string();
+            let hosts: Vec<serde_json::Value> = r
+                .hosts
+                .iter()
+                .map(|(name, h)| {
+                    json!({ "host": name, "live": h.live, "status": h.status, "state": h.state, "error": h.error, "unreachable_since": h.unreachable_since.map(at) })
+                })
+                .collect();
             json!({
                 "name": r.name,
                 "release": r.release,
@@ -139,7 +145,7 @@ fn status(state: &Rollout, tree: &Tree, json_out: bool) -> Result<Exit, CliError
                 "generation": r.generation,
                 "phase": r.phase,
                 "paused": r.paused,
-                "pointer": pointer.map(|p| json!({ "release": p.release, "generation": p.generation })),
+                "pointer": pointer.map(|p| json!({ "release": p.release, "generation": p.generation, "halted": p.halted })),
                 "hosts": hosts,
             })
         })
@@ -163,7 +169,8 @@ fn status(state: &Rollout, tree: &Tree, json_out: bool) -> Result<Exit, CliError
         println!("ring {}: {} (generation {}), {}{paused}", s("name"), s("release"), r["generation"], s("phase"));
         for h in r["hosts"].as_array().into_iter().flatten() {
             let hs = |k: &str| h[k].as_str().unwrap_or("-").to_string();
-            let err = h["error"].as_str().map(|e| format!(" ({e})")).unwrap_or_default();
+            let since = h["unreachable_since"].as_str().map(|t| format!("unreachable since {t}: ")).unwrap_or_default();
+            let err = h["error"].as_str().map(|e| format!(" ({since}{e})")).unwrap_or_default();
             println!("  {}: live {}, {}{err}", hs("host"), hs("live"), hs("status"));
         }
     }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use super::{Daemon, DaemonError, Known};
 use crate::candidate::{HeldFile, Manifest};
 use crate::failpoint::{self, Point};
-use crate::gate::{Baseline, Report, Verdict};
+use crate::gate::{Baseline, GateError, Report, Verdict};
 use crate::isolate::{Isolated, Outcome as IsoOutcome};
 use crate::journal::{CheckDetails, Checked, Event};
 use crate::promote::{Activation, Outcome};
@@ -18,8 +18,10 @@ impl Daemon {
     /// Attribution found files to hold: recorded (under the state lock,
     /// keeping a `recheck FILE` made meanwhile) and journaled before the
     /// reduced set is checked, so a crash costs no second attribution.
-    /// `held_before` is what this run started from.
-    pub(super) fn attributed(&self, id: &str, held: &[HeldFile], bisect_runs: u32, held_before: &[HeldFile]) {
+    /// `held_before` is what this run started from. Not recorded (the lock
+    /// not had in time, held.json not written) fails the run, which is
+    /// retried: `candidate.isolated` is never journaled without the record.
+    pub(super) fn attributed(&self, id: &str, held: &[HeldFile], bisect_runs: u32, held_before: &[HeldFile]) -> Result<(), GateError> {
         let names = |v: &[&HeldFile]| v.iter().map(|h| h.name.as_str()).collect::<Vec<_>>().join(", ");
         let (old, new): (Vec<&HeldFile>, Vec<&HeldFile>) = held.iter().partition(|h| held_before.contains(h));
         if new.is_empty() {
@@ -29,18 +31,16 @@ impl Daemon {
         }
         // A short wait: a CLI command holds the lock for a decision, never a canary.
         let store = &self.cx.store;
-        match store.lock(super::LOCK_WAIT).and_then(|lock| store.record_held(&lock, held, held_before)) {
-            Ok(kept) if kept.len() < held.len() => {
-                tracing::info!(candidate = id, "a hold was cleared during this run; incoming is checked again after it");
-                self.held_cleared.store(true, std::sync::atomic::Ordering::Relaxed);
-            }
-            Ok(_) => {}
-            Err(e) => tracing::warn!("cannot record the held files: {e}"),
+        let record = || store.lock(super::LOCK_WAIT).and_then(|lock| store.record_held(&lock, held, held_before));
+        // The lock's wait sleeps: off the runtime's worker where it can be.
+        let multi = tokio::runtime::Handle::try_current().is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        let kept = if multi { tokio::task::block_in_place(record) } else { record() }.map_err(GateError::Held)?;
+        if kept.len() < held.len() {
+            tracing::info!(candidate = id, "a hold was cleared during this run; incoming is checked again after it");
+            self.held_cleared.store(true, std::sync::atomic::Ordering::Relaxed);
         }
         let event = Event::CandidateIsolated { id: id.to_string(), held: held.to_vec(), bisect_runs };
-        if let Err(e) = store.journal().append(event) {
-            tracing::warn!("cannot journal the held files: {e}");
-        }
+        store.journal().append(event).map_err(|e| GateError::Held(e.into()))
     }
 
     /// The decision after isolation: the whole candidate's as before, or

@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime};
 
 use super::config::PublishConfig;
 use super::fetch::Client;
-use super::rollout::{Effect, Report, Rollout};
+use super::rollout::{Effect, Phase, Report, Rollout};
 use super::sign::{SignError, Signer};
 use super::tree::{RingPointer, Tree, TreeError, now_rfc3339};
 use crate::journal::Event;
@@ -32,6 +32,11 @@ pub(crate) enum DriveError {
     #[error("rollout state {}: {why}", path.display())]
     State { path: PathBuf, why: String },
 }
+
+/// Releases kept in the publish tree besides those a ring names or ran
+/// before (its `history`): the newest ones, as the store's `keep_releases`
+/// default.
+pub(crate) const KEEP_PUBLISHED: usize = 5;
 
 pub(crate) fn state_file(state_dir: &Path) -> PathBuf {
     state_dir.join("rollout.json")
@@ -62,10 +67,13 @@ pub(crate) fn commit(_lock: &StateLock, store: &Store, tree: &Tree, signer: &Sig
     // A pointer already at or past the state's generation (a state file
     // lost or restored) is passed, never repeated: hosts refuse a lower one.
     let mut stale = Vec::new();
+    let halted_on = state.halted.as_ref().map(|h| (h.ring.clone(), h.release.clone()));
     for ring in &mut state.rings {
         let Some(release) = &ring.release else { continue };
+        // Halted on its own release: the first one ever, nothing to go back to.
+        let halted = ring.phase == Phase::Halted && halted_on.as_ref().is_some_and(|(r, rel)| *r == ring.name && rel == release);
         let on_disk = tree.ring(&ring.name)?;
-        if on_disk.as_ref().is_some_and(|p| p.generation == ring.generation && &p.release == release) {
+        if on_disk.as_ref().is_some_and(|p| p.generation == ring.generation && &p.release == release && p.halted == halted) {
             continue;
         }
         if let Some(p) = &on_disk
@@ -73,13 +81,13 @@ pub(crate) fn commit(_lock: &StateLock, store: &Store, tree: &Tree, signer: &Sig
         {
             ring.generation = p.generation + 1;
         }
-        stale.push((ring.name.clone(), release.clone(), ring.generation));
+        stale.push((ring.name.clone(), release.clone(), ring.generation, halted));
     }
     let path = state_file(store.root());
     let bytes = serde_json::to_vec_pretty(&*state).expect("rollout serializes");
     super::tree::replace(&path, &bytes)?;
-    for (ring, release, generation) in stale {
-        let ptr = RingPointer { manifest_sha256: tree.manifest_sha256(&release)?, ring, release, generation, at: now_rfc3339() };
+    for (ring, release, generation, halted) in stale {
+        let ptr = RingPointer { manifest_sha256: tree.manifest_sha256(&release)?, ring, release, generation, at: now_rfc3339(), halted };
         let release = &ptr.release;
         tree.write_ring(signer, &ptr)?;
         tracing::info!(ring = %ptr.ring, release = %release, generation = ptr.generation, "ring {} now points at {release}", ptr.ring);
@@ -147,7 +155,11 @@ impl Driver {
             && !self.tree.is_published(id)
         {
             let manifest = self.store.manifest(id)?;
-            let digest = self.tree.publish(&self.signer, &self.store.release_dir(id), &manifest)?;
+            let vetted = vetted(&self.store, id)?;
+            if !vetted {
+                tracing::warn!(release = %id, "{id} was forced past the gate: published as not vetted, so every host canaries it");
+            }
+            let digest = self.tree.publish(&self.signer, &self.store.release_dir(id), &manifest, vetted)?;
             self.store.journal().append(Event::ReleasePublished { id: id.clone(), manifest_sha256: digest })?;
             tracing::info!(release = %id, "published {id} to {}", self.tree.root().display());
         }
@@ -159,6 +171,11 @@ impl Driver {
         let mut fx = live.as_deref().map(|l| state.on_live(l, now)).unwrap_or_default();
         fx.extend(state.observe(&reports, &self.cfg.rings, self.cfg.take_timeout.as_millis() as u64, now));
         commit(&lock, &self.store, &self.tree, &self.signer, &mut state, &fx)?;
+        // Under the lock, so no `rollout revert` points a ring at what goes.
+        let named = state.rings.iter().flat_map(|r| r.release.iter().chain(&r.history)).chain(&state.target).cloned().collect();
+        for id in self.tree.prune(&named, KEEP_PUBLISHED)? {
+            tracing::info!(release = %id, "pruned {id} from the publish tree: no ring names it");
+        }
         drop(lock);
         for e in &fx {
             if let Effect::Journal(Event::RolloutHalted { release, ring, detail, .. }) = e {
@@ -189,6 +206,13 @@ impl Driver {
         }
         out
     }
+}
+
+/// Whether the gate's own gate vetted `id`: not if an operator forced it
+/// live past a rejection (`release.forced` in the journal).
+pub(crate) fn vetted(store: &Store, id: &str) -> Result<bool, DriveError> {
+    let (entries, _) = store.journal().read_from(0)?;
+    Ok(!entries.iter().any(|e| matches!(&e.event, Event::ReleaseForced { id: f, .. } if f == id)))
 }
 
 /// The fields of a host's `/readyz` the rollout reads.
@@ -224,7 +248,7 @@ mod tests {
             std::fs::create_dir_all(tree.release_dir(id)).unwrap();
             std::fs::write(tree.release_dir(id).join("manifest.json"), id).unwrap();
         }
-        let ahead = RingPointer { ring: "canary".into(), release: "bbb".into(), manifest_sha256: "x".into(), generation: 5, at: now_rfc3339() };
+        let ahead = RingPointer { ring: "canary".into(), release: "bbb".into(), manifest_sha256: "x".into(), generation: 5, at: now_rfc3339(), halted: false };
         tree.write_ring(&signer, &ahead).unwrap();
         let cfg = [super::super::config::RingConfig { name: "canary".into(), hosts: vec![], soak: Duration::ZERO }];
         let mut state = Rollout::default();
@@ -237,11 +261,52 @@ mod tests {
         let mut again = load(&state_dir, &PublishConfig { rings: cfg.to_vec(), ..publish(dir.path()) }).unwrap();
         commit(&lock, &store, &tree, &signer, &mut again, &[]).unwrap();
         assert_eq!(tree.ring("canary").unwrap().unwrap().generation, 6, "written once");
+        // Halted on its first release: the pointer stays on it, marked.
+        again.rings[0].phase = Phase::Halted;
+        again.rings[0].generation = 7;
+        let halt = super::super::rollout::Halt {
+            release: "aaa".into(),
+            ring: "canary".into(),
+            host: None,
+            reason: super::super::rollout::HaltReason::Timeout,
+            detail: String::new(),
+        };
+        again.halted = Some(halt);
+        commit(&lock, &store, &tree, &signer, &mut again, &[]).unwrap();
+        let ptr = tree.ring("canary").unwrap().unwrap();
+        assert_eq!((ptr.release.as_str(), ptr.generation, ptr.halted), ("aaa", 7, true));
     }
 
     fn publish(dir: &Path) -> PublishConfig {
         let c = crate::config::Config::parse(Path::new("c.toml"), &format!("[publish]\ndir = \"{}\"\n", dir.join("publish").display())).unwrap();
         c.publish.unwrap()
+    }
+
+    /// A release forced past the gate is published with `vetted = false`,
+    /// so a host under `trust_gate_verdict` still canaries it.
+    #[test]
+    fn a_forced_release_is_published_not_vetted() {
+        let dir = tempfile::tempdir().unwrap();
+        let state_dir = dir.path().join("state");
+        std::fs::create_dir(&state_dir).unwrap();
+        let store = Store::open(&state_dir).unwrap();
+        store.journal().append(Event::ReleaseForced { id: "bad".into(), by: "ops".into(), reasons: vec![] }).unwrap();
+        assert!(!vetted(&store, "bad").unwrap());
+        assert!(vetted(&store, "good").unwrap());
+        let (key, _) = super::super::sign::keygen(&dir.path().join("keys")).unwrap();
+        let signer = Signer::load(&key).unwrap();
+        let tree = Tree::open(&dir.path().join("publish")).unwrap();
+        let files = dir.path().join("files");
+        std::fs::create_dir(&files).unwrap();
+        std::fs::write(files.join("a.hdb"), b"x:1:A\n").unwrap();
+        let db = crate::candidate::DbFile { name: "a.hdb".into(), size: 6, sha256: super::super::tree::sha256_hex(b"x:1:A\n"), signatures: 1, header: None };
+        let m = crate::candidate::Manifest::new(vec![db]);
+        tree.publish(&signer, &files, &m, vetted(&store, "bad").unwrap()).unwrap();
+        let published: super::super::tree::Published = serde_json::from_slice(&std::fs::read(tree.release_dir(&m.id).join("manifest.json")).unwrap()).unwrap();
+        assert!(!published.vetted);
+        assert!(!super::super::source::skips_canary(true, &published, false), "a trusting host canaries it");
+        assert!(super::super::source::skips_canary(true, &super::super::tree::Published { vetted: true, ..published.clone() }, false));
+        assert!(!super::super::source::skips_canary(false, &super::super::tree::Published { vetted: true, ..published }, false));
     }
 
     #[test]

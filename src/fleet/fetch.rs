@@ -15,12 +15,17 @@ use hyper_util::rt::TokioExecutor;
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
+/// How long a download may go without a byte before it is given up.
+pub(crate) const DOWNLOAD_IDLE: Duration = Duration::from_secs(60);
+
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum FetchError {
     #[error("GET {url}: {why}")]
     Unreachable { url: String, why: String },
-    #[error("GET {url}: no answer within {} s", after.as_secs())]
+    #[error("GET {url}: no answer within {} s", after.as_secs_f64())]
     Timeout { url: String, after: Duration },
+    #[error("GET {url}: no byte for {} s after {got} bytes", after.as_secs_f64())]
+    Stalled { url: String, after: Duration, got: u64 },
     #[error("GET {url}: HTTP {status}")]
     Status { url: String, status: StatusCode },
     #[error("GET {url}: larger than {limit} bytes")]
@@ -45,13 +50,21 @@ pub(crate) struct Client {
     inner: Hyper<HttpConnector, Empty<Bytes>>,
     token: Option<String>,
     timeout: Duration,
+    idle: Duration,
 }
 
 impl Client {
-    /// `timeout` bounds each request, body included.
+    /// `timeout` bounds each request, body included, except a
+    /// [`Client::download`]'s body, which is bounded by [`DOWNLOAD_IDLE`]
+    /// between bytes (a large file on a slow link takes what it takes).
     pub(crate) fn new(token: Option<String>, timeout: Duration) -> Client {
         let inner = Hyper::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(10)).build_http();
-        Client { inner, token, timeout }
+        Client { inner, token, timeout, idle: DOWNLOAD_IDLE }
+    }
+
+    #[cfg(test)]
+    fn with_idle(self, idle: Duration) -> Client {
+        Client { idle, ..self }
     }
 
     fn request(&self, url: &str, etag: Option<&str>) -> Result<hyper::Request<Empty<Bytes>>, FetchError> {
@@ -97,19 +110,26 @@ impl Client {
         tokio::time::timeout(self.timeout, run).await.map_err(|_| FetchError::Timeout { url: url.into(), after: self.timeout })?
     }
 
-    /// GET into `to` (created), at most `limit` bytes; returns size and sha256.
+    /// GET into `to` (created), at most `limit` bytes; returns size and
+    /// sha256. The answer's head is bounded by the request timeout, the body
+    /// by the idle bound between bytes, not in total.
     pub(crate) async fn download(&self, url: &str, to: &Path, limit: u64) -> Result<(u64, String), FetchError> {
         let req = self.request(url, None)?;
         let ioe = |source| FetchError::Io { path: to.to_path_buf(), source };
-        let run = async {
-            let resp = self.inner.request(req).await.map_err(|e| FetchError::Unreachable { url: url.into(), why: chain(&e) })?;
-            if resp.status() != StatusCode::OK {
-                return Err(FetchError::Status { url: url.into(), status: resp.status() });
-            }
+        let head = tokio::time::timeout(self.timeout, self.inner.request(req)).await;
+        let resp = head
+            .map_err(|_| FetchError::Timeout { url: url.into(), after: self.timeout })?
+            .map_err(|e| FetchError::Unreachable { url: url.into(), why: chain(&e) })?;
+        if resp.status() != StatusCode::OK {
+            return Err(FetchError::Status { url: url.into(), status: resp.status() });
+        }
+        {
             let mut file = tokio::fs::File::create(to).await.map_err(ioe)?;
             let (mut size, mut hash) = (0u64, Sha256::new());
             let mut body = resp.into_body();
-            while let Some(frame) = body.frame().await {
+            loop {
+                let next = tokio::time::timeout(self.idle, body.frame()).await;
+                let Some(frame) = next.map_err(|_| FetchError::Stalled { url: url.into(), after: self.idle, got: size })? else { break };
                 let frame = frame.map_err(|e| FetchError::Unreachable { url: url.into(), why: e.to_string() })?;
                 if let Some(d) = frame.data_ref() {
                     size += d.len() as u64;
@@ -122,10 +142,7 @@ impl Client {
             }
             file.sync_all().await.map_err(ioe)?;
             Ok((size, hex::encode(hash.finalize())))
-        };
-        // A large file on a slow link: ten times the request bound.
-        let after = self.timeout * 10;
-        tokio::time::timeout(after, run).await.map_err(|_| FetchError::Timeout { url: url.into(), after })?
+        }
     }
 }
 
@@ -138,4 +155,57 @@ fn chain(e: &dyn std::error::Error) -> String {
         src = c.source();
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    /// Serves one GET: a head for `total` bytes, then the body in `chunks`
+    /// `gap` apart, or (if `stall`) half of them and then nothing more,
+    /// holding the connection.
+    async fn dribbler(total: usize, chunks: usize, gap: Duration, stall: bool) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut req = [0u8; 4096];
+            let _ = s.read(&mut req).await.unwrap();
+            s.write_all(format!("HTTP/1.1 200 OK\r\nContent-Length: {total}\r\n\r\n").as_bytes()).await.unwrap();
+            let each = total / chunks;
+            // Stalling, it sends only half of the body.
+            for _ in 0..if stall { chunks / 2 } else { chunks } {
+                tokio::time::sleep(gap).await;
+                s.write_all(&vec![b'x'; each]).await.unwrap();
+            }
+            if stall {
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+            }
+        });
+        format!("http://{addr}/f")
+    }
+
+    /// A body that keeps coming is taken however long it takes in all: here
+    /// far past ten times the request bound, the old whole-file limit.
+    #[tokio::test]
+    async fn a_slow_but_steady_download_arrives() {
+        let url = dribbler(40, 20, Duration::from_millis(60), false).await;
+        let d = tempfile::tempdir().unwrap();
+        let client = Client::new(None, Duration::from_millis(50)).with_idle(Duration::from_secs(30));
+        let (size, sha) = client.download(&url, &d.path().join("f.part"), 1 << 20).await.unwrap();
+        assert_eq!((size, sha), (40, super::super::tree::sha256_hex(&[b'x'; 40])));
+    }
+
+    /// One that stops is given up once no byte came for the idle bound.
+    #[tokio::test]
+    async fn a_stalled_download_is_given_up() {
+        let url = dribbler(40, 2, Duration::ZERO, true).await;
+        let d = tempfile::tempdir().unwrap();
+        let client = Client::new(None, Duration::from_secs(30)).with_idle(Duration::from_millis(200));
+        match client.download(&url, &d.path().join("f.part"), 1 << 20).await {
+            Err(FetchError::Stalled { got, .. }) => assert!(got < 40, "{got}"),
+            other => panic!("not given up as stalled: {:?}", other.map_err(|e| e.to_string())),
+        }
+    }
 }

@@ -81,3 +81,20 @@ pub(crate) async fn spawn(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    /// An empty token would make the server demand an empty bearer.
+    #[test]
+    fn an_empty_token_file_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("token");
+        for empty in ["", "\n", "  \n s3cret\n"] {
+            std::fs::write(&f, empty).unwrap();
+            let e = super::serve::read_token(&f).unwrap_err();
+            assert_eq!(e.kind(), std::io::ErrorKind::InvalidData, "{empty:?}");
+        }
+        std::fs::write(&f, " s3cret \nignored\n").unwrap();
+        assert_eq!(super::serve::read_token(&f).unwrap(), "s3cret");
+    }
+}

@@ -49,6 +49,12 @@ pub(crate) enum State {
     Rejected,
     /// The tree served something that does not prove itself.
     Refused,
+    /// `clamgate pin` holds this host's live release: the ring's is not
+    /// made live until `unpin` (the gate sees it not taken).
+    Pinned,
+    /// The ring's pointer is halted on a release this host does not run:
+    /// not taken.
+    Halted,
 }
 
 #[cfg(test)]

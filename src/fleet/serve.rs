@@ -3,7 +3,8 @@
 //! `<db>.cld|.cvd` of `PrivateMirror` and the `DatabaseCustomURL` files alike,
 //! for hosts that run only freshclam and clamd). Conditional and partial GETs on every
 //! file (ETag, If-None-Match, If-Modified-Since, one Range), so polling is a
-//! 304 and a torn download resumes. Loopback by default; an optional bearer
+//! 304 and a client may resume a torn download (clamgate's own hosts fetch
+//! a torn file again from the start). Loopback by default; an optional bearer
 //! token. It never writes and never follows a path outside the tree.
 
 use std::convert::Infallible;
@@ -282,9 +283,14 @@ impl Body for FileBody {
     }
 }
 
-/// The token file's first line, for `[publish] token`.
+/// The token file's first line, for `[publish] token` and `[source] token`.
+/// An empty one is refused: the server would demand an empty bearer.
 pub(crate) fn read_token(file: &Path) -> Result<String, std::io::Error> {
-    Ok(std::fs::read_to_string(file)?.lines().next().unwrap_or("").trim().to_string())
+    let token = std::fs::read_to_string(file)?.lines().next().unwrap_or("").trim().to_string();
+    if token.is_empty() {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "the token file is empty"));
+    }
+    Ok(token)
 }
 
 #[cfg(test)]

@@ -129,7 +129,7 @@ impl Follower {
         for d in [&dir, &incoming, &dir.join("download")] {
             std::fs::create_dir_all(d).map_err(|e| format!("cannot create {}: {e}", d.display()))?;
         }
-        let saved = std::fs::read(dir.join("state.json")).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
+        let saved = load_saved(&dir.join("state.json"))?;
         let timeout = cfg.poll_interval.clamp(Duration::from_secs(5), Duration::from_secs(60));
         Ok(Follower {
             cfg,
@@ -245,8 +245,19 @@ impl Follower {
             tracing::info!(release = %ptr.release, generation = ptr.generation, "ring {} points at {}", ptr.ring, ptr.release);
         }
         self.refusal = None;
+        if ptr.halted && self.store.current()?.as_deref() != Some(ptr.release.as_str()) {
+            // The gate halted its rollout on it, with nothing to go back to.
+            // What was handed to this host's gate is taken back.
+            if let Some(live) = self.store.current()? {
+                self.sync_live(&live).await?;
+            }
+            self.state = State::Halted;
+            self.etag = got.etag;
+            return Ok(());
+        }
         self.follow(&ptr).await?;
-        self.etag = got.etag;
+        // Pinned: asked in full again at the next poll, so an unpin is noticed.
+        self.etag = got.etag.filter(|_| self.state != State::Pinned);
         Ok(())
     }
 
@@ -272,7 +283,7 @@ impl Follower {
         let id = ptr.release.as_str();
         if self.store.current()?.as_deref() == Some(id) {
             self.state = State::Live;
-            return self.sync_live(id);
+            return self.sync_live(id).await;
         }
         self.read_verdicts()?;
         if self.store.quarantined(id).is_some() || self.turned_down.contains(id) {
@@ -289,15 +300,14 @@ impl Follower {
         self.state = State::Fetching;
         let published = self.fetch(ptr).await?;
         self.read_verdicts()?;
-        if (self.cfg.trust_gate_verdict && published.vetted) || self.ran_before.contains(id) {
+        if skips_canary(self.cfg.trust_gate_verdict, &published, self.ran_before.contains(id)) {
             let lock = self.lock().await?;
             self.store.add_release(&lock, &self.dir.join("download"), &published.release)?;
             drop(lock);
             return self.activate(id).await;
         }
         self.read_verdicts()?;
-        let names: Vec<&str> = published.release.files.iter().map(|f| f.name.as_str()).collect();
-        super::handoff::fill(&self.dir.join("download"), &names, &self.incoming, &self.dir)?;
+        super::handoff::fill_blocking(&self.dir.join("download"), &published.release.files, &self.incoming, &self.dir).await?;
         self.state = State::Checking;
         Ok(())
     }
@@ -352,7 +362,8 @@ impl Follower {
                 return Err(refused(&name, Refusal::BadName, format!("{:?} is not a plain database file name", f.name)));
             }
             let dest = download.join(&f.name);
-            if file_matches(&dest, f.size, &f.sha256) {
+            let (at, size, sha) = (dest.clone(), f.size, f.sha256.clone());
+            if tokio::task::spawn_blocking(move || file_matches(&at, size, &sha)).await.expect("hashing does not panic") {
                 continue;
             }
             let part = download.join(format!("{}.part", f.name));
@@ -377,6 +388,16 @@ impl Follower {
 
     async fn activate(&mut self, id: &str) -> Result<(), SourceError> {
         let lock = self.lock().await?;
+        // Checked under the lock: `clamgate pin` takes it too.
+        if let Some(pin) = self.store.pinned() {
+            drop(lock);
+            if self.state != State::Pinned {
+                tracing::warn!(release = id, "the ring points at {id}, but the live release is pinned by {} since {}; not taking it", pin.by, pin.at);
+                self.store.journal().append(Event::CandidateHeld { id: id.to_string(), pinned_by: pin.by })?;
+            }
+            self.state = State::Pinned;
+            return Ok(());
+        }
         let outcome =
             Activator { store: &self.store, lock: &lock, prod: &self.prod, managed: self.managed.as_ref() }.activate(Activation::Promotion, id, None).await?;
         drop(lock);
@@ -384,7 +405,7 @@ impl Follower {
             Outcome::Live(_) => {
                 tracing::info!(release = id, "the ring's release is live");
                 self.state = State::Live;
-                self.sync_live(id)
+                self.sync_live(id).await
             }
             Outcome::RolledBack { reason, .. } | Outcome::Broken { reason } => {
                 tracing::error!(release = id, "the ring's release failed in production: {reason}");
@@ -402,6 +423,10 @@ impl Follower {
             self.state = State::Live;
         } else if self.store.quarantined(&id).is_some() || self.turned_down.contains(&id) {
             self.state = State::Rejected;
+        } else if self.store.release_dir(&id).join(MANIFEST).exists() {
+            // Passed here but not live (held by a pin): followed in full at
+            // the next poll, which activates it or reports it pinned.
+            self.etag = None;
         }
         Ok(())
     }
@@ -411,10 +436,9 @@ impl Follower {
     }
 
     /// The live release's files in the watched dir: the gate's next look is a no-op.
-    fn sync_live(&self, id: &str) -> Result<(), SourceError> {
+    async fn sync_live(&self, id: &str) -> Result<(), SourceError> {
         let manifest = self.store.manifest(id)?;
-        let names: Vec<&str> = manifest.files.iter().map(|f| f.name.as_str()).collect();
-        super::handoff::fill(&self.store.release_dir(id), &names, &self.incoming, &self.dir)
+        super::handoff::fill_blocking(&self.store.release_dir(id), &manifest.files, &self.incoming, &self.dir).await
     }
 
     async fn lock(&self) -> Result<crate::store::StateLock, SourceError> {
@@ -442,8 +466,26 @@ impl Follower {
     }
 }
 
+/// A fetched release goes straight to the activator (no canary) if the
+/// gate vetted it and this host trusts that, or this host ran it before.
+pub(crate) fn skips_canary(trust_gate_verdict: bool, published: &Published, ran_before: bool) -> bool {
+    (trust_gate_verdict && published.vetted) || ran_before
+}
+
+/// `source/state.json`; absent is a host that never followed. Anything else
+/// unreadable stops the host: starting from generation 0 would accept a
+/// replayed older pointer.
+fn load_saved(path: &Path) -> Result<Saved, String> {
+    match std::fs::read(path) {
+        Ok(b) => serde_json::from_slice(&b).map_err(|e| format!("cannot read {}: {e}", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Saved::default()),
+        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+    }
+}
+
+/// Blocking: streams the file through sha256 (call it off the runtime).
 fn file_matches(path: &Path, size: u64, sha256: &str) -> bool {
-    std::fs::read(path).is_ok_and(|b| b.len() as u64 == size && tree::sha256_hex(&b) == sha256)
+    std::fs::metadata(path).is_ok_and(|m| m.len() == size) && tree::file_sha256(path).is_ok_and(|(n, h)| n == size && h == sha256)
 }
 
 /// `every` ± 10 %, so a fleet started together does not poll in step.
@@ -456,6 +498,21 @@ fn jitter(every: Duration) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_corrupt_state_file_stops_the_host_and_an_absent_one_starts_at_zero() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("state.json");
+        assert_eq!(load_saved(&path).unwrap().generation, 0);
+        std::fs::write(&path, br#"{"generation":7,"release":"ab"}"#).unwrap();
+        assert_eq!(load_saved(&path).unwrap().generation, 7);
+        std::fs::write(&path, b"{\"generation\":7,").unwrap();
+        let e = load_saved(&path).unwrap_err();
+        assert!(e.starts_with(&format!("cannot read {}: ", path.display())), "{e}");
+        std::fs::remove_file(&path).unwrap();
+        std::fs::create_dir(&path).unwrap();
+        assert!(load_saved(&path).unwrap_err().starts_with(&format!("cannot read {}: ", path.display())));
+    }
 
     #[test]
     fn jitter_stays_within_ten_percent() {

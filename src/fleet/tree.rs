@@ -29,7 +29,8 @@ pub(crate) const SIG: &str = ".minisig";
 pub(crate) struct Published {
     pub(crate) release: Manifest,
     /// The gate promoted it after its whole gate passed: a host with
-    /// `trust_gate_verdict` skips its own canary for it.
+    /// `trust_gate_verdict` skips its own canary for it. False for a release
+    /// an operator forced past the gate (`promote --force`, `release.forced`).
     pub(crate) vetted: bool,
     pub(crate) published: String,
 }
@@ -45,6 +46,10 @@ pub(crate) struct RingPointer {
     pub(crate) manifest_sha256: String,
     pub(crate) generation: u64,
     pub(crate) at: String,
+    /// The rollout halted on `release` with nothing earlier to send the
+    /// ring to (its first release): a host not running it does not take it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub(crate) halted: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -73,6 +78,21 @@ fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> TreeErr
 
 pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
+}
+
+/// A file's size and sha256, read in chunks (never whole in memory).
+pub(crate) fn file_sha256(path: &Path) -> std::io::Result<(u64, String)> {
+    use std::io::Read;
+    let mut f = File::open(path)?;
+    let (mut buf, mut size, mut hash) = (vec![0u8; 64 * 1024], 0u64, Sha256::new());
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            return Ok((size, hex::encode(hash.finalize())));
+        }
+        size += n as u64;
+        hash.update(&buf[..n]);
+    }
 }
 
 pub(crate) fn now_rfc3339() -> String {
@@ -111,12 +131,12 @@ impl Tree {
 
     /// Copies a release of the state dir into the tree, signed, unless it is
     /// there already; returns its manifest's sha256.
-    pub(crate) fn publish(&self, signer: &Signer, files: &Path, manifest: &Manifest) -> Result<String, TreeError> {
+    pub(crate) fn publish(&self, signer: &Signer, files: &Path, manifest: &Manifest, vetted: bool) -> Result<String, TreeError> {
         let dest = self.release_dir(&manifest.id);
         if !dest.join(MANIFEST).exists() {
             let tmp = self.root.join("releases").join(format!(".tmp-{}", manifest.id));
             let _ = fs::remove_dir_all(&tmp);
-            let written = self.write_release(signer, files, manifest, &tmp, &dest);
+            let written = self.write_release(signer, files, manifest, vetted, &tmp, &dest);
             if written.is_err() {
                 let _ = fs::remove_dir_all(&tmp);
             }
@@ -125,14 +145,14 @@ impl Tree {
         self.manifest_sha256(&manifest.id)
     }
 
-    fn write_release(&self, signer: &Signer, files: &Path, manifest: &Manifest, tmp: &Path, dest: &Path) -> Result<(), TreeError> {
+    fn write_release(&self, signer: &Signer, files: &Path, manifest: &Manifest, vetted: bool, tmp: &Path, dest: &Path) -> Result<(), TreeError> {
         fs::create_dir(tmp).map_err(io("cannot create", tmp))?;
         for f in &manifest.files {
             let (from, to) = (files.join(&f.name), tmp.join(&f.name));
             fs::copy(&from, &to).map_err(io("cannot copy", &from))?;
             File::open(&to).and_then(|f| f.sync_all()).map_err(io("cannot fsync", &to))?;
         }
-        let published = Published { release: manifest.clone(), vetted: true, published: now_rfc3339() };
+        let published = Published { release: manifest.clone(), vetted, published: now_rfc3339() };
         let bytes = serde_json::to_vec_pretty(&published).expect("manifest serializes");
         let sig = signer.sign(&bytes, &format!("releases/{}/{MANIFEST}", manifest.id))?;
         write_synced(&tmp.join(format!("{MANIFEST}{SIG}")), sig.as_bytes())?;
@@ -140,6 +160,39 @@ impl Tree {
         sync_dir(tmp)?;
         fs::rename(tmp, dest).map_err(io("cannot rename into place", dest))?;
         sync_dir(&self.root.join("releases"))
+    }
+
+    /// Removes each `releases/<id>` that `keep` does not name, beyond the
+    /// `newest` most recently published: renamed to `.trash-<id>` first (so
+    /// nothing half-deleted is ever served under its name), then deleted.
+    /// Returns the ids removed.
+    pub(crate) fn prune(&self, keep: &std::collections::BTreeSet<String>, newest: usize) -> Result<Vec<String>, TreeError> {
+        let dir = self.root.join("releases");
+        let mut found = Vec::new();
+        for e in fs::read_dir(&dir).map_err(io("cannot read", &dir))?.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with(".trash-") {
+                let _ = fs::remove_dir_all(e.path());
+            } else if !name.starts_with('.') {
+                let at = fs::metadata(e.path().join(MANIFEST)).and_then(|m| m.modified()).ok();
+                found.push((at, name));
+            }
+        }
+        found.sort_by(|a, b| b.cmp(a));
+        let mut removed = Vec::new();
+        for (_, id) in found.into_iter().skip(newest).filter(|(_, id)| !keep.contains(id)) {
+            let (from, trash) = (dir.join(&id), dir.join(format!(".trash-{id}")));
+            fs::rename(&from, &trash).map_err(io("cannot move aside", &from))?;
+            removed.push(id);
+        }
+        if !removed.is_empty() {
+            sync_dir(&dir)?;
+            for id in &removed {
+                let trash = dir.join(format!(".trash-{id}"));
+                fs::remove_dir_all(&trash).map_err(io("cannot remove", &trash))?;
+            }
+        }
+        Ok(removed)
     }
 
     pub(crate) fn manifest_sha256(&self, id: &str) -> Result<String, TreeError> {
@@ -175,7 +228,9 @@ impl Tree {
 pub(crate) fn replace(path: &Path, bytes: &[u8]) -> Result<(), TreeError> {
     let tmp = PathBuf::from(format!("{}.tmp-{}", path.display(), std::process::id()));
     write_synced(&tmp, bytes)?;
-    fs::rename(&tmp, path).map_err(io("cannot rename into place", path))
+    fs::rename(&tmp, path).map_err(io("cannot rename into place", path))?;
+    // The rename itself is durable only once its directory is.
+    sync_dir(path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")))
 }
 
 fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), TreeError> {
@@ -203,19 +258,68 @@ mod tests {
         let m = Manifest::new(vec![DbFile { name: "a.hdb".into(), size: 6, sha256: sha256_hex(b"x:1:A\n"), signatures: 1, header: None }]);
         let pubdir = tempfile::tempdir().unwrap();
         let tree = Tree::open(pubdir.path()).unwrap();
-        let digest = tree.publish(&signer, src.path(), &m).unwrap();
-        assert_eq!(tree.publish(&signer, src.path(), &m).unwrap(), digest, "publishing again changes nothing");
+        let digest = tree.publish(&signer, src.path(), &m, true).unwrap();
+        assert_eq!(tree.publish(&signer, src.path(), &m, true).unwrap(), digest, "publishing again changes nothing");
         let dir = tree.release_dir(&m.id);
         assert_eq!(fs::read(dir.join("a.hdb")).unwrap(), b"x:1:A\n");
         let bytes = fs::read(dir.join(MANIFEST)).unwrap();
         let sig = fs::read_to_string(dir.join("manifest.json.minisig")).unwrap();
         super::super::sign::Verifier::load(&public).unwrap().verify(&bytes, &sig).unwrap();
-        let ptr = RingPointer { ring: "canary".into(), release: m.id.clone(), manifest_sha256: digest, generation: 1, at: now_rfc3339() };
+        let ptr = RingPointer { ring: "canary".into(), release: m.id.clone(), manifest_sha256: digest, generation: 1, at: now_rfc3339(), halted: false };
         tree.write_ring(&signer, &ptr).unwrap();
         assert_eq!(tree.ring("canary").unwrap(), Some(ptr));
         assert_eq!(tree.ring("all").unwrap(), None);
         let leftovers: Vec<_> =
             fs::read_dir(pubdir.path().join("rings")).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().contains(".tmp")).collect();
         assert!(leftovers.is_empty());
+    }
+
+    /// Only what no ring names, beyond the newest, goes; nothing is left
+    /// under a temporary name.
+    #[test]
+    fn prune_keeps_what_a_ring_names_and_the_newest() {
+        let keys = tempfile::tempdir().unwrap();
+        let (key, _) = super::super::sign::keygen(keys.path()).unwrap();
+        let signer = Signer::load(&key).unwrap();
+        let src = tempfile::tempdir().unwrap();
+        let pubdir = tempfile::tempdir().unwrap();
+        let tree = Tree::open(pubdir.path()).unwrap();
+        let mut ids = Vec::new();
+        for (i, body) in ["a", "b", "c", "d"].iter().enumerate() {
+            let bytes = format!("x:1:{body}\n");
+            fs::write(src.path().join("a.hdb"), &bytes).unwrap();
+            let m = Manifest::new(vec![DbFile {
+                name: "a.hdb".into(),
+                size: bytes.len() as u64,
+                sha256: sha256_hex(bytes.as_bytes()),
+                signatures: 1,
+                header: None,
+            }]);
+            tree.publish(&signer, src.path(), &m, true).unwrap();
+            let at = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000 + i as u64);
+            File::options().write(true).open(tree.release_dir(&m.id).join(MANIFEST)).unwrap().set_modified(at).unwrap();
+            ids.push(m.id);
+        }
+        let keep: std::collections::BTreeSet<String> = [ids[0].clone()].into();
+        let mut removed = tree.prune(&keep, 1).unwrap();
+        removed.sort();
+        let mut want = vec![ids[1].clone(), ids[2].clone()];
+        want.sort();
+        assert_eq!(removed, want);
+        let mut left: Vec<String> =
+            fs::read_dir(pubdir.path().join("releases")).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+        left.sort();
+        let mut want = vec![ids[0].clone(), ids[3].clone()];
+        want.sort();
+        assert_eq!(left, want, "the named one and the newest stay, nothing else is left");
+        assert!(tree.prune(&keep, 1).unwrap().is_empty());
+    }
+
+    #[test]
+    fn file_sha256_streams_what_sha256_hex_hashes() {
+        let d = tempfile::tempdir().unwrap();
+        let body: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        fs::write(d.path().join("f"), &body).unwrap();
+        assert_eq!(file_sha256(&d.path().join("f")).unwrap(), (body.len() as u64, sha256_hex(&body)));
     }
 }

@@ -67,7 +67,7 @@ pub(crate) struct Isolated {
 /// Told the held files (and the bisection runs so far) each time the list
 /// grows, before the reduced set's run: the daemon journals and records
 /// them there, so a restart skips what was already attributed.
-pub(crate) type OnHeld<'a> = &'a (dyn Fn(&str, &[HeldFile], u32) + Sync);
+pub(crate) type OnHeld<'a> = &'a (dyn Fn(&str, &[HeldFile], u32) -> Result<(), GateError> + Sync);
 
 /// Gates the files in `src` under the policy's isolation. `held_before` is
 /// what earlier runs held: a file with the same name and content is held
@@ -127,7 +127,7 @@ pub(crate) async fn run(
         if let Some(last) = failing.take() {
             reducer.attribute(&mut iso, &last, &suspects).await?;
         }
-        on_held(&iso.candidate, &iso.held, iso.bisect_runs);
+        on_held(&iso.candidate, &iso.held, iso.bisect_runs)?;
         failpoint::hit(Point::IsolateReduced);
         let held: BTreeSet<String> = iso.held.iter().map(|h| h.name.clone()).collect();
         let set = reducer.assemble(&held)?;

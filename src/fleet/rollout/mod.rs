@@ -46,8 +46,11 @@ impl Rollout {
         if self.target.as_deref() == Some(live) {
             return fx;
         }
+        // Only a release that reached every ring counts as rolled out: one
+        // halted or still partway is rolled out again from the first ring,
+        // so the later rings never see it before the earlier ones passed on it.
+        let finished = std::mem::take(&mut self.completed).then(|| self.target.take()).flatten();
         self.halted = None;
-        self.completed = false;
         if self.seen.iter().any(|s| s == live) {
             // The gate went back: so does every ring, at once.
             self.target = Some(live.to_string());
@@ -63,7 +66,8 @@ impl Rollout {
             }
             return fx;
         }
-        if let Some(t) = self.target.take() {
+        if let Some(t) = finished {
+            self.seen.retain(|s| *s != t);
             self.seen.push(t);
             let drop = self.seen.len().saturating_sub(100);
             self.seen.drain(..drop);
@@ -86,11 +90,14 @@ impl Rollout {
                 match reports.get(name) {
                     Some(Ok(r)) => {
                         host.seen_at = Some(now);
-                        host.error = None;
+                        (host.error, host.unreachable_since) = (None, None);
                         (host.live, host.status) = (r.live.clone(), Some(r.status));
                         host.state = r.state.clone().filter(|_| r.wanted == ring.release);
                     }
-                    Some(Err(e)) => host.error = Some(e.clone()),
+                    Some(Err(e)) => {
+                        host.error = Some(e.clone());
+                        host.unreachable_since.get_or_insert(now);
+                    }
                     None => {}
                 }
             }
@@ -107,6 +114,11 @@ impl Rollout {
                     let to = ring.history.pop();
                     if let Some(to) = &to {
                         give(ring, to, Phase::Halted, now, &mut fx);
+                    } else {
+                        // Nothing to go back to: the pointer stays, marked
+                        // halted (a new generation), so no host takes it anew.
+                        ring.generation += 1;
+                        fx.push(Effect::Point { ring: ring.name.clone(), release: target.clone(), generation: ring.generation });
                     }
                     ring.phase = Phase::Halted;
                     let halt = Halt { release: target.clone(), ring: ring.name.clone(), host, reason, detail };
@@ -166,12 +178,18 @@ impl Rollout {
         Ok(fx)
     }
 
-    /// `rollout revert RING`: that ring and every later one back to what
-    /// they ran before; the rollout stays halted until the gate has a new release.
+    /// `rollout revert RING`: that ring back to what it ran before, and
+    /// every later ring that runs the same release with it (a later ring
+    /// still on an older one stays there: it never ran the bad one); the
+    /// rollout stays halted until the gate has a new release.
     pub(crate) fn revert(&mut self, ring: &str, by: &str, now: u64) -> Result<Vec<Effect>, CommandError> {
         let i = self.rings.iter().position(|r| r.name == ring).ok_or_else(|| CommandError::NoRing(ring.into()))?;
+        let bad = self.rings[i].release.clone();
         let mut fx = Vec::new();
         for r in &mut self.rings[i..] {
+            if r.release != bad {
+                continue;
+            }
             let Some(to) = r.history.pop() else { continue };
             give(r, &to, Phase::Reverted, now, &mut fx);
             fx.push(Effect::Journal(Event::RolloutReverted { ring: r.name.clone(), to: Some(to), by: by.into() }));
@@ -231,7 +249,16 @@ fn judge(ring: &mut Ring, target: &str, reports: &BTreeMap<String, Result<Report
                     return halt(HaltReason::RolledBack, format!("{name} went back from {target} to {}", r.live.as_deref().unwrap_or("nothing")));
                 }
             }
-            _ => host.healthy_since = None,
+            _ => {
+                host.healthy_since = None;
+                if host.took
+                    && let Some(t) = host.unreachable_since
+                    && now.saturating_sub(t) > take_timeout
+                {
+                    let why = host.error.as_deref().unwrap_or("no answer");
+                    return halt(HaltReason::Unreachable, format!("{name} took {target}, then did not answer for {} s: {why}", take_timeout / 1000));
+                }
+            }
         }
         if !host.took && now.saturating_sub(ring.since) > take_timeout {
             return halt(HaltReason::Timeout, format!("{name} did not run {target} within {} s", take_timeout / 1000));
@@ -390,6 +417,116 @@ mod tests {
         assert_eq!(points(&fx), [("canary".into(), "B".into(), 4)]);
         let fx = r.revert("canary", "ops", 30_000).unwrap();
         assert_eq!(points(&fx), [("canary".into(), "A".into(), 5), ("all".into(), "A".into(), 3)]);
+    }
+
+    fn all_on(id: &str) -> BTreeMap<String, Result<Report, String>> {
+        reports(&[("h1", ok(id, Status::Pass)), ("h2", ok(id, Status::Pass)), ("h3", ok(id, Status::Pass))])
+    }
+
+    /// `id` goes live on the gate at `t` and reaches every ring.
+    fn complete(r: &mut Rollout, id: &str, t: u64) {
+        r.on_live(id, t);
+        for dt in [1000, 3000, 3500] {
+            r.observe(&all_on(id), &rings(), TAKE, t + dt);
+        }
+        assert!(r.completed && r.target.as_deref() == Some(id), "{r:#?}");
+    }
+
+    fn rejected(live: &str, wanted: &str) -> Result<Report, String> {
+        Ok(Report { status: Status::Pass, live: Some(live.into()), wanted: Some(wanted.into()), state: Some("rejected".into()) })
+    }
+
+    /// A release halted on the canary ring, made live on the gate again (a
+    /// rollback from a newer one), is rolled out from the first ring, not
+    /// given to every ring at once: the later ring never runs it.
+    #[test]
+    fn a_halted_release_live_again_starts_from_the_first_ring() {
+        let mut r = with_a_out();
+        r.on_live("B", 10_000);
+        r.observe(&reports(&[("h1", rejected("A", "B"))]), &rings(), TAKE, 11_000);
+        assert_eq!(r.halted.as_ref().map(|h| h.reason), Some(HaltReason::Rejected));
+        r.on_live("C", 20_000);
+        let fx = r.on_live("B", 21_000);
+        assert_eq!(points(&fx), [("canary".into(), "B".into(), 5)]);
+        assert_eq!(r.rings[1].release.as_deref(), Some("A"), "ring `all` never sees B");
+        assert!(fx.contains(&Effect::Journal(Event::RolloutStarted { release: "B".into() })), "{fx:?}");
+        // Rejected again: halted again, ring `all` still on A.
+        let fx = r.observe(&reports(&[("h1", rejected("A", "B")), ("h2", ok("A", Status::Pass))]), &rings(), TAKE, 22_000);
+        assert_eq!(points(&fx), [("canary".into(), "C".into(), 6)]);
+        assert_eq!(r.rings[1].release.as_deref(), Some("A"));
+        // Nor does a release that only got partway (C on the canary ring).
+        let mut r = with_a_out();
+        r.on_live("C", 10_000);
+        r.on_live("D", 11_000);
+        let fx = r.on_live("C", 12_000);
+        assert_eq!(points(&fx), [("canary".into(), "C".into(), 4)]);
+        assert_eq!(r.rings[1].release.as_deref(), Some("A"));
+        // A completed one still brings every ring back at once.
+        let mut r = with_a_out();
+        complete(&mut r, "B", 10_000);
+        r.on_live("C", 20_000);
+        assert_eq!(points(&r.on_live("B", 21_000)), [("canary".into(), "B".into(), 4)]);
+    }
+
+    /// A, B out everywhere, C on the canary ring: `revert canary` takes the
+    /// canary ring back to B and leaves ring `all` on B, which it runs.
+    #[test]
+    fn revert_mid_rollout_leaves_a_later_ring_that_never_ran_the_release() {
+        let mut r = with_a_out();
+        complete(&mut r, "B", 10_000);
+        r.on_live("C", 20_000);
+        let fx = r.revert("canary", "ops", 21_000).unwrap();
+        assert_eq!(points(&fx), [("canary".into(), "B".into(), 4)]);
+        assert_eq!((r.rings[1].release.as_deref(), r.rings[1].generation), (Some("B"), 2));
+        assert_eq!(r.rings[1].history, ["A"]);
+    }
+
+    /// A host that took the release and then stops answering halts the
+    /// rollout once `take_timeout` passes, not never.
+    #[test]
+    fn a_host_unreachable_after_taking_it_halts_after_take_timeout() {
+        let mut r = with_a_out();
+        r.on_live("B", 10_000);
+        let b = reports(&[("h1", ok("B", Status::Pass)), ("h2", ok("B", Status::Pass))]);
+        r.observe(&b, &rings(), TAKE, 11_000);
+        let gone = reports(&[("h1", Err("connection refused".into())), ("h2", ok("B", Status::Pass))]);
+        r.observe(&gone, &rings(), TAKE, 12_000);
+        assert_eq!(r.rings[0].hosts["h1"].unreachable_since, Some(12_000));
+        // An answer in between starts the count again.
+        r.observe(&b, &rings(), TAKE, 12_500);
+        assert_eq!(r.rings[0].hosts["h1"].unreachable_since, None);
+        r.observe(&gone, &rings(), TAKE, 13_000);
+        assert!(points(&r.observe(&gone, &rings(), TAKE, 13_000 + TAKE)).is_empty());
+        assert_eq!(r.halted, None);
+        assert_eq!(r.rings[0].phase, Phase::Taking, "not soaked while a host does not answer");
+        let fx = r.observe(&gone, &rings(), TAKE, 13_001 + TAKE);
+        assert_eq!(points(&fx), [("canary".into(), "A".into(), 3)]);
+        let halt = r.halted.as_ref().unwrap();
+        assert_eq!((halt.reason, halt.host.as_deref()), (HaltReason::Unreachable, Some("h1")));
+        assert!(halt.detail.contains("connection refused"), "{}", halt.detail);
+        assert!(fx.iter().any(|e| matches!(e, Effect::Journal(Event::RolloutHalted { reason: HaltReason::Unreachable, .. }))), "{fx:?}");
+        assert_eq!(r.rings[1].release.as_deref(), Some("A"));
+    }
+
+    /// The first release ever halted: no earlier release to send the ring
+    /// to, so its pointer stays on it, one generation on (the driver marks
+    /// it `halted`, and a host not running it does not take it), the
+    /// rollout stays halted and no later ring gets it; the way out is a new
+    /// release on the gate.
+    #[test]
+    fn a_halt_on_the_first_release_ever_keeps_the_pointer_and_stops_there() {
+        let mut r = Rollout::default();
+        r.sync(&rings());
+        assert_eq!(points(&r.on_live("A", 0)), [("canary".into(), "A".into(), 1)]);
+        let fx = r.observe(&reports(&[("h1", Err("refused".into())), ("h2", ok("A", Status::Pass))]), &rings(), TAKE, TAKE + 1);
+        assert_eq!(points(&fx), [("canary".into(), "A".into(), 2)]);
+        assert!(fx.iter().any(|e| matches!(e, Effect::Journal(Event::RolloutHalted { to: None, .. }))), "{fx:?}");
+        assert_eq!((r.rings[0].release.as_deref(), r.rings[0].phase), (Some("A"), Phase::Halted));
+        assert_eq!(r.revert("canary", "ops", TAKE + 2), Err(CommandError::NothingToRevert("canary".into())));
+        assert!(points(&r.observe(&all_on("A"), &rings(), TAKE, 10 * TAKE)).is_empty());
+        assert_eq!(r.rings[1].release, None, "the later ring never gets it");
+        assert_eq!(points(&r.on_live("B", 10 * TAKE)), [("canary".into(), "B".into(), 3)]);
+        assert_eq!(r.rings[0].history, ["A"]);
     }
 
     #[test]

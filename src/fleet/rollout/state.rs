@@ -69,6 +69,10 @@ pub(crate) struct Host {
     pub(crate) seen_at: Option<u64>,
     /// Why the last ask failed.
     pub(crate) error: Option<String>,
+    /// Since when its asks fail (cleared by an answer): a host that took
+    /// the release and stays unreachable for `take_timeout` halts the rollout.
+    #[serde(default)]
+    pub(crate) unreachable_since: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -91,6 +95,8 @@ pub(crate) enum HaltReason {
     RolledBack,
     /// It did not run it within `take_timeout`.
     Timeout,
+    /// It ran it, then did not answer for `take_timeout`.
+    Unreachable,
     /// `clamgate rollout revert`.
     Operator,
 }
