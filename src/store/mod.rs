@@ -6,14 +6,16 @@
 use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::candidate::{HeldFile, Manifest};
-use crate::corpus::Verdicts;
+use crate::candidate::Manifest;
 use crate::journal::Journal;
 use crate::reason::Reason;
+
+mod marks;
+mod quarantine;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -330,116 +332,6 @@ impl Store {
         sync_dir(&self.root)
     }
 
-    pub(crate) fn quarantine_dir(&self, id: &str) -> PathBuf {
-        self.root.join("quarantine").join(id)
-    }
-
-    pub(crate) fn quarantined(&self, id: &str) -> Option<QuarantineRecord> {
-        let text = fs::read_to_string(self.quarantine_dir(id).join("reasons.json")).ok()?;
-        serde_json::from_str(&text).ok()
-    }
-
-    /// Records a rejected candidate (or a release marked bad), with its
-    /// reasons, manifest, the canary log and, when given, its files.
-    pub(crate) fn quarantine(
-        &self,
-        _lock: &StateLock,
-        manifest: &Manifest,
-        reasons: &[Reason],
-        source: Source,
-        canary_log: Option<&str>,
-        files: Option<&Path>,
-    ) -> Result<QuarantineRecord, StoreError> {
-        let dir = self.quarantine_dir(&manifest.id);
-        fs::create_dir_all(&dir).map_err(io("cannot create", &dir))?;
-        if let Some(files) = files {
-            let fdir = dir.join("files");
-            if !fdir.exists() && fs::rename(files, &fdir).is_err() {
-                // Different filesystem: copying is not worth the risk of filling it.
-                tracing::debug!("quarantine {}: files not kept", manifest.id);
-            }
-        }
-        if let Some(log) = canary_log {
-            write_synced(&dir.join("canary.log"), log.as_bytes())?;
-        }
-        write_synced(&dir.join("manifest.json"), &serde_json::to_vec_pretty(manifest).expect("serializes"))?;
-        let rec = QuarantineRecord {
-            id: manifest.id.clone(),
-            digest: manifest.digest.clone(),
-            at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
-            reasons: reasons.to_vec(),
-            source,
-        };
-        write_synced(&dir.join("reasons.json"), &serde_json::to_vec_pretty(&rec).expect("serializes"))?;
-        sync_dir(&dir)?;
-        Ok(rec)
-    }
-
-    /// Ids in quarantine (candidates rejected, releases marked bad).
-    pub(crate) fn quarantine_ids(&self) -> Result<Vec<String>, StoreError> {
-        let q = self.root.join("quarantine");
-        let ids = fs::read_dir(&q).map_err(io("cannot read", &q))?.flatten().map(|e| e.file_name().to_string_lossy().into_owned());
-        Ok(ids.filter(|id| self.quarantined(id).is_some()).collect())
-    }
-
-    /// Resolves a full id or unique prefix among kept releases and
-    /// quarantined candidates alike (`show`, `promote --force`, `recheck`).
-    pub(crate) fn resolve_any(&self, prefix: &str) -> Result<String, StoreError> {
-        let mut ids: Vec<String> = self.releases()?.into_iter().map(|r| r.id).chain(self.quarantine_ids()?).filter(|id| id.starts_with(prefix)).collect();
-        ids.sort();
-        ids.dedup();
-        match ids.as_slice() {
-            [one] => Ok(one.clone()),
-            [] => Err(StoreError::NoRelease(prefix.to_string())),
-            many => Err(StoreError::Ambiguous { prefix: prefix.to_string(), matches: many.join(", ") }),
-        }
-    }
-
-    /// The manifest kept with a quarantine record.
-    pub(crate) fn quarantined_manifest(&self, id: &str) -> Result<Manifest, StoreError> {
-        let path = self.quarantine_dir(id).join("manifest.json");
-        let text = fs::read_to_string(&path).map_err(io("cannot read", &path))?;
-        serde_json::from_str(&text).map_err(|e| StoreError::Corrupt { file: path, source: e })
-    }
-
-    /// The quarantined candidate's files, when they were kept.
-    pub(crate) fn quarantined_files(&self, id: &str) -> Option<PathBuf> {
-        let dir = self.quarantine_dir(id).join("files");
-        dir.is_dir().then_some(dir)
-    }
-
-    /// The canary clamd's output kept with a quarantine record, if any.
-    pub(crate) fn canary_log(&self, id: &str) -> Option<String> {
-        fs::read_to_string(self.quarantine_dir(id).join("canary.log")).ok()
-    }
-
-    /// Makes a kept release of a quarantined candidate's files (an operator
-    /// overrides the gate), after checking each against the manifest: what
-    /// sat in quarantine must be exactly what the gate saw.
-    pub(crate) fn release_from_quarantine(&self, lock: &StateLock, id: &str) -> Result<Manifest, QuarantineError> {
-        let manifest = self.quarantined_manifest(id)?;
-        let files = self.quarantined_files(id).ok_or_else(|| QuarantineError::NoFiles(self.quarantine_dir(id)))?;
-        for f in &manifest.files {
-            let path = files.join(&f.name);
-            let sha256 = sha256_of(&path).map_err(io("cannot read quarantined file", &path))?;
-            if sha256 != f.sha256 {
-                return Err(QuarantineError::Changed { file: path, want: f.sha256.clone(), got: sha256 });
-            }
-        }
-        self.add_release(lock, &files, &manifest)?;
-        Ok(manifest)
-    }
-
-    /// Clears a release's bad mark (an operator promoted it anyway).
-    pub(crate) fn unquarantine(&self, _lock: &StateLock, id: &str) -> Result<(), StoreError> {
-        let dir = self.quarantine_dir(id);
-        match fs::remove_dir_all(&dir) {
-            Ok(()) => sync_dir(&self.root.join("quarantine")),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(io("cannot remove", &dir)(e)),
-        }
-    }
-
     /// Deletes the oldest releases beyond `keep`, never the live one or the
     /// one before it (the rollback target).
     pub(crate) fn prune(&self, _lock: &StateLock, keep: usize, previous: Option<&str>) -> Result<Vec<String>, StoreError> {
@@ -460,67 +352,6 @@ impl Store {
             removed.push(r.id);
         }
         Ok(removed)
-    }
-
-    pub(crate) fn pinned(&self) -> Option<Pin> {
-        serde_json::from_str(&fs::read_to_string(self.root.join("pinned")).ok()?).ok()
-    }
-
-    pub(crate) fn pin(&self, _lock: &StateLock, pin: &Pin) -> Result<(), StoreError> {
-        let path = self.root.join("pinned");
-        let tmp = self.root.join("pinned.new");
-        write_synced(&tmp, &serde_json::to_vec(pin).expect("serializes"))?;
-        fs::rename(&tmp, &path).map_err(io("cannot write", &path))?;
-        sync_dir(&self.root)
-    }
-
-    pub(crate) fn unpin(&self, _lock: &StateLock) -> Result<bool, StoreError> {
-        let path = self.root.join("pinned");
-        match fs::remove_file(&path) {
-            Ok(()) => sync_dir(&self.root).map(|_| true),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-            Err(e) => Err(io("cannot remove", &path)(e)),
-        }
-    }
-
-    /// The files held back by per-file isolation (`held.json`): each is
-    /// held again, unchecked, while its content stays the same. Unreadable
-    /// reads as none: that only costs a check.
-    pub(crate) fn held(&self) -> Vec<HeldFile> {
-        fs::read_to_string(self.root.join("held.json")).ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default()
-    }
-
-    /// Replaces the held list with `held`, under the state lock, so the
-    /// daemon and `clamgate recheck FILE` never overwrite each other. An
-    /// entry of `read_before` (the list as the caller read it before it
-    /// started) that is gone now was cleared in between by a recheck: that
-    /// stands, and it is left out. Returns what was written. Written before
-    /// the reduced set is checked, so a restart does not attribute again.
-    pub(crate) fn record_held(&self, _lock: &StateLock, held: &[HeldFile], read_before: &[HeldFile]) -> Result<Vec<HeldFile>, StoreError> {
-        let now = self.held();
-        let same = |a: &HeldFile, b: &HeldFile| a.name == b.name && a.sha256 == b.sha256;
-        let cleared = |h: &HeldFile| read_before.iter().any(|b| same(b, h)) && !now.iter().any(|n| same(n, h));
-        let keep: Vec<HeldFile> = held.iter().filter(|h| !cleared(h)).cloned().collect();
-        let path = self.root.join("held.json");
-        let tmp = path.with_extension("json.tmp");
-        write_synced(&tmp, &serde_json::to_vec_pretty(&keep).expect("serializes"))?;
-        fs::rename(&tmp, &path).map_err(io("cannot write", &path))?;
-        sync_dir(&self.root)?;
-        Ok(keep)
-    }
-
-    /// Cached verdicts of a release on a corpus (by digest): a baseline is
-    /// scanned once, not once per candidate.
-    pub(crate) fn cached_verdicts(&self, id: &str, corpus_digest: &str) -> Option<Verdicts> {
-        let text = fs::read_to_string(self.root.join("cache").join(format!("{id}-{corpus_digest}.json"))).ok()?;
-        serde_json::from_str(&text).ok()
-    }
-
-    pub(crate) fn cache_verdicts(&self, id: &str, corpus_digest: &str, v: &Verdicts) -> Result<(), StoreError> {
-        let path = self.root.join("cache").join(format!("{id}-{corpus_digest}.json"));
-        let tmp = path.with_extension("tmp");
-        write_synced(&tmp, &serde_json::to_vec(v).expect("serializes"))?;
-        fs::rename(&tmp, &path).map_err(io("cannot write", &path))
     }
 }
 
@@ -550,6 +381,7 @@ fn sync_dir(dir: &Path) -> Result<(), StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::candidate::HeldFile;
     use crate::candidate::DbFile;
     use std::os::unix::fs::PermissionsExt;
 
