@@ -175,8 +175,20 @@ impl Env {
 }
 
 /// A loopback port free right now (bound, then released).
+/// A loopback port nothing listens on, never the same twice in this test
+/// process: tests run in parallel threads and the port is only bound later
+/// by a child (smtp-sink, Postfix, clamgate), so two tests handed the same
+/// port would end up talking to each other's servers.
 pub fn free_port() -> std::net::SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        if !handed_out.contains(&addr.port()) {
+            handed_out.push(addr.port());
+            return addr;
+        }
+    }
 }
 
 /// The id a fixture set gets as a candidate (its manifest digest).
