@@ -381,8 +381,8 @@ fn sync_dir(dir: &Path) -> Result<(), StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::candidate::HeldFile;
     use crate::candidate::DbFile;
+    use crate::candidate::HeldFile;
     use std::os::unix::fs::PermissionsExt;
 
     #[test]
