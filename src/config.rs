@@ -251,6 +251,11 @@ impl Config {
             source: f.has("source").then(|| f.section("source", crate::fleet::config::SourceConfig::parse)),
         };
         let mut config = config;
+        if config.clamd.managed {
+            // Managed production never RELOADs: a promotion hands the kept
+            // canary over, so no second engine is ever loaded beside it.
+            config.memory_guard.concurrent_reload = crate::memguard::ConcurrentReload::No;
+        }
         if config.source.is_some() {
             // A fleet host's gate checks what its source fetched, not freshclam's dir.
             config.incoming_dir = crate::fleet::source::incoming_dir(&config.state_dir);
@@ -322,6 +327,18 @@ mod tests {
         assert_eq!(c.clamd.endpoint, Endpoint::Unix("/run/clamav/clamd.ctl".into()));
         assert_eq!(c.health.listen, "127.0.0.1:3311");
         assert_eq!((c.milter.mode, c.milter.stage, c.milter.on_infected), (MilterMode::Gate, Stage::Rcpt, OnInfected::Reject));
+    }
+
+    /// Managed production never RELOADs, so the memory guard must not keep
+    /// room for a second production engine there (it would defer canaries
+    /// that fit on exactly the small hosts managed mode is for).
+    #[test]
+    fn managed_mode_counts_no_second_engine() {
+        use crate::memguard::ConcurrentReload;
+        let c = Config::parse(Path::new("x"), "[memory_guard]\nconcurrent_reload = \"yes\"\n").unwrap();
+        assert_eq!(c.memory_guard.concurrent_reload, ConcurrentReload::Yes);
+        let c = Config::parse(Path::new("x"), "[clamd]\nmanaged = true\n[memory_guard]\nconcurrent_reload = \"auto\"\n").unwrap();
+        assert_eq!(c.memory_guard.concurrent_reload, ConcurrentReload::No);
     }
 
     #[test]

@@ -93,9 +93,9 @@ pub(crate) struct Need {
     pub(crate) signatures: u64,
     /// The canary's engine ([`estimate`]); it runs in clamgate's cgroup.
     pub(crate) canary: u64,
-    /// Production's second engine during a concurrent RELOAD (0 without):
-    /// production runs outside clamgate's cgroup, so it counts against the
-    /// host only. Summed with the canary's, so what is free now covers the
+    /// Production's second engine during a concurrent RELOAD (0 without,
+    /// and in managed mode, which never RELOADs): RELOAD-mode production
+    /// runs outside clamgate's cgroup, so it counts against the host only. Summed with the canary's, so what is free now covers the
     /// whole update, not only its first half.
     pub(crate) second_engine: u64,
     /// Headroom kept free for everything else (`memory_guard.reserve`).

@@ -154,7 +154,8 @@ fn concurrent_reload_of(text: &str) -> bool {
     let mut on = true;
     for line in text.lines() {
         let mut words = line.split_whitespace();
-        if words.next() == Some("ConcurrentDatabaseReload") {
+        // clamd matches option names regardless of case.
+        if words.next().is_some_and(|w| w.eq_ignore_ascii_case("ConcurrentDatabaseReload")) {
             on = !matches!(words.next().map(str::to_ascii_lowercase).as_deref(), Some("no" | "false" | "0"));
         }
     }
@@ -186,6 +187,7 @@ mod tests {
             ("# ConcurrentDatabaseReload no\nLocalSocket /x\n", true),
             ("ConcurrentDatabaseReload false\n", false),
             ("ConcurrentDatabaseReload no\nConcurrentDatabaseReload yes\n", true),
+            ("concurrentdatabasereload no\n", false),
         ] {
             assert_eq!(concurrent_reload_of(text), want, "{text:?}");
         }
