@@ -62,7 +62,9 @@ impl Daemon {
                 _ = lp.rescan.tick() => schedule.rescan(lp.fingerprint(), Instant::now()),
                 _ = lp.heartbeat.tick() => {
                     self.health.beat();
-                    self.supervise().await;
+                    // Starting production again loads an engine (up to its
+                    // load timeout): /livez and the watchdog stay fed.
+                    self.beating(self.supervise()).await;
                     if self.mark_cleared() {
                         schedule.check_again();
                     }
@@ -190,6 +192,9 @@ impl Daemon {
 
     /// One candidate: gate, then promote or quarantine.
     async fn process(&self) -> Result<(), DaemonError> {
+        // A canary kept by a run that was cut short (incoming changed, our
+        // own error) would hold an engine's memory that the guard counts.
+        self.sweep_managed().await?;
         let stamp = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_millis();
         let work = self.cx.store.work_dir().join(format!("candidate-{stamp}"));
         let live = self.cx.store.current()?;

@@ -37,10 +37,15 @@ impl Daemon {
     async fn restart_production(&self, live: &str) -> Result<(), DaemonError> {
         let Some(m) = self.cx.managed.as_ref() else { return Ok(()) };
         let _lock = self.lock().await?;
-        if m.production_running().await.is_some() {
-            return Ok(());
+        match m.production_running().await {
+            Some(i) if i.release.as_deref() == Some(live) => return Ok(()),
+            // A rollback whose hand-back failed leaves production on the
+            // release it left: `current` is what must run.
+            Some(i) => {
+                tracing::warn!(release = live, "managed: production clamd {} runs {:?}, not the live release; handing over to one on {live}", i.name, i.release)
+            }
+            None => tracing::warn!(release = live, "managed: no production clamd answers on {}; starting one on {live}", m.production_socket().display()),
         }
-        tracing::warn!(release = live, "managed: no production clamd answers on {}; starting one on {live}", m.production_socket().display());
         let served = m.serve(&self.cx.store, live, Point::ManagedSocketRenamed).await?;
         if let Some(old) = served.from {
             m.retire(&old).await;
@@ -57,14 +62,27 @@ impl Daemon {
         Ok(())
     }
 
-    /// Heartbeat: production clamd died (OOM killer, a crash): start it
-    /// again on `current`. Cheap when it runs: a readlink and /proc.
+    /// Runs `work` while feeding `/livez` and the systemd watchdog.
+    pub(super) async fn beating<T>(&self, work: impl std::future::Future<Output = T>) -> T {
+        let mut beat = tokio::time::interval(std::time::Duration::from_secs(1));
+        let mut work = std::pin::pin!(work);
+        loop {
+            tokio::select! {
+                r = &mut work => return r,
+                _ = beat.tick() => self.health.beat(),
+            }
+        }
+    }
+
+    /// Heartbeat: production clamd died (OOM killer, a crash), or runs
+    /// another release than `current` (a failed hand-back): start one on
+    /// `current`. Cheap when all is well: a readlink, a file and /proc.
     pub(super) async fn supervise(&self) {
         let Some(m) = self.cx.managed.as_ref() else { return };
-        if m.production_alive() {
+        let Ok(Some(live)) = self.cx.store.current() else { return };
+        if m.serving(&live, std::time::Duration::from_secs(1)).is_some() {
             return;
         }
-        let Ok(Some(live)) = self.cx.store.current() else { return };
         {
             let mut last = self.restarted.lock().expect("not poisoned");
             if last.is_some_and(|t| t.elapsed() < RESTART_EVERY) {

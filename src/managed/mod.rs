@@ -274,14 +274,6 @@ impl Managed {
         (loaded.trim() == release).then(|| Client::unix(self.socket(&name), timeout))
     }
 
-    /// Whether the clamd the production link names runs (no PING: this is
-    /// the heartbeat's check; the prober scans).
-    pub(crate) fn production_alive(&self) -> bool {
-        let Some(name) = self.production() else { return false };
-        let dir = self.dir(&name);
-        instance::running(&dir.join("clamd.pid"), &dir.join("clamd.conf")).is_some()
-    }
-
     fn archive_log(&self, name: &str) {
         let retired = self.root.join("retired");
         if std::fs::create_dir_all(&retired).is_err() {
