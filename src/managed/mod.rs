@@ -180,6 +180,8 @@ impl Managed {
     /// during a rollback), else a new one, loaded once. Returns who served
     /// before; it keeps running until [`Managed::retire`].
     pub(crate) async fn serve(&self, store: &Store, release: &str, renamed: Point) -> Result<Served, ManagedError> {
+        // Before anything starts: a refusal must not leave a clamd behind.
+        self.check_free().await?;
         let from = self.production();
         let found = self.instances().into_iter().find(|i| i.pid.is_some() && i.release.as_deref() == Some(release));
         let to = match found {
@@ -229,10 +231,16 @@ impl Managed {
     async fn stop(&self, name: &str) {
         let dir = self.dir(name);
         let conf = dir.join("clamd.conf");
-        if let Ok(pid) = std::fs::read_to_string(dir.join("clamd.pid")).unwrap_or_default().trim().parse::<u32>()
-            && instance::stop(pid, &conf).await
-        {
-            tracing::warn!("managed clamd {name} (pid {pid}) did not stop within {:?}; killed", instance::STOP_GRACE);
+        if let Ok(pid) = std::fs::read_to_string(dir.join("clamd.pid")).unwrap_or_default().trim().parse::<u32>() {
+            if instance::stop(pid, &conf).await {
+                tracing::warn!("managed clamd {name} (pid {pid}) did not stop within {:?}; killed", instance::STOP_GRACE);
+            }
+            // Still there (stuck in the kernel): keep its PID file and
+            // config, so the next sweep finds it and tries again.
+            if instance::alive(pid, &conf) {
+                tracing::error!("managed clamd {name} (pid {pid}) survived SIGKILL; {} kept for the next sweep", dir.display());
+                return;
+            }
         }
         self.archive_log(name);
         let _ = std::fs::remove_file(self.socket(name));
