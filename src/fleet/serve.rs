@@ -172,6 +172,11 @@ fn locate(tree: &Tree, path: &str) -> Option<(PathBuf, Option<PathBuf>)> {
         ["rings", file] => Some((tree.root().join("rings").join(file), None)),
         ["freshclam", ring, file] => {
             let ptr = tree.ring(ring).ok()??;
+            // A ring halted on its first release has nothing vetted to give:
+            // freshclam gets 404 and keeps what it has, as fleet hosts do.
+            if ptr.halted {
+                return None;
+            }
             Some((tree.release_dir(&ptr.release).join(file), Some(tree.ring_file(ring))))
         }
         _ => None,
@@ -406,5 +411,10 @@ mod tests {
         // Any file of the ring's release, and nothing else.
         assert_eq!(get(&site, "/freshclam/canary/custom.hdb", &[]).await.0, StatusCode::NOT_FOUND);
         assert_eq!(get(&site, "/freshclam/other/daily.cud", &[]).await.0, StatusCode::NOT_FOUND);
+        // A ring halted with nothing earlier to send: freshclam is not given it.
+        let halted = r#"{"ring":"canary","release":"old","manifest_sha256":"x","generation":4,"at":"t","halted":true}"#;
+        std::fs::write(site.tree.ring_file("canary"), halted).unwrap();
+        assert_eq!(get(&site, "/freshclam/canary/daily.cud", &[]).await.0, StatusCode::NOT_FOUND);
+        assert_eq!(get(&site, "/releases/old/daily.cud", &[]).await.0, StatusCode::OK);
     }
 }
