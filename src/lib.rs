@@ -46,6 +46,7 @@ pub mod corpus;
 pub(crate) mod daemon;
 pub(crate) mod demo;
 pub(crate) mod diff;
+pub(crate) mod durable;
 pub mod failpoint;
 pub mod fleet;
 pub(crate) mod gate;

@@ -11,7 +11,6 @@
 //! only, so any web server can serve it.
 
 use std::fs::{self, File};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -81,19 +80,7 @@ pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
 }
 
 /// A file's size and sha256, read in chunks (never whole in memory).
-pub(crate) fn file_sha256(path: &Path) -> std::io::Result<(u64, String)> {
-    use std::io::Read;
-    let mut f = File::open(path)?;
-    let (mut buf, mut size, mut hash) = (vec![0u8; 64 * 1024], 0u64, Sha256::new());
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            return Ok((size, hex::encode(hash.finalize())));
-        }
-        size += n as u64;
-        hash.update(&buf[..n]);
-    }
-}
+pub(crate) use crate::durable::file_sha256;
 
 pub(crate) fn now_rfc3339() -> String {
     humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
@@ -234,13 +221,11 @@ pub(crate) fn replace(path: &Path, bytes: &[u8]) -> Result<(), TreeError> {
 }
 
 fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), TreeError> {
-    let mut f = File::create(path).map_err(io("cannot create", path))?;
-    f.write_all(bytes).map_err(io("cannot write", path))?;
-    f.sync_all().map_err(io("cannot fsync", path))
+    crate::durable::write_synced(path, bytes).map_err(io("cannot write", path))
 }
 
 fn sync_dir(dir: &Path) -> Result<(), TreeError> {
-    File::open(dir).and_then(|d| d.sync_all()).map_err(io("cannot fsync directory", dir))
+    crate::durable::sync_dir(dir).map_err(io("cannot fsync directory", dir))
 }
 
 #[cfg(test)]

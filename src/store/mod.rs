@@ -356,26 +356,15 @@ impl Store {
 }
 
 fn sha256_of(path: &Path) -> std::io::Result<String> {
-    use sha2::Digest;
-    use std::io::Read;
-    let mut f = File::open(path)?;
-    let (mut h, mut buf) = (sha2::Sha256::new(), vec![0u8; 256 * 1024]);
-    loop {
-        match f.read(&mut buf)? {
-            0 => return Ok(hex::encode(h.finalize())),
-            n => h.update(&buf[..n]),
-        }
-    }
+    crate::durable::file_sha256(path).map(|(_, sha256)| sha256)
 }
 
 pub(crate) fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
-    let mut f = File::create(path).map_err(io("cannot create", path))?;
-    f.write_all(bytes).map_err(io("cannot write", path))?;
-    f.sync_all().map_err(io("cannot fsync", path))
+    crate::durable::write_synced(path, bytes).map_err(io("cannot write", path))
 }
 
 fn sync_dir(dir: &Path) -> Result<(), StoreError> {
-    File::open(dir).and_then(|d| d.sync_all()).map_err(io("cannot fsync directory", dir))
+    crate::durable::sync_dir(dir).map_err(io("cannot fsync directory", dir))
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use super::daemon::{DaemonProc, Env};
@@ -72,19 +72,13 @@ impl MemCgroup {
     /// execs (a shell writes its own pid, then execs the daemon), so every
     /// canary it starts is in the group too.
     pub fn spawn_daemon(&self, env: &Env) -> DaemonProc {
-        let log = fs::OpenOptions::new().create(true).append(true).open(env.path().join("daemon.log")).unwrap();
-        let child = Command::new("/bin/sh")
+        let child = env
+            .logged(Command::new("/bin/sh"), "daemon.log")
             .args(["-c", "echo $$ > \"$0\" && exec \"$@\""])
             .arg(self.dir.join("cgroup.procs"))
             .arg(env!("CARGO_BIN_EXE_clamgate"))
             .args(["run", "--config"])
             .arg(&env.config)
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("CLAMGATE_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
             .spawn()
             .unwrap();
         DaemonProc { child }

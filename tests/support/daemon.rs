@@ -116,17 +116,23 @@ impl Env {
         d
     }
 
-    pub fn spawn_with(&self, env: &[(&str, &str)]) -> DaemonProc {
-        let log = fs::OpenOptions::new().create(true).append(true).open(self.path().join("daemon.log")).unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_clamgate"));
-        cmd.args(["run", "--config"])
-            .arg(&self.config)
-            .env_clear()
+    /// `cmd` as the tests run clamgate: a clean environment (PATH and
+    /// `CLAMGATE_LOG=info` only), no stdin, output appended to `log` in
+    /// this env's dir.
+    pub fn logged(&self, mut cmd: Command, log: &str) -> Command {
+        let log = fs::OpenOptions::new().create(true).append(true).open(self.path().join(log)).unwrap();
+        cmd.env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("CLAMGATE_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log);
+        cmd
+    }
+
+    pub fn spawn_with(&self, env: &[(&str, &str)]) -> DaemonProc {
+        let mut cmd = self.logged(Command::new(env!("CARGO_BIN_EXE_clamgate")), "daemon.log");
+        cmd.args(["run", "--config"]).arg(&self.config);
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -272,18 +278,7 @@ impl Env {
             ),
         )
         .unwrap();
-        let log = fs::OpenOptions::new().create(true).append(true).open(self.path().join("milter.log")).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_clamgate"))
-            .args(["milter", "--config"])
-            .arg(&config)
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("CLAMGATE_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
+        let child = self.logged(Command::new(env!("CARGO_BIN_EXE_clamgate")), "milter.log").args(["milter", "--config"]).arg(&config).spawn().unwrap();
         // Owned at once, so a panic below still kills and reaps it.
         let milter = MilterProc { child, addr, metrics };
         for _ in 0..400 {
